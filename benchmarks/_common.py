@@ -1,0 +1,103 @@
+"""Timing, memory and reporting helpers shared by the benchmark suites.
+
+On CUDA, times are medians of `triton.testing.do_bench` (CUDA events, warm-up excluded); on CPU, medians of
+repeated wall-clock runs. Peak memory is `torch.cuda.max_memory_allocated` above what was allocated before the call.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+ROWS: list[dict] = []
+GEMM_PEAK: dict = {}
+
+
+def triton_version() -> str | None:
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return None
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, rep: int = 10) -> float:
+    """Median milliseconds of fn() (warm-up, autotuning and compilation excluded)."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(rep):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak device memory fn() allocates above what was allocated before it, in MiB (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def gemm_peak_tflops(device: torch.device) -> float | None:
+    """The measured bf16 GEMM rate (8192^3) used as the MFU denominator; measured once per session."""
+    if device.type != "cuda":
+        return None
+    if "tflops" not in GEMM_PEAK:
+        n = 8192
+        a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+        b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+        ms = time_ms(lambda: a @ b, device)
+        GEMM_PEAK["tflops"] = 2 * n**3 / ms / 1e9
+    return GEMM_PEAK["tflops"]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def report(suite: str, case: str, impl: str, **figures) -> dict:
+    """Record one row: suite (e.g. 'attention fwd'), case (the shape), impl (e.g. 'triton'), and its figures
+    (ms, tflops, img_per_s, mfu, peak_mib, ratio, max_err ... any subset)."""
+    row = {"suite": suite, "case": case, "impl": impl, **figures}
+    ROWS.append(row)
+    return row
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v == 0 or 0.01 <= abs(v) < 1e5:
+            return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+        return f"{v:.2e}"
+    return str(v)
+
+
+def format_table(rows: list[dict]) -> list[str]:
+    keys = ["suite", "case", "impl"]
+    for r in rows:
+        for k in r:
+            if k not in keys:
+                keys.append(k)
+    cells = [[_fmt(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
+    return lines

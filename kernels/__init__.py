@@ -1,0 +1,1 @@
+"""Fused Triton kernels of siglip_fast, one file per op, each with its eager reference."""

@@ -1,0 +1,1 @@
+"""siglip_fast: a fast, faithful SigLIP for PyTorch."""
