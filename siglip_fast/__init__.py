@@ -1,1 +1,29 @@
-"""siglip_fast: a fast, faithful SigLIP for PyTorch."""
+"""siglip_fast: a fast, faithful SigLIP for PyTorch.
+
+A drop-in for transformers' SigLIP classes (same names, config files, checkpoint keys and outputs) whose hot paths
+run as fused Triton kernels, plus a memory-bounded, multi-GPU sigmoid loss for training loops.
+"""
+
+from .configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from .modeling import (
+    SiglipForImageClassification,
+    SiglipModel,
+    SiglipPreTrainedModel,
+    SiglipTextModel,
+    SiglipVisionModel,
+)
+from .ops import BACKENDS
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "SiglipConfig",
+    "SiglipForImageClassification",
+    "SiglipModel",
+    "SiglipPreTrainedModel",
+    "SiglipTextConfig",
+    "SiglipTextModel",
+    "SiglipVisionConfig",
+    "SiglipVisionModel",
+]

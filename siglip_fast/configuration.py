@@ -1,0 +1,313 @@
+"""SigLIP configurations: the fields, defaults and `config.json` format of transformers' SigLIP configs.
+
+`SiglipTextConfig`, `SiglipVisionConfig` and `SiglipConfig` read and write the same `config.json` as transformers
+(v4 and v5): missing keys take the defaults below, unknown keys are kept (and written back), `torch_dtype` (v4, hub
+files) and `dtype` (v5) are both accepted. A sub-config can be read from a full `SiglipConfig` file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+CONFIG_NAME = "config.json"
+
+# Keys transformers' PreTrainedConfig writes that carry no model shape; kept as plain attributes when present.
+_DTYPE_KEYS = ("dtype", "torch_dtype")
+
+
+class _SiglipBaseConfig:
+    """Explicit fields with defaults; anything else given is kept as an attribute and saved back."""
+
+    model_type: str = ""
+    base_config_key: str = ""
+    _defaults: dict[str, Any] = {}
+
+    def __init__(self, **kwargs: Any):
+        for key, default in self._defaults.items():
+            setattr(self, key, copy.deepcopy(kwargs.pop(key, default)))
+        dtype = None
+        for key in _DTYPE_KEYS:
+            value = kwargs.pop(key, None)
+            dtype = value if value is not None else dtype
+        self.dtype = dtype
+        kwargs.pop("model_type", None)
+        kwargs.pop("transformers_version", None)
+        self._extra_keys = list(kwargs)
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+        self._post_init()
+        self.validate()
+
+    def _post_init(self) -> None:
+        pass
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when a value cannot describe a working model."""
+
+    @staticmethod
+    def _check_positive_ints(config: "_SiglipBaseConfig", names: tuple[str, ...]) -> None:
+        for name in names:
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{type(config).__name__}.{name} must be an int, got {value!r} ({type(value).__name__})")
+            if value <= 0:
+                raise ValueError(f"{type(config).__name__}.{name} must be positive, got {value}")
+
+    @staticmethod
+    def _check_heads(config: "_SiglipBaseConfig") -> None:
+        if config.hidden_size % config.num_attention_heads != 0:
+            raise ValueError(
+                f"{type(config).__name__}: hidden_size ({config.hidden_size}) must be divisible by "
+                f"num_attention_heads ({config.num_attention_heads})"
+            )
+        if config.hidden_act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+            raise ValueError(
+                f"{type(config).__name__}.hidden_act must be 'gelu_pytorch_tanh' (the activation every SigLIP "
+                f"checkpoint uses), got {config.hidden_act!r}"
+            )
+        if not config.layer_norm_eps > 0:
+            raise ValueError(f"{type(config).__name__}.layer_norm_eps must be > 0, got {config.layer_norm_eps}")
+        if not 0.0 <= config.attention_dropout < 1.0:
+            raise ValueError(f"{type(config).__name__}.attention_dropout must be in [0, 1), got {config.attention_dropout}")
+
+    def set_extra(self, key: str, value: Any) -> None:
+        """Set a key that is not a declared field (e.g. `architectures`); it is saved with the config."""
+        if key not in self._defaults and key not in self._extra_keys:
+            self._extra_keys.append(key)
+        setattr(self, key, value)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    # --- serialisation -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in self._defaults:
+            value = getattr(self, key)
+            out[key] = value.to_dict() if isinstance(value, _SiglipBaseConfig) else copy.deepcopy(value)
+        for key in self._extra_keys:
+            out[key] = copy.deepcopy(getattr(self, key))
+        if self.dtype is not None:
+            out["dtype"] = self.dtype
+        out["model_type"] = self.model_type
+        return dict(sorted(out.items()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        os.makedirs(save_directory, exist_ok=True)
+        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        if not isinstance(config_dict, dict):
+            raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(config_dict).__name__}")
+        config_dict = dict(config_dict)
+        # A full SiglipConfig file given to a tower config: take the tower's part, as transformers does.
+        if cls.base_config_key and config_dict.get("model_type") == "siglip" and cls.base_config_key in config_dict:
+            config_dict = dict(config_dict[cls.base_config_key] or {})
+        model_type = config_dict.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            raise ValueError(
+                f"{cls.__name__} expects a config with model_type {cls.model_type!r}, got {model_type!r}"
+            )
+        config_dict.update(kwargs)
+        return cls(**config_dict)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike):
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
+        """Read `config.json` from a checkpoint directory (or a hub id when huggingface_hub is installed)."""
+        from .checkpoint import resolve_checkpoint_dir
+
+        directory = resolve_checkpoint_dir(path_or_id, allow_patterns=[CONFIG_NAME])
+        path = os.path.join(directory, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"no {CONFIG_NAME} in {path_or_id!s}")
+        config = cls.from_json_file(path)
+        for key, value in kwargs.items():
+            setattr(config, key, value)
+        config.validate()
+        return config
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.to_dict() == other.to_dict()  # type: ignore[union-attr]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
+
+
+class SiglipTextConfig(_SiglipBaseConfig):
+    """The text tower's shape. Defaults are google/siglip-base-patch16-224's (transformers' defaults)."""
+
+    model_type = "siglip_text_model"
+    base_config_key = "text_config"
+    _defaults = {
+        "vocab_size": 32000,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "max_position_embeddings": 64,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+        "attention_dropout": 0.0,
+        "pad_token_id": 1,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "projection_size": None,
+    }
+
+    def _post_init(self) -> None:
+        if self.projection_size is None:
+            self.projection_size = self.hidden_size
+
+    def validate(self) -> None:
+        self._check_positive_ints(
+            self,
+            ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "max_position_embeddings", "projection_size"),
+        )
+        self._check_heads(self)
+
+
+class SiglipVisionConfig(_SiglipBaseConfig):
+    """The vision tower's shape. Defaults are google/siglip-base-patch16-224's (transformers' defaults)."""
+
+    model_type = "siglip_vision_model"
+    base_config_key = "vision_config"
+    _defaults = {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "num_channels": 3,
+        "image_size": 224,
+        "patch_size": 16,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+        "attention_dropout": 0.0,
+        "vision_use_head": True,
+    }
+
+    def validate(self) -> None:
+        self._check_positive_ints(
+            self,
+            ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
+             "image_size", "patch_size"),
+        )
+        self._check_heads(self)
+        if self.image_size < self.patch_size:
+            raise ValueError(
+                f"SiglipVisionConfig.image_size ({self.image_size}) is smaller than patch_size ({self.patch_size})"
+            )
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class SiglipConfig(_SiglipBaseConfig):
+    """The dual-encoder config: a text and a vision config (dicts, config objects or None for the defaults).
+
+    Also carries the classification fields transformers' PreTrainedConfig has (`id2label`/`label2id`/`num_labels`,
+    `problem_type`) for `SiglipForImageClassification`.
+    """
+
+    model_type = "siglip"
+    _defaults = {"text_config": None, "vision_config": None, "initializer_factor": 1.0}
+
+    def __init__(self, text_config=None, vision_config=None, **kwargs: Any):
+        num_labels = kwargs.pop("num_labels", None)
+        id2label = kwargs.pop("id2label", None)
+        label2id = kwargs.pop("label2id", None)
+        problem_type = kwargs.pop("problem_type", None)
+        super().__init__(text_config=text_config, vision_config=vision_config, **kwargs)
+        if id2label is not None:
+            id2label = {int(k): v for k, v in id2label.items()}
+            if num_labels is not None and num_labels != len(id2label):
+                raise ValueError(f"num_labels ({num_labels}) disagrees with id2label ({len(id2label)} labels)")
+        self._id2label = id2label
+        self._label2id = dict(label2id) if label2id is not None else None
+        if num_labels is not None and id2label is None:
+            self.num_labels = num_labels
+        if problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
+            raise ValueError(f"SiglipConfig.problem_type {problem_type!r} is not a known problem type")
+        self.problem_type = problem_type
+
+    def _post_init(self) -> None:
+        self.text_config = self._sub_config(SiglipTextConfig, self.text_config, "text_config")
+        self.vision_config = self._sub_config(SiglipVisionConfig, self.vision_config, "vision_config")
+
+    @staticmethod
+    def _sub_config(cls, value, name):
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return copy.deepcopy(value)
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        raise TypeError(f"SiglipConfig.{name} must be a dict, a {cls.__name__} or None, got {type(value).__name__}")
+
+    def validate(self) -> None:
+        text, vision = self.text_config, self.vision_config
+        if vision.vision_use_head and text.projection_size != vision.hidden_size:
+            raise ValueError(
+                f"SiglipConfig: text_config.projection_size ({text.projection_size}) must equal "
+                f"vision_config.hidden_size ({vision.hidden_size}): the logits compare the two embeddings"
+            )
+
+    @classmethod
+    def from_text_vision_configs(cls, text_config: SiglipTextConfig, vision_config: SiglipVisionConfig, **kwargs):
+        """Build from the two tower configs (kept from transformers v4, where it was deprecated; removed in v5)."""
+        return cls(text_config=text_config, vision_config=vision_config, **kwargs)
+
+    # --- classification labels (PreTrainedConfig's behaviour: 2 labels unless told otherwise) --------------------
+    @property
+    def id2label(self) -> dict[int, str]:
+        return self._id2label if self._id2label is not None else {0: "LABEL_0", 1: "LABEL_1"}
+
+    @id2label.setter
+    def id2label(self, value: dict) -> None:
+        self._id2label = {int(k): v for k, v in value.items()}
+        self._label2id = None
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        if self._label2id is not None:
+            return self._label2id
+        return {v: k for k, v in self.id2label.items()}
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"num_labels must be a non-negative int, got {n!r}")
+        self._id2label = {i: f"LABEL_{i}" for i in range(n)}
+        self._label2id = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self._id2label is not None:
+            out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+            out["label2id"] = self.label2id
+        if self.problem_type is not None:
+            out["problem_type"] = self.problem_type
+        return dict(sorted(out.items()))

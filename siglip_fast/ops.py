@@ -1,0 +1,112 @@
+"""The backend switch: the one place where every fusable op of the model picks its implementation.
+
+Backends:
+- ``"auto"``: the Triton kernels for CUDA tensors, the eager reference otherwise.
+- ``"triton"``: the Triton kernels always; on CPU only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
+  triton is imported), otherwise a clear error.
+- ``"eager"``: the pure PyTorch reference of each op (exactly what transformers computes).
+- ``"sdpa"``: eager, with PyTorch's ``scaled_dot_product_attention`` for attention (a comparison baseline, like
+  transformers' default).
+
+The model calls only the functions below; each kernel module owns both its kernel and its ``*_reference``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "triton", "eager", "sdpa")
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve(backend: str, tensor: torch.Tensor) -> str:
+    """The implementation a call takes: 'triton', 'eager' or 'sdpa'."""
+    check_backend(backend)
+    if backend == "auto":
+        return "triton" if tensor.is_cuda and _triton_importable() else "eager"
+    if backend == "triton":
+        if not _triton_importable():
+            raise ValueError("backend='triton' needs the triton package (Linux); install it or use backend='eager'")
+        if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"backend='triton' got tensors on {tensor.device}: the Triton kernels run on CUDA tensors, or on CPU "
+                "only under the Triton interpreter (set TRITON_INTERPRET=1 before importing triton); "
+                "use backend='auto' or 'eager' for CPU inference"
+            )
+    return backend
+
+
+def attention(q, k, v, attention_mask=None, *, scale: float, backend: str, dropout_p: float = 0.0,
+              need_probs: bool = False):
+    """q (B, Nq, H, d), k/v (B, Nk, H, d), attention_mask (B, Nk) True = attend → ((B, Nq, H, d), probs or None).
+
+    Returning the probabilities (``output_attentions``) or applying attention dropout needs the N×N matrix, so those
+    calls take the eager reference whatever the backend.
+    """
+    from .kernels.attention import attention as attention_kernel
+    from .kernels.attention import attention_reference
+
+    impl = resolve(backend, q)
+    if need_probs or dropout_p > 0.0:
+        return attention_reference(q, k, v, attention_mask=attention_mask, scale=scale, dropout_p=dropout_p,
+                                   return_probs=True)
+    if impl == "triton":
+        return attention_kernel(q, k, v, attention_mask=attention_mask, scale=scale), None
+    if impl == "sdpa":
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, Nk)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=mask, scale=scale)
+        return out.transpose(1, 2), None
+    return attention_reference(q, k, v, attention_mask=attention_mask, scale=scale), None
+
+
+def patch_embed(pixel_values, weight, bias, position_embedding, patch_size: int, *, backend: str):
+    """pixel_values (B, C, H, W) float or uint8 → tokens (B, N, D) with bias and position embedding added."""
+    from .kernels.patch_embed import patch_embed as patch_embed_kernel
+    from .kernels.patch_embed import patch_embed_reference
+
+    fn = patch_embed_kernel if resolve(backend, weight) == "triton" else patch_embed_reference
+    return fn(pixel_values, weight, bias, position_embedding, patch_size)
+
+
+def layer_norm(x, weight, bias, eps: float, *, backend: str, residual=None):
+    """LayerNorm over the last dim; with ``residual`` returns (LN(x + residual), x + residual)."""
+    from .kernels.layer_norm import layer_norm as layer_norm_kernel
+    from .kernels.layer_norm import layer_norm_reference
+
+    fn = layer_norm_kernel if resolve(backend, x) == "triton" else layer_norm_reference
+    return fn(x, weight, bias, eps, residual=residual)
+
+
+def linear(x, weight, bias=None, *, backend: str, activation: str | None = None, residual=None):
+    """act(x @ weight.T + bias) + residual, with the epilogue fused into the GEMM on the Triton backend."""
+    from .kernels.linear import linear as linear_kernel
+    from .kernels.linear import linear_reference
+
+    fn = linear_kernel if resolve(backend, x) == "triton" else linear_reference
+    return fn(x, weight, bias, activation=activation, residual=residual)
+
+
+def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, *, backend: str):
+    """The SigLIP loss of one (square) batch, never materialising the N×N logits on the fused path."""
+    from .loss import sigmoid_loss as _sigmoid_loss
+
+    impl = resolve(backend, image_embeds)
+    return _sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias,
+                         backend="triton" if impl == "triton" else "eager")

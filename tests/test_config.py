@@ -1,0 +1,114 @@
+"""Configs: transformers' fields, defaults and config.json, both ways; validation errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import siglip_fast as sf
+
+transformers = pytest.importorskip("transformers")
+
+HUB_SO400M = {
+    "architectures": ["SiglipModel"], "initializer_factor": 1.0, "model_type": "siglip",
+    "text_config": {"hidden_size": 1152, "intermediate_size": 4304, "model_type": "siglip_text_model",
+                    "num_attention_heads": 16, "num_hidden_layers": 27},
+    "torch_dtype": "float32",
+    "vision_config": {"hidden_size": 1152, "image_size": 384, "intermediate_size": 4304,
+                      "model_type": "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 27,
+                      "patch_size": 14},
+}
+
+
+@pytest.mark.parametrize("cls", ["SiglipTextConfig", "SiglipVisionConfig"])
+def test_defaults_match_transformers(cls):
+    ours = getattr(sf, cls)().to_dict()
+    theirs = getattr(transformers, cls)().to_dict()
+    for key, value in ours.items():
+        if key != "dtype":
+            assert theirs[key] == value, key
+    declared = set(getattr(sf, cls)._defaults)
+    assert declared <= set(theirs)
+
+
+def test_hub_config_fills_defaults_and_keeps_dtype(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(HUB_SO400M))
+    config = sf.SiglipConfig.from_pretrained(tmp_path)
+    assert config.vision_config.patch_size == 14 and config.vision_config.head_dim == 72
+    assert config.text_config.max_position_embeddings == 64 and config.text_config.projection_size == 1152
+    assert config.dtype == "float32"
+    assert config.architectures == ["SiglipModel"]
+    vision = sf.SiglipVisionConfig.from_pretrained(tmp_path)  # a tower config out of a full config
+    assert vision.image_size == 384 and vision.num_patches == 27 * 27
+
+
+def test_round_trip_with_transformers(tmp_path):
+    theirs = transformers.SiglipConfig(
+        text_config=dict(hidden_size=64, num_attention_heads=4, vocab_size=300, max_position_embeddings=16),
+        vision_config=dict(hidden_size=48, num_attention_heads=4, image_size=30, patch_size=7, vision_use_head=False),
+    )
+    theirs.save_pretrained(tmp_path / "hf")
+    ours = sf.SiglipConfig.from_pretrained(tmp_path / "hf")
+    assert ours.vision_config.vision_use_head is False and ours.text_config.max_position_embeddings == 16
+    ours.custom_field = 3  # not saved: only declared fields and keys read from a file are
+    ours.save_pretrained(tmp_path / "ours")
+    back = transformers.SiglipConfig.from_pretrained(tmp_path / "ours")
+    for tower in ("text_config", "vision_config"):
+        a, b = getattr(theirs, tower).to_dict(), getattr(back, tower).to_dict()
+        for key in getattr(sf, "SiglipTextConfig" if tower == "text_config" else "SiglipVisionConfig")._defaults:
+            assert a[key] == b[key], (tower, key)
+
+
+def test_unknown_keys_are_kept(tmp_path):
+    data = dict(HUB_SO400M, my_key={"a": 1})
+    data["vision_config"] = dict(data["vision_config"], extra_vision_key=5)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    config = sf.SiglipConfig.from_pretrained(tmp_path)
+    assert config.my_key == {"a": 1} and config.vision_config.extra_vision_key == 5
+    saved = config.to_dict()
+    assert saved["my_key"] == {"a": 1} and saved["vision_config"]["extra_vision_key"] == 5
+
+
+def test_sub_config_objects_and_alias():
+    t, v = sf.SiglipTextConfig(hidden_size=64, num_attention_heads=2), sf.SiglipVisionConfig(image_size=32)
+    a = sf.SiglipConfig(text_config=t, vision_config=v)
+    b = sf.SiglipConfig.from_text_vision_configs(t, v)
+    assert a == b and a.text_config.hidden_size == 64 and a.vision_config.image_size == 32
+
+
+def test_labels():
+    config = sf.SiglipConfig(num_labels=3)
+    assert config.num_labels == 3 and config.id2label[2] == "LABEL_2"
+    config = sf.SiglipConfig(id2label={"0": "cat", "1": "dog"})
+    assert config.label2id == {"cat": 0, "dog": 1} and config.to_dict()["id2label"] == {"0": "cat", "1": "dog"}
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, error, match",
+    [
+        ("SiglipVisionConfig", dict(hidden_size=100, num_attention_heads=3), ValueError, "divisible"),
+        ("SiglipTextConfig", dict(hidden_size=0), ValueError, "hidden_size must be positive"),
+        ("SiglipTextConfig", dict(num_hidden_layers=-1), ValueError, "num_hidden_layers"),
+        ("SiglipVisionConfig", dict(image_size=8, patch_size=16), ValueError, "smaller than patch_size"),
+        ("SiglipVisionConfig", dict(hidden_size="768"), TypeError, "hidden_size must be an int"),
+        ("SiglipTextConfig", dict(hidden_act="relu"), ValueError, "hidden_act"),
+        ("SiglipTextConfig", dict(layer_norm_eps=0.0), ValueError, "layer_norm_eps"),
+    ],
+)
+def test_bad_configs(cls, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        getattr(sf, cls)(**kwargs)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        sf.SiglipConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        sf.SiglipConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    with pytest.raises(ValueError, match="model_type 'siglip'"):
+        sf.SiglipConfig.from_pretrained(tmp_path)
+    with pytest.raises(TypeError, match="text_config"):
+        sf.SiglipConfig(text_config=3)

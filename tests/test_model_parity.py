@@ -1,0 +1,225 @@
+"""Model parity with transformers on tiny random checkpoints, both directions, every output and gradient.
+
+Tolerances (fp32): eager backend <= 1e-5 max abs difference (design.md); through the Triton kernels <= 1e-4.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import siglip_fast as sf
+from tests._tiny import TINY_CONFIGS, hf_config, inputs, randomize_
+
+transformers = pytest.importorskip("transformers")
+
+EAGER_ATOL = 1e-5
+KERNEL_ATOL = 1e-4
+
+
+def _max_diff(a, b) -> float:
+    return (a.detach().double() - b.detach().double()).abs().max().item()
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))
+def hf_checkpoint(request, tmp_path_factory):
+    torch.manual_seed(sum(map(ord, request.param)))
+    model = randomize_(transformers.SiglipModel(hf_config(request.param))).eval()
+    path = tmp_path_factory.mktemp(f"hf_{request.param}")
+    model.save_pretrained(path)
+    return model, path
+
+
+def _compare_dual(ours, theirs, atol, **kw):
+    o = ours(**kw, output_hidden_states=True)
+    t = theirs(**kw, output_hidden_states=True)
+    for key in ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds"):
+        assert _max_diff(o[key], t[key]) <= atol, key
+    for tower in ("text_model_output", "vision_model_output"):
+        for key in ("last_hidden_state", "pooler_output"):
+            assert _max_diff(o[tower][key], t[tower][key]) <= atol, (tower, key)
+        assert len(o[tower].hidden_states) == len(t[tower].hidden_states)
+        for i, (a, b) in enumerate(zip(o[tower].hidden_states, t[tower].hidden_states)):
+            assert _max_diff(a, b) <= atol, (tower, "hidden_states", i)
+    if kw.get("return_loss"):
+        assert _max_diff(o.loss, t.loss) <= atol
+    return o, t
+
+
+def test_dual_model_outputs_and_loss(hf_checkpoint):
+    theirs, path = hf_checkpoint
+    ours = sf.SiglipModel.from_pretrained(path, backend="eager")
+    ids, pixels = inputs(theirs.config)
+    with torch.no_grad():
+        _compare_dual(ours, theirs, EAGER_ATOL, input_ids=ids, pixel_values=pixels, return_loss=True)
+
+
+def test_masked_text_and_position_ids(hf_checkpoint):
+    theirs, path = hf_checkpoint
+    ours = sf.SiglipModel.from_pretrained(path, backend="eager")
+    ids, pixels = inputs(theirs.config)
+    L = ids.shape[1]
+    mask = torch.ones_like(ids)
+    mask[0, L // 2:] = 0
+    mask[1, 1:] = 0  # only one key left in that row
+    position_ids = torch.randint(0, L, ids.shape)
+    with torch.no_grad():
+        o = ours.get_text_features(input_ids=ids, attention_mask=mask, position_ids=position_ids)
+        t = theirs.get_text_features(input_ids=ids, attention_mask=mask, position_ids=position_ids)
+    assert _max_diff(o.pooler_output, t.pooler_output) <= EAGER_ATOL
+    assert _max_diff(o.last_hidden_state, t.last_hidden_state) <= EAGER_ATOL
+
+
+def test_interpolated_positions(hf_checkpoint):
+    theirs, path = hf_checkpoint
+    ours = sf.SiglipModel.from_pretrained(path, backend="eager")
+    vc = theirs.config.vision_config
+    _, pixels = inputs(theirs.config, batch=2, image_hw=(vc.image_size + 2 * vc.patch_size + 1, vc.image_size + 3))
+    with torch.no_grad():
+        o = ours.get_image_features(pixel_values=pixels, interpolate_pos_encoding=True)
+        t = theirs.get_image_features(pixel_values=pixels, interpolate_pos_encoding=True)
+    assert o.last_hidden_state.shape == t.last_hidden_state.shape
+    assert _max_diff(o.pooler_output, t.pooler_output) <= EAGER_ATOL
+    assert _max_diff(o.last_hidden_state, t.last_hidden_state) <= EAGER_ATOL
+
+
+def test_gradients_of_every_parameter(hf_checkpoint):
+    theirs, path = hf_checkpoint
+    ours = sf.SiglipModel.from_pretrained(path, backend="eager")
+    ids, pixels = inputs(theirs.config)
+    ours.train()
+    theirs.train()
+    ours(input_ids=ids, pixel_values=pixels, return_loss=True).loss.backward()
+    theirs.zero_grad()
+    theirs(input_ids=ids, pixel_values=pixels, return_loss=True).loss.backward()
+    grads = {n: p.grad for n, p in theirs.named_parameters()}
+    checked = 0
+    for name, p in ours.named_parameters():
+        assert p.grad is not None, name
+        assert _max_diff(p.grad, grads[name]) <= EAGER_ATOL, name
+        checked += 1
+    assert checked == len(grads)
+    theirs.eval()
+
+
+def test_output_attentions_and_tuples(hf_checkpoint):
+    theirs, path = hf_checkpoint
+    ours = sf.SiglipModel.from_pretrained(path, backend="eager")
+    eager_theirs = transformers.SiglipModel.from_pretrained(path, attn_implementation="eager").eval()
+    ids, pixels = inputs(theirs.config, batch=2)
+    with torch.no_grad():
+        o = ours(input_ids=ids, pixel_values=pixels, output_attentions=True)
+        t = eager_theirs(input_ids=ids, pixel_values=pixels, output_attentions=True)
+        for tower in ("text_model_output", "vision_model_output"):
+            assert len(o[tower].attentions) == len(t[tower].attentions)
+            for a, b in zip(o[tower].attentions, t[tower].attentions):
+                assert a.shape == b.shape and _max_diff(a, b) <= EAGER_ATOL
+        o = ours(input_ids=ids, pixel_values=pixels, return_dict=False)
+        t = theirs(input_ids=ids, pixel_values=pixels, return_dict=False)
+    assert isinstance(o, tuple) and len(o) == len(t)
+    assert _max_diff(o[0], t[0]) <= EAGER_ATOL
+    assert _max_diff(o[4][1], t[4][1]) <= EAGER_ATOL  # vision pooler_output inside the nested tuple
+
+
+def test_towers_alone(hf_checkpoint, tmp_path):
+    theirs, path = hf_checkpoint
+    ids, pixels = inputs(theirs.config, batch=2)
+    hf_vision = transformers.SiglipVisionModel.from_pretrained(path).eval()
+    hf_text = transformers.SiglipTextModel.from_pretrained(path).eval()
+    hf_vision.save_pretrained(tmp_path / "v")  # a v5 tower checkpoint (keys without prefix)
+    for source in (path, tmp_path / "v"):
+        vision = sf.SiglipVisionModel.from_pretrained(source, backend="eager")
+        with torch.no_grad():
+            o, t = vision(pixel_values=pixels), hf_vision(pixel_values=pixels)
+        assert _max_diff(o.pooler_output, t.pooler_output) <= EAGER_ATOL
+        assert _max_diff(o.last_hidden_state, t.last_hidden_state) <= EAGER_ATOL
+    text = sf.SiglipTextModel.from_pretrained(path, backend="eager")
+    with torch.no_grad():
+        o, t = text(input_ids=ids), hf_text(input_ids=ids)
+    assert _max_diff(o.pooler_output, t.pooler_output) <= EAGER_ATOL
+
+
+def test_reverse_direction(hf_checkpoint, tmp_path):
+    """Saved by siglip_fast, loaded by transformers: same outputs."""
+    theirs, path = hf_checkpoint
+    ours = sf.SiglipModel.from_pretrained(path, backend="eager")
+    ours.save_pretrained(tmp_path / "dual")
+    back = transformers.SiglipModel.from_pretrained(tmp_path / "dual").eval()
+    ids, pixels = inputs(theirs.config, batch=2)
+    with torch.no_grad():
+        _compare_dual(ours, back, EAGER_ATOL, input_ids=ids, pixel_values=pixels)
+    ours.vision_model.save_pretrained(tmp_path / "vision")
+    ours.text_model.save_pretrained(tmp_path / "text")
+    hv = transformers.SiglipVisionModel.from_pretrained(tmp_path / "vision").eval()
+    ht = transformers.SiglipTextModel.from_pretrained(tmp_path / "text").eval()
+    with torch.no_grad():
+        assert _max_diff(hv(pixel_values=pixels).pooler_output, ours.vision_model(pixels).pooler_output) <= EAGER_ATOL
+        assert _max_diff(ht(input_ids=ids).pooler_output, ours.text_model(ids).pooler_output) <= EAGER_ATOL
+
+
+def test_state_dict_keys_identical(hf_checkpoint):
+    theirs, path = hf_checkpoint
+    ours = sf.SiglipModel.from_pretrained(path)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for k, v in theirs.state_dict().items():
+        assert ours.state_dict()[k].shape == v.shape
+
+
+def test_image_classification(tmp_path):
+    torch.manual_seed(0)
+    config = hf_config("base", num_labels=5)
+    theirs = randomize_(transformers.SiglipForImageClassification(config)).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = sf.SiglipForImageClassification.from_pretrained(tmp_path, backend="eager")
+    _, pixels = inputs(config, batch=4)
+    for labels in (torch.randint(0, 5, (4,)), torch.rand(4, 5)):
+        with torch.no_grad():
+            o = ours(pixel_values=pixels, labels=labels)
+            t = theirs(pixel_values=pixels, labels=labels)
+        assert _max_diff(o.logits, t.logits) <= EAGER_ATOL
+        assert _max_diff(o.loss, t.loss) <= EAGER_ATOL
+        ours.config.problem_type = theirs.config.problem_type = None
+
+
+def test_classifier_from_dual_checkpoint_is_new(hf_checkpoint):
+    theirs, path = hf_checkpoint
+    with pytest.warns(UserWarning, match="classifier"):
+        model = sf.SiglipForImageClassification.from_pretrained(path)
+    assert model.classifier.weight.isfinite().all()
+    assert torch.equal(model.vision_model.post_layernorm.weight, theirs.vision_model.post_layernorm.weight)
+
+
+def test_uint8_pixels_match_normalised_float(hf_checkpoint):
+    theirs, path = hf_checkpoint
+    ours = sf.SiglipVisionModel.from_pretrained(path, backend="eager")
+    vc = theirs.config.vision_config
+    raw = torch.randint(0, 256, (2, vc.num_channels, vc.image_size, vc.image_size), dtype=torch.uint8)
+    with torch.no_grad():
+        a = ours(pixel_values=raw).last_hidden_state
+        b = ours(pixel_values=(raw.float() - 127.5) / 127.5).last_hidden_state
+    assert _max_diff(a, b) <= EAGER_ATOL
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_other_backends_match_eager(hf_checkpoint, backend):
+    """The sdpa baseline and the fused Triton path (interpreter on CPU) against the eager backend, fp32, with
+    gradients."""
+    theirs, path = hf_checkpoint
+    eager = sf.SiglipModel.from_pretrained(path, backend="eager").train()
+    fused = sf.SiglipModel.from_pretrained(path, backend=backend).train()
+    ids, pixels = inputs(theirs.config, batch=2)
+    mask = torch.ones_like(ids)
+    mask[0, 2:] = 0
+    o = fused(input_ids=ids, pixel_values=pixels, attention_mask=mask, return_loss=True, output_hidden_states=True)
+    e = eager(input_ids=ids, pixel_values=pixels, attention_mask=mask, return_loss=True, output_hidden_states=True)
+    for key in ("logits_per_image", "text_embeds", "image_embeds", "loss"):
+        assert _max_diff(o[key], e[key]) <= KERNEL_ATOL, key
+    for tower in ("text_model_output", "vision_model_output"):
+        for a, b in zip(o[tower].hidden_states, e[tower].hidden_states):
+            assert _max_diff(a, b) <= KERNEL_ATOL
+    o.loss.backward()
+    e.loss.backward()
+    grads = dict(eager.named_parameters())
+    for name, p in fused.named_parameters():
+        assert p.grad is not None, name
+        assert _max_diff(p.grad, grads[name].grad) <= KERNEL_ATOL, name
