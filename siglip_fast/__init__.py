@@ -5,6 +5,7 @@ run as fused Triton kernels, plus a memory-bounded, multi-GPU sigmoid loss for t
 """
 
 from .configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from .image_processing import BatchFeature, SiglipImageProcessor
 from .modeling import (
     SiglipForImageClassification,
     SiglipModel,
@@ -13,17 +14,24 @@ from .modeling import (
     SiglipVisionModel,
 )
 from .ops import BACKENDS
+from .processing import SiglipProcessor
+from .tokenization import BatchEncoding, SiglipTokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "BatchEncoding",
+    "BatchFeature",
     "SiglipConfig",
     "SiglipForImageClassification",
+    "SiglipImageProcessor",
     "SiglipModel",
     "SiglipPreTrainedModel",
+    "SiglipProcessor",
     "SiglipTextConfig",
     "SiglipTextModel",
+    "SiglipTokenizer",
     "SiglipVisionConfig",
     "SiglipVisionModel",
 ]

@@ -1,0 +1,438 @@
+"""SigLIP's image processor: pixel-for-pixel transformers' PIL backend (`SiglipImageProcessorPil`, v5).
+
+Pipeline per image (reference/hf-siglip.md §4.2):
+  1. RGB conversion: an image with alpha (a band or `transparency` info) is composited onto white, anything else
+     goes through `convert("RGB")`; 1-channel arrays are repeated, 4-channel arrays composited onto white;
+  2. `PIL.Image.resize((W, H), BICUBIC)` on uint8 (float arrays in [0, 1] are scaled to uint8 for PIL and back,
+     as transformers does);
+  3. rescale `(x.astype(float64) * rescale_factor).astype(float32)`, normalise `(x - mean) / std` in float32, CHW.
+
+Steps 2-3 are exact but cheaper than transformers': the image stays a PIL image from decoding to resize, and for
+uint8 pixels rescale + normalise are one lookup in a 256-entry table per channel, computed with the very same
+float operations, so the result is bitwise identical. `return_uint8=True` stops after step 2 and returns the
+resized uint8 pixels (a quarter of the bytes) for the fused patch-embedding path, which folds SigLIP's
+normalisation `(x / 255 - 0.5) / 0.5` into its weights.
+
+Paths and bytes are decoded like transformers' `load_image`: EXIF orientation applied, then `convert("RGB")`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+
+from .tokenization import BatchEncoding, resolve_pretrained_dir
+
+IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+PROCESSOR_FILE = "processor_config.json"
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+_CONFIG_KEYS = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+                "image_std", "do_convert_rgb")
+_METADATA_KEYS = ("image_processor_type", "processor_class", "feature_extractor_type", "auto_map", "backend",
+                  "default_to_square")
+
+
+class BatchFeature(BatchEncoding):
+    """The dict returned by the image processor and the processor (`pixel_values`, `input_ids`...)."""
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, PIL.Image.Image):
+        return f"PIL image mode {x.mode} size {x.size}"
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return f"{type(x).__name__} shape {tuple(x.shape)} dtype {x.dtype}"
+    return type(x).__name__
+
+
+def _channel_axis(shape: tuple, where: str) -> int:
+    """transformers' infer_channel_dimension_format with num_channels (1, 3, 4): first axis wins a tie."""
+    if shape[0] in (1, 3, 4):
+        return 0
+    if shape[-1] in (1, 3, 4):
+        return 2
+    raise ValueError(f"{where}: cannot find the channel axis of an image of shape {shape}; expected 1, 3 or 4 "
+                     "channels first (C, H, W) or last (H, W, C)")
+
+
+def _pil_needs_rescale(image: np.ndarray, where: str) -> bool:
+    """transformers' `_rescale_for_pil_conversion`: float images in [0, 1] are scaled by 255 to become uint8."""
+    if image.dtype == np.uint8:
+        return False
+    if np.allclose(image, image.astype(int)):
+        if np.all(image >= 0) and np.all(image <= 255):
+            return False
+        raise ValueError(f"{where}: integer-valued pixels must lie in [0, 255], got [{image.min()}, {image.max()}]")
+    if np.all(image >= 0) and np.all(image <= 1):
+        return True
+    raise ValueError(f"{where}: float pixels must lie in [0, 1] (or be integers in [0, 255]), got "
+                     f"[{image.min()}, {image.max()}]")
+
+
+def _composite_pil(image: PIL.Image.Image) -> PIL.Image.Image:
+    """RGB, with any transparency composited onto white (transformers' `convert_to_rgb`)."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _composite_array(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) -> (H, W, 3): 1 channel repeated, 4 channels composited onto white (transformers' numpy rule)."""
+    c = image.shape[-1]
+    if c == 1:
+        return np.repeat(image, 3, axis=-1)
+    if c == 4:
+        if np.issubdtype(image.dtype, np.floating) and (image.min() < 0.0 or image.max() > 1.0):
+            raise ValueError(f"a 4-channel float image must lie in [0, 1] to composite its alpha, got "
+                             f"[{image.min()}, {image.max()}]")
+        white = 255 if np.issubdtype(image.dtype, np.integer) else 1.0
+        alpha = image[..., 3:4] / white
+        composite = alpha * image[..., :3] + (1 - alpha) * white
+        return np.round(composite).astype(image.dtype) if white == 255 else composite.astype(image.dtype)
+    return image
+
+
+def load_image(source: str | os.PathLike | bytes) -> PIL.Image.Image:
+    """Decode an image file or its bytes like transformers' `load_image` (EXIF transpose, then RGB)."""
+    what = f"image file {os.fspath(source)!r}" if not isinstance(source, (bytes, bytearray)) else "image bytes"
+    try:
+        image = PIL.Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source))
+        image.load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} does not exist") from None
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{what} could not be decoded as an image: {e}") from None
+    return PIL.ImageOps.exif_transpose(image).convert("RGB")
+
+
+def _check_size(size: Any) -> dict:
+    if isinstance(size, dict) and set(size) == {"height", "width"}:
+        h, w = size["height"], size["width"]
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        h, w = size
+    else:
+        raise ValueError(f"size must be {{'height': H, 'width': W}} or (H, W), got {size!r} (SigLIP resizes to an "
+                         "exact size; shortest_edge resizing is not supported)")
+    if not all(isinstance(v, (int, np.integer)) and v > 0 for v in (h, w)):
+        raise ValueError(f"size must hold positive ints, got {size!r}")
+    return {"height": int(h), "width": int(w)}
+
+
+def _check_triple(name: str, value: Any) -> tuple:
+    if isinstance(value, (int, float)):
+        value = [value] * 3
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
+        raise ValueError(f"{name} must be a float or 3 floats (one per RGB channel), got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+class SiglipImageProcessor:
+    """Images -> `pixel_values` (B, 3, H, W) float32, bitwise equal to transformers' `SiglipImageProcessorPil`.
+
+    Inputs: PIL images, numpy arrays (HWC or CHW; uint8, integer-valued, or float in [0, 1]), torch tensors,
+    file paths or encoded bytes; one image or a list. Every option can be overridden per call.
+    `return_uint8=True` returns the resized uint8 pixels instead (no rescale/normalise), for models whose patch
+    embedding applies SigLIP's normalisation itself; it raises unless this processor's normalisation is SigLIP's.
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        do_resize: bool = True,
+        size: dict | Sequence[int] | None = None,
+        resample: int = 3,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        do_convert_rgb: bool | None = True,
+        num_workers: int | None = None,
+    ):
+        self.do_resize = bool(do_resize)
+        self.size = _check_size(size if size is not None else {"height": 224, "width": 224})
+        self.resample = self._check_resample(resample)
+        self.do_rescale = bool(do_rescale)
+        self.rescale_factor = float(rescale_factor)
+        self.do_normalize = bool(do_normalize)
+        self.image_mean = _check_triple("image_mean", SIGLIP_MEAN if image_mean is None else image_mean)
+        self.image_std = _check_triple("image_std", SIGLIP_STD if image_std is None else image_std)
+        self.do_convert_rgb = True if do_convert_rgb is None else bool(do_convert_rgb)  # v4 saved null = default
+        self.num_workers = num_workers
+
+    @staticmethod
+    def _check_resample(resample: Any) -> int:
+        valid = {int(m) for m in PIL.Image.Resampling}
+        if isinstance(resample, bool) or not isinstance(resample, (int, np.integer)) or int(resample) not in valid:
+            raise ValueError(f"resample must be a PIL resampling filter id {sorted(valid)}, got {resample!r}")
+        return int(resample)
+
+    # -- one image --------------------------------------------------------------------------------------------
+
+    def _prepare(self, image: Any, where: str, do_convert_rgb: bool):
+        """-> a PIL image ready to resize, or a (C, H, W) array (plus whether it was float-[0,1]-scaled)."""
+        if isinstance(image, (str, os.PathLike, bytes, bytearray)):
+            image = load_image(image)
+        if isinstance(image, PIL.Image.Image):
+            if image.width == 0 or image.height == 0:
+                raise ValueError(f"{where}: empty image ({_describe(image)})")
+            if do_convert_rgb:
+                try:
+                    return _composite_pil(image)
+                except ValueError as e:
+                    raise ValueError(f"{where}: cannot convert {_describe(image)} to RGB: {e}") from None
+            array = np.array(image)
+            return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu().numpy()
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"{where}: expected a PIL image, numpy array, torch tensor, path or bytes, got "
+                            f"{_describe(image)}")
+        if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype,
+                                                                                                np.floating)):
+            raise TypeError(f"{where}: pixel dtype must be an integer or float type, got {image.dtype}")
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3:
+            raise ValueError(f"{where}: expected an image of 2 or 3 dims (H, W[, C]) or (C, H, W), got "
+                             f"{_describe(image)}")
+        if min(image.shape) == 0:
+            raise ValueError(f"{where}: empty image ({_describe(image)})")
+        axis = _channel_axis(image.shape, where)
+        if do_convert_rgb:
+            image = np.moveaxis(_composite_array(np.moveaxis(image, axis, -1)), -1, 0)
+        elif axis == 2:
+            image = np.moveaxis(image, -1, 0)
+        return image
+
+    def _check_channels(self, image, where: str) -> None:
+        channels = len(image.getbands()) if isinstance(image, PIL.Image.Image) else image.shape[0]
+        if channels != 3:
+            raise ValueError(f"{where}: expected a 3-channel (RGB) image after conversion, got {channels} channels "
+                             f"({_describe(image)}); pass do_convert_rgb=True to convert grayscale/RGBA images")
+
+    def _resize(self, image, size: dict, resample: int, where: str) -> np.ndarray:
+        """-> (C, H, W): uint8 if the pixels were uint8-representable, else float32 in [0, 1] (transformers' rule)."""
+        rescaled = False
+        if not isinstance(image, PIL.Image.Image):
+            rescaled = _pil_needs_rescale(image, where)
+            hwc = np.moveaxis(image, 0, -1)
+            if rescaled:
+                hwc = (hwc.astype(np.float64) * 255).astype(np.float32)
+            hwc = hwc.astype(np.uint8)
+            image = PIL.Image.fromarray(hwc[..., 0] if hwc.shape[-1] == 1 else hwc)
+        out = np.asarray(image.resize((size["width"], size["height"]), resample=resample))
+        out = np.moveaxis(out[..., None] if out.ndim == 2 else out, -1, 0)
+        if rescaled:  # transformers scales float inputs back to [0, 1] after the uint8 resize
+            return (out.astype(np.float64) * (1 / 255)).astype(np.float32)
+        return out
+
+    @staticmethod
+    def _lookup_table(rescale_factor, mean, std, do_rescale, do_normalize) -> np.ndarray:
+        """(3, 256) float32: rescale + normalise of every uint8 value, with transformers' exact float ops."""
+        values = np.arange(256, dtype=np.uint8)[None, :].repeat(3, axis=0)  # (3, 256) as a CHW "image"
+        x = values.astype(np.float32)
+        if do_rescale:
+            x = (values.astype(np.float64) * rescale_factor).astype(np.float32)
+        if do_normalize:
+            m, s = np.array(mean, dtype=np.float32), np.array(std, dtype=np.float32)
+            x = ((x.T - m) / s).T
+        return np.ascontiguousarray(x)
+
+    def _finish(self, image: np.ndarray, table: np.ndarray | None, opts: dict) -> np.ndarray:
+        """Rescale and normalise a (C, H, W) image: one table lookup for uint8 RGB, transformers' ops otherwise."""
+        if image.dtype == np.uint8 and image.shape[0] == 3 and table is not None:
+            index = image.astype(np.intp)
+            index += np.arange(3, dtype=np.intp)[:, None, None] * 256
+            return np.take(table.reshape(-1), index)
+        if opts["do_rescale"]:
+            image = (image.astype(np.float64) * opts["rescale_factor"]).astype(np.float32)
+        if opts["do_normalize"]:
+            if not np.issubdtype(image.dtype, np.floating):
+                image = image.astype(np.float32)
+            m = np.array(opts["image_mean"], dtype=image.dtype)
+            s = np.array(opts["image_std"], dtype=image.dtype)
+            image = ((image.T - m) / s).T
+        return np.ascontiguousarray(image)
+
+    # -- the call ---------------------------------------------------------------------------------------------
+
+    def is_siglip_normalization(self, **overrides) -> bool:
+        """True when rescale + normalise is SigLIP's `(x / 255 - 0.5) / 0.5`, which return_uint8 requires."""
+        o = self._options(overrides)
+        return (o["do_rescale"] and math.isclose(o["rescale_factor"], 1 / 255, rel_tol=1e-9)
+                and o["do_normalize"] and o["image_mean"] == SIGLIP_MEAN and o["image_std"] == SIGLIP_STD)
+
+    def _options(self, overrides: dict) -> dict:
+        opts = {k: getattr(self, k) for k in _CONFIG_KEYS}
+        for key, value in overrides.items():
+            if key not in opts:
+                raise TypeError(f"SiglipImageProcessor got an unexpected option {key!r}; valid: {list(opts)}")
+            if value is None:
+                continue
+            if key == "size":
+                value = _check_size(value)
+            elif key == "resample":
+                value = self._check_resample(value)
+            elif key in ("image_mean", "image_std"):
+                value = _check_triple(key, value)
+            elif key == "rescale_factor":
+                value = float(value)
+            else:
+                value = bool(value)
+            opts[key] = value
+        return opts
+
+    def __call__(self, images: Any, *, return_tensors: str | None = None, return_uint8: bool = False,
+                 num_workers: int | None = None, **overrides) -> BatchFeature:
+        """Preprocess one image or a list -> BatchFeature(pixel_values=...): a (B, 3, H, W) tensor/array with
+        return_tensors 'pt'/'np', else a list of (3, H, W) float32 arrays (uint8 with return_uint8=True)."""
+        opts = self._options(overrides)
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        if return_uint8 and not self.is_siglip_normalization(**overrides):
+            raise ValueError(
+                "return_uint8=True needs SigLIP's normalisation (do_rescale with rescale_factor=1/255, do_normalize "
+                f"with image_mean=image_std=(0.5, 0.5, 0.5)), which the fused patch embedding assumes; this call has "
+                f"do_rescale={opts['do_rescale']}, rescale_factor={opts['rescale_factor']}, do_normalize="
+                f"{opts['do_normalize']}, image_mean={opts['image_mean']}, image_std={opts['image_std']}")
+        images = self._as_list(images)
+        table = None
+        if not return_uint8 and (opts["do_rescale"] or opts["do_normalize"]):
+            table = self._lookup_table(opts["rescale_factor"], opts["image_mean"], opts["image_std"],
+                                       opts["do_rescale"], opts["do_normalize"])
+
+        def one(i_image):
+            i, image = i_image
+            where = f"images[{i}]"
+            image = self._prepare(image, where, opts["do_convert_rgb"])
+            self._check_channels(image, where)
+            if opts["do_resize"]:
+                image = self._resize(image, opts["size"], opts["resample"], where)
+            elif isinstance(image, PIL.Image.Image):
+                image = np.moveaxis(np.asarray(image), -1, 0)
+            if return_uint8:
+                return self._as_uint8(image, where)
+            return self._finish(image, table, opts)
+
+        workers = self.num_workers if num_workers is None else num_workers
+        if workers is None:
+            workers = min(8, os.cpu_count() or 1) if len(images) >= 8 else 1
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding and resizing
+                pixels = list(pool.map(one, enumerate(images)))
+        else:
+            pixels = [one(x) for x in enumerate(images)]
+        if return_tensors is not None:
+            shapes = {p.shape for p in pixels}
+            if len(shapes) > 1:
+                raise ValueError(f"cannot stack images of different sizes {sorted(shapes)} into one tensor; "
+                                 "use do_resize=True or return_tensors=None")
+            stacked = np.stack(pixels)
+            return BatchFeature(pixel_values=torch.from_numpy(stacked) if return_tensors == "pt" else stacked)
+        return BatchFeature(pixel_values=pixels)
+
+    preprocess = __call__
+
+    @staticmethod
+    def _as_list(images: Any) -> list:
+        if isinstance(images, (list, tuple)):
+            if len(images) == 0:
+                raise ValueError("images: got an empty list; expected at least one image")
+            return list(images)
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+            if images.shape[0] == 0:
+                raise ValueError(f"images: got an empty batch {_describe(images)}")
+            return list(images)
+        return [images]
+
+    @staticmethod
+    def _as_uint8(image: np.ndarray, where: str) -> np.ndarray:
+        if image.dtype != np.uint8:
+            if _pil_needs_rescale(image, where):
+                raise ValueError(f"{where}: return_uint8=True needs uint8-valued pixels (PIL images, uint8 or "
+                                 f"integer-valued arrays); got float pixels in [0, 1] ({_describe(image)})")
+            image = image.astype(np.uint8)
+        return np.ascontiguousarray(image)
+
+    # -- files ------------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """The preprocessor_config.json fields transformers writes."""
+        return {
+            "do_convert_rgb": self.do_convert_rgb,
+            "do_normalize": self.do_normalize,
+            "do_rescale": self.do_rescale,
+            "do_resize": self.do_resize,
+            "image_mean": list(self.image_mean),
+            "image_processor_type": "SiglipImageProcessor",
+            "image_std": list(self.image_std),
+            "resample": self.resample,
+            "rescale_factor": self.rescale_factor,
+            "size": dict(self.size),
+        }
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "SiglipImageProcessor":
+        if not isinstance(config, dict):
+            raise TypeError(f"image processor config must be a dict, got {type(config).__name__}")
+        unknown = sorted(set(config) - set(_CONFIG_KEYS) - set(_METADATA_KEYS))
+        for key in unknown:
+            if key in ("do_center_crop", "do_pad") and config[key]:
+                raise ValueError(f"image processor config sets {key}=true, which SigLIP's processor does not do")
+        if config.get("image_processor_type", "SiglipImageProcessor").removesuffix("Pil").removesuffix("Fast") \
+                != "SiglipImageProcessor":
+            raise ValueError(f"not a SigLIP image processor config: image_processor_type="
+                             f"{config['image_processor_type']!r}")
+        return cls(**{k: config[k] for k in _CONFIG_KEYS if k in config})
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
+        """Write preprocessor_config.json (what transformers' image processors write)."""
+        save_directory = os.fspath(save_directory)
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, IMAGE_PROCESSOR_FILE)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        return [path]
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, *, revision: str | None = None,
+                        **overrides) -> "SiglipImageProcessor":
+        """Read preprocessor_config.json (v4/hub), or processor_config.json's nested "image_processor" (v5)."""
+        directory = resolve_pretrained_dir(path_or_id, allow_patterns=[IMAGE_PROCESSOR_FILE, PROCESSOR_FILE],
+                                           what="SiglipImageProcessor.from_pretrained", revision=revision)
+        config = read_image_processor_config(directory)
+        config.update(overrides)
+        return cls.from_dict(config)
+
+    def __repr__(self) -> str:
+        return f"SiglipImageProcessor({json.dumps(self.to_dict(), sort_keys=True)})"
+
+
+def read_image_processor_config(directory: str) -> dict:
+    """preprocessor_config.json if present, else processor_config.json["image_processor"]."""
+    path = os.path.join(directory, IMAGE_PROCESSOR_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    path = os.path.join(directory, PROCESSOR_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            nested = json.load(f).get("image_processor")
+        if isinstance(nested, dict):
+            return dict(nested)
+    raise FileNotFoundError(f"no {IMAGE_PROCESSOR_FILE}, nor a {PROCESSOR_FILE} with an 'image_processor' entry, "
+                            f"in {directory!r}")

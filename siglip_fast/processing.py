@@ -1,0 +1,121 @@
+"""SigLIP's processor: the tokenizer and the image processor behind one call, saved as transformers v5 saves it."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from .image_processing import (
+    _CONFIG_KEYS as _IMAGE_KEYS,
+)
+from .image_processing import (
+    IMAGE_PROCESSOR_FILE,
+    PROCESSOR_FILE,
+    BatchFeature,
+    SiglipImageProcessor,
+    read_image_processor_config,
+)
+from .tokenization import (
+    SPECIAL_TOKENS_MAP_FILE,
+    TOKENIZER_CONFIG_FILE,
+    VOCAB_FILE,
+    SiglipTokenizer,
+    resolve_pretrained_dir,
+)
+
+_TEXT_KEYS = ("add_special_tokens", "padding", "truncation", "max_length", "pad_to_multiple_of", "padding_side",
+              "return_attention_mask")
+_IMAGE_CALL_KEYS = (*_IMAGE_KEYS, "return_uint8", "num_workers")
+_UNSET = object()
+
+
+class SiglipProcessor:
+    """`processor(images=..., text=...)` -> BatchFeature with `pixel_values` and/or `input_ids` (+ `attention_mask`
+    when the tokenizer's `model_input_names` list it), as transformers' `SiglipProcessor`.
+
+    Text options go to the tokenizer, image options to the image processor (or pass `text_kwargs={...}` /
+    `images_kwargs={...}`); `return_tensors` applies to both.
+
+    One deliberate difference from transformers: when the caller does not say how to pad (no `padding`
+    argument), texts are padded to `max_length` (the tokenizer's `model_max_length`: 64, or 16 for
+    so400m-patch14-224) with truncation, because SigLIP was trained that way; ragged or longest padding silently
+    changes the text embeddings (last-token pooling, no attention mask). Pass `padding=...` explicitly to get
+    transformers' behaviour exactly (transformers pads nothing by default).
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+
+    def __init__(self, image_processor: SiglipImageProcessor, tokenizer: SiglipTokenizer):
+        if not isinstance(image_processor, SiglipImageProcessor):
+            raise TypeError(f"image_processor must be a SiglipImageProcessor, got {type(image_processor).__name__}")
+        if not isinstance(tokenizer, SiglipTokenizer):
+            raise TypeError(f"tokenizer must be a SiglipTokenizer, got {type(tokenizer).__name__}")
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return [*self.tokenizer.model_input_names, *self.image_processor.model_input_names]
+
+    def __call__(self, images: Any = None, text: Any = None, *, padding: Any = _UNSET,
+                 return_tensors: str | None = None, text_kwargs: dict | None = None,
+                 images_kwargs: dict | None = None, **kwargs) -> BatchFeature:
+        if images is None and text is None:
+            raise ValueError("SiglipProcessor needs text=, images= or both")
+        text_kwargs = dict(text_kwargs or {})
+        images_kwargs = dict(images_kwargs or {})
+        for key, value in kwargs.items():
+            if key in _TEXT_KEYS:
+                text_kwargs[key] = value
+            elif key in _IMAGE_CALL_KEYS:
+                images_kwargs[key] = value
+            else:
+                raise TypeError(f"SiglipProcessor got an unexpected option {key!r}; text options: {list(_TEXT_KEYS)}, "
+                                f"image options: {list(_IMAGE_CALL_KEYS)}")
+        if padding is not _UNSET:
+            text_kwargs["padding"] = padding
+        if "padding" not in text_kwargs:  # SigLIP's training setting, see the class docstring
+            text_kwargs["padding"] = "max_length"
+            text_kwargs.setdefault("truncation", True)
+        out = BatchFeature()
+        if text is not None:
+            out.update(self.tokenizer(text, return_tensors=return_tensors, **text_kwargs))
+        if images is not None:
+            out.update(self.image_processor(images, return_tensors=return_tensors, **images_kwargs))
+        return out
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
+        """Write what transformers v5 writes: processor_config.json (with the image processor nested), spiece.model
+        and tokenizer_config.json."""
+        save_directory = os.fspath(save_directory)
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory: {save_directory!r} is a file, expected a directory")
+        os.makedirs(save_directory, exist_ok=True)
+        written = self.tokenizer.save_pretrained(save_directory, processor_class="SiglipProcessor")
+        path = os.path.join(save_directory, PROCESSOR_FILE)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"image_processor": self.image_processor.to_dict(), "processor_class": "SiglipProcessor"}, f,
+                      indent=2, sort_keys=True)
+            f.write("\n")
+        return [*written, path]
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, *, revision: str | None = None) -> "SiglipProcessor":
+        """Load from a directory (v5 processor_config.json or v4/hub preprocessor_config.json, plus the tokenizer
+        files) or a hub id (needs huggingface_hub)."""
+        directory = resolve_pretrained_dir(
+            path_or_id, what="SiglipProcessor.from_pretrained", revision=revision,
+            allow_patterns=[PROCESSOR_FILE, IMAGE_PROCESSOR_FILE, VOCAB_FILE, TOKENIZER_CONFIG_FILE,
+                            SPECIAL_TOKENS_MAP_FILE])
+        image_processor = SiglipImageProcessor.from_dict(read_image_processor_config(directory))
+        return cls(image_processor, SiglipTokenizer.from_pretrained(directory))
+
+    def __repr__(self) -> str:
+        return f"SiglipProcessor(\n  image_processor={self.image_processor!r},\n  tokenizer={self.tokenizer!r})"

@@ -1,0 +1,139 @@
+"""SiglipProcessor: transformers' SiglipProcessor when padding is explicit; max_length padding by default."""
+
+import io
+import json
+import random
+
+import numpy as np
+import PIL.Image
+import pytest
+import sentencepiece as spm
+import torch
+
+from siglip_fast import image_processing, tokenization
+from siglip_fast.processing import SiglipProcessor
+
+WORDS = ["a", "photo", "of", "the", "cat", "dog", "this", "is", "an", "image", "café", "zebra", "quick", "brown"]
+TEXTS = ["a photo of a cat.", "This is a DOG!", "", "zebra " * 30, "café </s> cat"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+    """A v4/hub-style processor directory: spiece.model, tokenizer_config.json, preprocessor_config.json."""
+    rng = random.Random(1)
+    corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 9))) for _ in range(1500)]
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=buffer, model_type="unigram",
+                                   vocab_size=60, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
+                                   minloglevel=2)
+    directory = tmp_path_factory.mktemp("siglip-processor")
+    (directory / "spiece.model").write_bytes(buffer.getvalue())
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "model_input_names": ["input_ids"], "model_max_length": 16, "tokenizer_class": "SiglipTokenizer",
+        "processor_class": "SiglipProcessor", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}))
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+        "image_processor_type": "SiglipImageProcessor", "image_std": [0.5, 0.5, 0.5],
+        "processor_class": "SiglipProcessor", "resample": 3, "rescale_factor": 0.00392156862745098,
+        "size": {"height": 32, "width": 32}}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def hf_processor_cls():
+    pytest.importorskip("google.protobuf", reason="transformers' SiglipTokenizer needs protobuf")
+    transformers = pytest.importorskip("transformers", reason="transformers is the parity peer")
+    return transformers.SiglipProcessor, transformers.SiglipImageProcessorPil
+
+
+def _hf(hf_processor_cls, directory):
+    processor_cls, pil_cls = hf_processor_cls
+    processor = processor_cls.from_pretrained(str(directory))
+    # pin the PIL backend: transformers picks torchvision when it is installed
+    processor.image_processor = pil_cls.from_pretrained(str(directory))
+    return processor
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
+    arrays = [torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy() for h, w in ((37, 51), (64, 23))]
+    return [PIL.Image.fromarray(a) for a in arrays]
+
+
+def _same(a, b):
+    assert set(a) == set(b)
+    for key in a:
+        assert isinstance(a[key], torch.Tensor) and a[key].dtype == b[key].dtype, key
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("text_kwargs", [
+    {"padding": "max_length", "truncation": True},
+    {"padding": True},
+    {"padding": "max_length", "max_length": 20, "truncation": True},
+])
+def test_matches_transformers_with_explicit_padding(checkpoint_dir, hf_processor_cls, images, text_kwargs):
+    ours, theirs = SiglipProcessor.from_pretrained(checkpoint_dir), _hf(hf_processor_cls, checkpoint_dir)
+    texts = TEXTS[:3]
+    _same(ours(images=images, text=texts, return_tensors="pt", **text_kwargs),
+          theirs(images=images, text=texts, return_tensors="pt", **text_kwargs))
+    _same(ours(text=TEXTS[3:], return_tensors="pt", **text_kwargs),
+          theirs(text=TEXTS[3:], return_tensors="pt", **text_kwargs))
+    got = ours(images=images[0], return_tensors="pt")
+    assert list(got) == ["pixel_values"] and got.pixel_values.shape == (1, 3, 32, 32)
+    _same(got, theirs(images=images[0], return_tensors="pt"))
+
+
+def test_default_pads_to_max_length(checkpoint_dir, hf_processor_cls, images):
+    ours, theirs = SiglipProcessor.from_pretrained(checkpoint_dir), _hf(hf_processor_cls, checkpoint_dir)
+    got = ours(images=images, text=TEXTS, return_tensors="pt")
+    assert got.input_ids.shape == (len(TEXTS), 16)  # model_max_length from tokenizer_config.json, not 64
+    assert "attention_mask" not in got  # model_input_names = ["input_ids"]
+    _same(got, theirs(images=images, text=TEXTS, padding="max_length", truncation=True, return_tensors="pt"))
+    assert ours(text=TEXTS)["input_ids"] == [row.tolist() for row in got.input_ids]  # lists without return_tensors
+    ragged = ours(text=TEXTS[:2], padding=False)["input_ids"]  # explicit padding=False: as transformers, unpadded
+    assert ragged == theirs(text=TEXTS[:2])["input_ids"] and len(ragged[0]) != len(ragged[1])
+
+
+def test_kwargs_routing(checkpoint_dir, images):
+    ours = SiglipProcessor.from_pretrained(checkpoint_dir)
+    out = ours(images=images, text=TEXTS[:2], return_tensors="np", size={"height": 9, "width": 13}, max_length=5)
+    assert out["pixel_values"].shape == (2, 3, 9, 13) and out["input_ids"].shape == (2, 5)
+    out = ours(images=images, text="a cat", return_tensors="pt", images_kwargs={"return_uint8": True},
+               text_kwargs={"return_attention_mask": True})
+    assert out.pixel_values.dtype == torch.uint8 and out.attention_mask.shape == out.input_ids.shape == (1, 16)
+    with pytest.raises(TypeError, match="unexpected option 'resize_to'"):
+        ours(images=images, resize_to=3)
+    with pytest.raises(ValueError, match="text=, images="):
+        ours()
+    with pytest.raises(TypeError, match="tokenizer must be a SiglipTokenizer"):
+        SiglipProcessor(ours.image_processor, "tokenizer")
+
+
+def test_save_load_round_trip(checkpoint_dir, hf_processor_cls, images, tmp_path):
+    ours = SiglipProcessor.from_pretrained(checkpoint_dir)
+    ours.save_pretrained(tmp_path / "ours")
+    files = sorted(p.name for p in (tmp_path / "ours").iterdir())
+    assert files == ["processor_config.json", "spiece.model", "tokenizer_config.json"]  # what v5 writes
+    nested = json.loads((tmp_path / "ours" / "processor_config.json").read_text())
+    assert nested["processor_class"] == "SiglipProcessor" and nested["image_processor"]["size"]["height"] == 32
+    theirs = _hf(hf_processor_cls, tmp_path / "ours")
+    kwargs = {"padding": "max_length", "truncation": True, "return_tensors": "pt"}
+    _same(ours(images=images, text=TEXTS, **kwargs), theirs(images=images, text=TEXTS, **kwargs))
+    theirs.save_pretrained(str(tmp_path / "theirs"))
+    again = SiglipProcessor.from_pretrained(tmp_path / "theirs")
+    assert again.image_processor.to_dict() == ours.image_processor.to_dict()
+    assert again.tokenizer.model_max_length == 16 and again.tokenizer.model_input_names == ["input_ids"]
+    _same(again(images=images, text=TEXTS, **kwargs), ours(images=images, text=TEXTS, **kwargs))
+
+
+def test_round_trip_without_transformers(checkpoint_dir, tmp_path, images):
+    ours = SiglipProcessor.from_pretrained(checkpoint_dir)
+    ours.save_pretrained(tmp_path)
+    again = SiglipProcessor.from_pretrained(tmp_path)
+    assert isinstance(again.tokenizer, tokenization.SiglipTokenizer)
+    assert isinstance(again.image_processor, image_processing.SiglipImageProcessor)
+    a, b = ours(images=images, text=TEXTS, return_tensors="np"), again(images=images, text=TEXTS, return_tensors="np")
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert ours.decode(a["input_ids"][0], skip_special_tokens=True) == "a photo of a cat"
