@@ -1,0 +1,145 @@
+"""Fused linear (GEMM + bias / GELU-tanh / residual epilogue) against cuBLAS plus the eager elementwise passes.
+
+The question (issue 8): at SigLIP's MLP widths (So400m 4304, B/16 3072) does the fused Triton GEMM beat cuBLAS
+F.linear followed by eager GELU / residual add, and cuBLAS followed by a torch.compile'd elementwise epilogue?
+
+Rows per case, all timed in one process on the same inputs (bf16):
+  triton        siglip_fast.kernels.linear (one GEMM, epilogue fused)
+  cublas+eager  linear_reference: F.linear (bias fused by cuBLAS), then F.gelu / + residual as separate passes
+  cublas+compile  F.linear, then a torch.compile'd GELU / residual add (only with --compile-baselines)
+  cublas gemm   F.linear alone: what the layer would cost if the epilogue were free (a lower bound)
+tflops counts the GEMM only (2*M*N*K); mfu is against the measured bf16 GEMM peak; ratio = cublas+eager ms / ms.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from siglip_fast.kernels.linear import linear, linear_reference
+
+from benchmarks._common import gemm_peak_tflops, peak_memory_mib, sync, time_ms
+
+# name: (tokens per image, images full, images small, K, N, epilogue)
+CASES = {
+    "so400m fc1": (729, 128, 8, 1152, 4304, "gelu"),
+    "b16 fc1": (196, 512, 32, 768, 3072, "gelu"),
+    "so400m fc2": (729, 128, 8, 4304, 1152, "residual"),
+    "b16 fc2": (196, 512, 32, 3072, 768, "residual"),
+    "so400m out_proj": (729, 128, 8, 1152, 1152, "residual"),
+    "b16 out_proj": (196, 512, 32, 768, 768, "residual"),
+}
+TRAIN_CASES = ["so400m fc1", "b16 fc1", "so400m fc2"]
+GPU_ONLY = "the fused Triton GEMM is timed on CUDA only (interpreter times on CPU say nothing about the kernel)"
+
+
+def _make(case, bench_size, device, dtype=torch.bfloat16, requires_grad=False):
+    tokens, b_full, b_small, k, n, epilogue = CASES[case]
+    m = tokens * (b_full if bench_size == "full" else b_small)
+    x = torch.randn(m, k, device=device, dtype=dtype)
+    w = torch.randn(n, k, device=device, dtype=dtype) / k**0.5
+    b = torch.randn(n, device=device, dtype=dtype)
+    r = torch.randn(m, n, device=device, dtype=dtype) if epilogue == "residual" else None
+    act = "gelu_tanh" if epilogue == "gelu" else None
+    for t in (x, w, b, r):
+        if t is not None:
+            t.requires_grad_(requires_grad)
+    return (m, k, n), (x, w, b, r), act
+
+
+_COMPILED = {}
+
+
+def _compiled_epilogue(act):
+    """cuBLAS F.linear (with bias) followed by a torch.compile'd elementwise epilogue."""
+    if act not in _COMPILED:
+        if act == "gelu_tanh":
+            fn = torch.compile(lambda y: F.gelu(y, approximate="tanh"), dynamic=False)
+        else:
+            fn = torch.compile(lambda y, r: r + y, dynamic=False)
+        _COMPILED[act] = fn
+    return _COMPILED[act]
+
+
+def _impls(inputs, act, compile_baselines):
+    x, w, b, r = inputs
+    impls = {
+        "triton": lambda: linear(x, w, b, activation=act, residual=r),
+        "cublas+eager": lambda: linear_reference(x, w, b, activation=act, residual=r),
+    }
+    if compile_baselines:
+        epi = _compiled_epilogue(act)
+        if act == "gelu_tanh":
+            impls["cublas+compile"] = lambda: epi(F.linear(x, w, b))
+        else:
+            impls["cublas+compile"] = lambda: epi(F.linear(x, w, b), r)
+    impls["cublas gemm"] = lambda: F.linear(x, w, b)
+    return impls
+
+
+def _pedantic(benchmark, fn, device):
+    def call():
+        fn()
+        sync(device)
+
+    benchmark.pedantic(call, rounds=20, iterations=1, warmup_rounds=3)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bench_linear_fwd(case, benchmark, device, bench_size, report, compile_baselines):
+    if device.type != "cuda":
+        pytest.skip(GPU_ONLY)
+    (m, k, n), inputs, act = _make(case, bench_size, device)
+    impls = _impls(inputs, act, compile_baselines)
+    with torch.no_grad():
+        for fn in impls.values():  # warm-up: autotune and compile out of the timings
+            fn()
+        sync(device)
+        _pedantic(benchmark, impls["triton"], device)
+        ms = {name: time_ms(fn, device) for name, fn in impls.items()}
+        peak = gemm_peak_tflops(device)
+        flops = 2 * m * n * k
+        shape = f"{case} M={m} K={k} N={n}"
+        for name, fn in impls.items():
+            tflops = flops / ms[name] / 1e9
+            report("linear fwd bf16", shape, name, ms=ms[name], tflops=tflops, mfu=tflops / peak,
+                   ratio=ms["cublas+eager"] / ms[name], peak_mib=peak_memory_mib(fn, device))
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES)
+def test_bench_linear_fwd_bwd(case, benchmark, device, bench_size, report):
+    if device.type != "cuda":
+        pytest.skip(GPU_ONLY)
+    (m, k, n), inputs, act = _make(case, bench_size, device, requires_grad=True)
+    x, w, b, r = inputs
+    leaves = [t for t in inputs if t is not None]
+    g = torch.randn(m, n, device=device, dtype=x.dtype)
+
+    def step(fn):
+        return lambda: torch.autograd.grad(fn(x, w, b, activation=act, residual=r), leaves, g)
+
+    impls = {"triton": step(linear), "cublas+eager": step(linear_reference)}
+    for fn in impls.values():
+        fn()
+    sync(device)
+    _pedantic(benchmark, impls["triton"], device)
+    ms = {name: time_ms(fn, device) for name, fn in impls.items()}
+    peak = gemm_peak_tflops(device)
+    flops = 3 * 2 * m * n * k  # forward GEMM + dX + dW
+    shape = f"{case} M={m} K={k} N={n}"
+    for name, fn in impls.items():
+        tflops = flops / ms[name] / 1e9
+        report("linear fwd+bwd bf16", shape, name, ms=ms[name], tflops=tflops, mfu=tflops / peak,
+               ratio=ms["cublas+eager"] / ms[name], peak_mib=peak_memory_mib(fn, device))
+
+
+def test_bench_linear_cpu_eager(benchmark, device, report):
+    """On CPU: the eager reference at a tiny fc1 shape, so the suite runs end to end; the kernel is GPU-only."""
+    if device.type == "cuda":
+        pytest.skip("CPU smoke case; the CUDA cases above cover the real shapes")
+    m, k, n = 64, 96, 256
+    x = torch.randn(m, k)
+    w = torch.randn(n, k) / k**0.5
+    b = torch.randn(n)
+    fn = lambda: linear_reference(x, w, b, activation="gelu_tanh")
+    benchmark(fn)
+    ms = time_ms(fn, device)
+    report("linear fwd fp32 (cpu)", f"M={m} K={k} N={n}", "eager", ms=ms, tflops=2 * m * n * k / ms / 1e9)
