@@ -16,6 +16,7 @@ from .modeling import (
 from .ops import BACKENDS
 from .processing import SiglipProcessor
 from .tokenization import BatchEncoding, SiglipTokenizer
+from .variants import VARIANTS, config_for
 
 __version__ = "0.1.0"
 
@@ -34,4 +35,6 @@ __all__ = [
     "SiglipTokenizer",
     "SiglipVisionConfig",
     "SiglipVisionModel",
+    "VARIANTS",
+    "config_for",
 ]

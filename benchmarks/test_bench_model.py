@@ -1,0 +1,165 @@
+"""Model level: the vision tower, the text tower and the dual model, inference and a vision training step, every
+implementation side by side on the same random weights and inputs.
+
+Rows per case (one process, one set of weights; transformers gets the same weights through load_state_dict):
+  triton             siglip_fast, backend="triton" (the fused kernels; CUDA only)
+  sdpa               siglip_fast, backend="sdpa" (eager ops, PyTorch SDPA attention)
+  eager              siglip_fast, backend="eager" (the reference: what transformers' eager path computes)
+  transformers-sdpa  transformers' SiglipModel, attn_implementation="sdpa" (when transformers is installed)
+  transformers-sdpa+compile  the same under torch.compile (only with --compile-baselines)
+Figures: median ms, img/s or texts/s, TFLOP/s from the analytic matmul FLOP count (siglip_fast.variants:
+patch embed, QKV, attention at the true head dim, out proj, MLP, MAP head, text head; a training step counts 3x the
+forward), MFU against the measured bf16 GEMM peak, peak memory, max_err = max |output - eager's output| and
+ratio = eager ms / ms, all from the same run.
+
+--bench-size full (GPU default): B/16-224, B/16-384, L/16-384 and So400m/14-384 in bf16, batches sized for an
+80 GB card. --bench-size small (CPU default): a tiny config (2 layers, hidden 64, image 32, patch 8, batch 2) with
+eager, sdpa and transformers only (plus triton when on a GPU).
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from benchmarks._common import gemm_peak_tflops, peak_memory_mib, sync, time_ms
+from siglip_fast.cli import pooled, random_model, transformers_twin
+from siglip_fast.configuration import SiglipConfig
+from siglip_fast.variants import config_for, matmul_flops
+
+TINY = dict(
+    text_config=dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=16),
+    vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       image_size=32, patch_size=8),
+)
+# shape -> (variant, images per inference call, texts per call, images per training step)
+SHAPES = {
+    "tiny": (None, 2, 2, 2),
+    "B/16-224": ("base-patch16-224", 512, 1024, 256),
+    "B/16-384": ("base-patch16-384", 256, 1024, 64),
+    "L/16-384": ("large-patch16-384", 128, 1024, 32),
+    "So400m/14-384": ("so400m-patch14-384", 128, 1024, 32),
+}
+MODES = ("vision", "text", "dual", "vision-train")
+CASES = [(shape, mode) for shape in SHAPES for mode in MODES]
+GPU_ONLY = "the real checkpoint shapes run on CUDA only (--bench-size full on a GPU); minutes per call on CPU"
+SMALL_ONLY = "the tiny config runs with --bench-size small"
+
+_CACHE: dict = {}
+
+
+def _models(shape: str, device: torch.device, dtype: torch.dtype):
+    """(siglip_fast model, transformers twin or None, error) for one shape, kept while the shape's cases run."""
+    key = (shape, device, dtype)
+    if key not in _CACHE:
+        _CACHE.clear()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        variant = SHAPES[shape][0]
+        config = SiglipConfig(**TINY) if variant is None else config_for(variant)
+        torch.manual_seed(0)
+        model = random_model(config, device, dtype)
+        try:
+            twin, error = transformers_twin(model, "sdpa"), None
+        except Exception as e:  # a transformers version that cannot take this config: one row's error
+            twin, error = None, f"{type(e).__name__}: {e}"
+        _CACHE[key] = (model, twin, error)
+    return _CACHE[key]
+
+
+def _module(model, mode: str):
+    """What one step of `mode` calls: a tower, or the dual model."""
+    if mode == "text":
+        return model.text_model
+    return model if mode == "dual" else model.vision_model
+
+
+def _step(module, mode: str, pixels, ids):
+    """One step of `mode` (siglip_fast or transformers module); returns the output compared across impls."""
+    if mode == "text":
+        return pooled(module(input_ids=ids))
+    if mode == "dual":
+        return module(input_ids=ids, pixel_values=pixels).logits_per_image
+    out = pooled(module(pixel_values=pixels))
+    if mode == "vision-train":  # forward + backward of the vision tower
+        out.backward(torch.ones_like(out))
+        module.zero_grad(set_to_none=True)
+    return out.detach()
+
+
+@pytest.mark.parametrize("shape, mode", CASES, ids=[f"{s}-{m}" for s, m in CASES])
+def test_bench_model(shape, mode, benchmark, device, bench_size, report, compile_baselines):
+    if shape == "tiny" and bench_size != "small":
+        pytest.skip(SMALL_ONLY)
+    if shape != "tiny" and (bench_size != "full" or device.type != "cuda"):
+        pytest.skip(GPU_ONLY)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model, twin, twin_error = _models(shape, device, dtype)
+    config = model.config
+    _, images, texts, train_images = SHAPES[shape]
+    if mode == "vision-train":
+        images = train_images
+    vc, tc = config.vision_config, config.text_config
+    pixels = torch.randn(images, vc.num_channels, vc.image_size, vc.image_size, device=device, dtype=dtype)
+    ids = torch.randint(0, tc.vocab_size, (texts, tc.max_position_embeddings), device=device)
+    if mode == "dual":
+        ids = ids[:images]  # image-text pairs
+    n_items, unit = (len(ids), "texts_per_s") if mode == "text" else (images, "img_per_s")
+    flops = matmul_flops(config, images=0 if mode == "text" else images, texts=len(ids) if mode in ("text", "dual")
+                         else 0, backward=mode == "vision-train")
+
+    impls = {}  # name -> (module to call, siglip_fast backend or None)
+    for backend in (["triton"] if device.type == "cuda" else []) + ["sdpa", "eager"]:
+        impls[backend] = (_module(model, mode), backend)
+    if twin is not None or twin_error:
+        impls["transformers-sdpa"] = (None if twin is None else _module(twin, mode), None)
+        if compile_baselines and twin is not None:
+            impls["transformers-sdpa+compile"] = (torch.compile(_module(twin, mode), dynamic=False), None)
+
+    train = mode == "vision-train"
+    grad_mode = torch.enable_grad() if train else torch.inference_mode()
+    results, main_fn = {}, None
+    with grad_mode:
+        for name, (target, backend) in impls.items():
+            if target is None:
+                results[name] = {"error": twin_error}
+                continue
+
+            def fn(target=target, backend=backend):
+                if backend is not None:  # set per call: the impls share one model
+                    model.set_backend(backend)
+                return _step(target, mode, pixels, ids)
+
+            try:
+                out = fn().float()  # warm-up: autotuning and compilation out of the timings
+                sync(device)
+                ms = time_ms(fn, device)
+                results[name] = {"out": out, "ms": ms, "peak_mib": peak_memory_mib(fn, device)}
+                main_fn = main_fn or fn
+            except Exception as e:  # a failing kernel is reported in its row; the other rows still run
+                results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:120]}
+
+        if main_fn is not None:  # pytest-benchmark's record: the first implementation that ran (triton on a GPU)
+            def call():
+                main_fn()
+                sync(device)
+
+            benchmark.pedantic(call, rounds=10 if device.type == "cuda" else 3, iterations=1, warmup_rounds=1)
+
+    peak = gemm_peak_tflops(device)
+    eager = results.get("eager", {})
+    case = f"{shape} {mode} b{n_items} {str(dtype).removeprefix('torch.')}"
+    for name, r in results.items():
+        if "error" in r:
+            report("model", case, name, error=r["error"])
+            continue
+        tflops = flops / r["ms"] / 1e9
+        max_err = (r["out"] - eager["out"]).abs().max().item() if "out" in eager else None
+        report("model", case, name, ms=r["ms"], **{unit: n_items * 1e3 / r["ms"]}, tflops=tflops,
+               mfu=tflops / peak if peak else None, peak_mib=r["peak_mib"],
+               ratio=eager["ms"] / r["ms"] if "ms" in eager else None, max_err=max_err)
+    assert "ms" in eager, f"the eager reference failed: {eager.get('error')}"
