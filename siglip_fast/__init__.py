@@ -6,6 +6,7 @@ run as fused Triton kernels, plus a memory-bounded, multi-GPU sigmoid loss for t
 
 from .configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from .image_processing import BatchFeature, SiglipImageProcessor
+from .loss import SigmoidLoss, sigmoid_loss
 from .modeling import (
     SiglipForImageClassification,
     SiglipModel,
@@ -27,6 +28,7 @@ __all__ = [
     "SiglipConfig",
     "SiglipForImageClassification",
     "SiglipImageProcessor",
+    "SigmoidLoss",
     "SiglipModel",
     "SiglipPreTrainedModel",
     "SiglipProcessor",
@@ -37,4 +39,5 @@ __all__ = [
     "SiglipVisionModel",
     "VARIANTS",
     "config_for",
+    "sigmoid_loss",
 ]

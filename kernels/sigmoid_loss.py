@@ -1,0 +1,527 @@
+"""Blockwise SigLIP sigmoid loss: the N×N logits are never materialised.
+
+For image embeddings x (N, D), text embeddings y (N, D), t = logit_scale (a log) and b = logit_bias:
+
+    z_ij = exp(t)·<x_i, y_j> + b,   label_ij = +1 if i == j else −1,
+    loss = −(1/N) Σ_i Σ_j log σ(label_ij · z_ij)
+
+— the value transformers' `SiglipModel(return_loss=True)` computes (it sums the transposed matrix; the sum is the
+same). The embeddings are used as given: the loss does not L2-normalise them (the model does).
+
+Forward: each (BLOCK_M, BLOCK_N) tile of logits is computed with `tl.dot` (fp32 accumulation, looping over D in
+masked chunks), turned into −log σ(label·z) = softplus(−label·z) (stable form) and summed; every tile writes one
+fp32 partial and the partials are summed by torch (deterministic). Nothing of size N×N is written or saved: the
+backward keeps only x, y, t and b.
+
+Backward: with w = −label·z, dz'_ij = −label_ij·σ(w_ij) ∈ [−1, 1] and dz = dz'·g/N (g the incoming gradient):
+
+    dx = exp(t)·dz @ y,   dy = exp(t)·dzᵀ @ x,   dt = Σ dz·(z − b),   db = Σ dz.
+
+The backward kernel recomputes the logits tile by tile and writes dz' for a slab of at most `chunk_rows` rows
+(bounded to ~128 MiB), plus per-tile partials of Σ dz'·<x, y> and Σ dz'; the two GEMMs with y and x then run on that
+slab (cuBLAS, fp32 output). Why not a flash-style dx/dy kernel: SigLIP's D (768..1152) is far too wide for a
+register-resident (BLOCK_M, D) dx accumulator, and splitting D across programs recomputes the logits D/BLOCK_D
+times; atomics would make the gradients non-deterministic. The slab keeps the backward at one recompute GEMM + two
+gradient GEMMs (four GEMM-equivalents with the forward), the memory bounded and the result bitwise reproducible.
+
+The eager blockwise path (CPU, and the `"eager"` backend) runs the same math on (chunk_rows, N) slabs in PyTorch, in
+fp32 (fp64 for fp64 inputs), with the same memory-bounded recomputing backward.
+
+`sigmoid_loss_reference` is the plain formula (full logits matrix, labels 2I − 1), as open_clip and transformers
+compute it: the tests' and benchmarks' ground truth.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+__all__ = ["sigmoid_loss", "sigmoid_loss_blockwise", "sigmoid_loss_reference"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_EAGER_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_BACKENDS = ("auto", "triton", "eager")
+_SLAB_BYTES = 128 * 2**20  # the Triton backward's dz' slab
+_EAGER_SLAB_ELEMENTS = 2 * 2**20  # the eager path's (chunk_rows, N) slabs: 8 MiB each in fp32
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+# Tile sizes BLOCK_M/BLOCK_N are picked by the launcher (they size the partial-sum buffers); autotuning chooses the
+# D chunk, warps and stages. Every kernel only stores (no accumulation into its outputs), so a tuning run cannot
+# corrupt a result and no reset_to_zero is needed. Under the interpreter one config keeps CI fast.
+if _INTERPRET:
+    _CONFIGS = [triton.Config({"BLOCK_D": 32}, num_warps=4, num_stages=1)]
+else:
+    _CONFIGS = [
+        triton.Config({"BLOCK_D": bd}, num_warps=w, num_stages=s)
+        for bd in (32, 64)
+        for w in (4, 8)
+        for s in (3, 4)
+    ]
+
+
+@triton.jit
+def _tile_coords(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Grouped (L2-friendly) ordering of the 2-D tile grid flattened to one program axis."""
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    group_size = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_size
+    pid_n = (pid % width) // group_size
+    return pid_m, pid_n, grid_n
+
+
+@triton.jit
+def _similarity_tile(x_ptr, y_ptr, rows, cols, M, N, D, stride_x, stride_y,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """<x_i, y_j> for the tile's rows × cols, fp32 accumulation over D in masked BLOCK_D chunks."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    offs_d = tl.arange(0, BLOCK_D)
+    x_ptrs = x_ptr + rows[:, None] * stride_x + offs_d[None, :]  # (BLOCK_M, BLOCK_D)
+    y_ptrs = y_ptr + cols[None, :] * stride_y + offs_d[:, None]  # (BLOCK_D, BLOCK_N): a yᵀ tile
+    row_ok = rows[:, None] < M
+    col_ok = cols[None, :] < N
+    for d0 in range(0, D, BLOCK_D):
+        d_ok = (d0 + offs_d) < D
+        xt = tl.load(x_ptrs, mask=row_ok & d_ok[None, :], other=0.0)
+        yt = tl.load(y_ptrs, mask=d_ok[:, None] & col_ok, other=0.0)
+        acc = tl.dot(xt, yt, acc, input_precision=PRECISION)
+        x_ptrs += BLOCK_D
+        y_ptrs += BLOCK_D
+    return acc
+
+
+@triton.jit
+def _log1p(u):
+    """log(1 + u) for u in [0, 1], accurate for tiny u (Goldberg's trick; tl has no portable log1p)."""
+    w = 1.0 + u
+    den = tl.where(w == 1.0, 1.0, w - 1.0)
+    return tl.where(w == 1.0, u, tl.log(w) * (u / den))
+
+
+@triton.autotune(configs=_CONFIGS, key=["D"])
+@triton.jit(do_not_specialize=["diag_offset"])  # it changes per slab and per ring step: no recompiles
+def _sigmoid_loss_fwd_kernel(
+    x_ptr,  # (M, D) image embeddings, row stride stride_x, unit column stride
+    y_ptr,  # (N, D) text embeddings, row stride stride_y, unit column stride
+    log_scale_ptr,  # (1,) fp32 logit_scale t (a log)
+    bias_ptr,  # (1,) fp32 logit_bias b
+    part_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ −log σ(label·z)
+    M, N, D,
+    diag_offset,  # label is +1 where col == row + diag_offset
+    stride_x, stride_y,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_m, pid_n, grid_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    s = _similarity_tile(x_ptr, y_ptr, rows, cols, M, N, D, stride_x, stride_y,
+                         BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)  # (BLOCK_M, BLOCK_N) fp32
+    z = s * tl.exp(tl.load(log_scale_ptr)) + tl.load(bias_ptr)
+    pos = cols[None, :] == rows[:, None] + diag_offset
+    w = tl.where(pos, -z, z)  # −label·z
+    term = tl.maximum(w, 0.0) + _log1p(tl.exp(-tl.abs(w)))  # softplus(w) = −log σ(label·z)
+    term = tl.where((rows[:, None] < M) & (cols[None, :] < N), term, 0.0)
+    tl.store(part_ptr + pid_m * grid_n + pid_n, tl.sum(tl.sum(term, axis=1), axis=0))
+
+
+@triton.autotune(configs=_CONFIGS, key=["D"])
+@triton.jit(do_not_specialize=["diag_offset"])
+def _sigmoid_loss_bwd_kernel(
+    x_ptr,  # (M, D) image embeddings (a row slab), row stride stride_x
+    y_ptr,  # (N, D) text embeddings, row stride stride_y
+    log_scale_ptr,  # (1,) fp32 logit_scale t
+    bias_ptr,  # (1,) fp32 logit_bias b
+    dz_ptr,  # (M, N) out, input dtype: dz' = −label·σ(−label·z), row stride N
+    tpart_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ dz'·<x, y>
+    bpart_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ dz'
+    M, N, D,
+    diag_offset,
+    stride_x, stride_y,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_m, pid_n, grid_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    s = _similarity_tile(x_ptr, y_ptr, rows, cols, M, N, D, stride_x, stride_y,
+                         BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)  # (BLOCK_M, BLOCK_N) fp32
+    z = s * tl.exp(tl.load(log_scale_ptr)) + tl.load(bias_ptr)
+    pos = cols[None, :] == rows[:, None] + diag_offset
+    w = tl.where(pos, -z, z)  # −label·z
+    u = tl.exp(-tl.abs(w))
+    sig = tl.where(w >= 0, 1.0 / (1.0 + u), u / (1.0 + u))  # σ(w), stable
+    valid = (rows[:, None] < M) & (cols[None, :] < N)
+    dz = tl.where(valid, tl.where(pos, -sig, sig), 0.0)
+    dz_ptrs = dz_ptr + rows[:, None].to(tl.int64) * N + cols[None, :]
+    tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty), mask=valid)
+    part = pid_m * grid_n + pid_n
+    tl.store(tpart_ptr + part, tl.sum(tl.sum(dz * s, axis=1), axis=0))
+    tl.store(bpart_ptr + part, tl.sum(tl.sum(dz, axis=1), axis=0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------------------------
+
+def _tiles(M: int, N: int) -> tuple[int, int]:
+    if _INTERPRET:
+        return 64, 64
+    return (64 if M <= 64 else 128), (64 if N <= 64 else 128)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """fp32 inputs follow torch's matmul precision setting: full fp32 by default, TF32 under 'high'/'medium'."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
+
+
+def _check_kernel_operands(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor) -> None:
+    if x.dtype not in _KERNEL_DTYPES or y.dtype != x.dtype:
+        raise TypeError(f"sigmoid_loss kernel: embeddings must share a dtype among {_KERNEL_DTYPES}, "
+                        f"got {x.dtype} and {y.dtype}")
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"sigmoid_loss kernel: expected x (M, D) and y (N, D), got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    if x.stride(1) != 1 or y.stride(1) != 1:
+        raise ValueError("sigmoid_loss kernel: embeddings need a unit stride along D")
+    for name, v in (("log_scale", log_scale), ("bias", bias)):
+        if v.dtype != torch.float32 or v.numel() != 1 or not v.is_contiguous():
+            raise ValueError(f"sigmoid_loss kernel: {name} must be a contiguous fp32 tensor of one element, "
+                             f"got {v.dtype} {tuple(v.shape)}")
+    devices = {x.device, y.device, log_scale.device, bias.device}
+    if len(devices) != 1:
+        raise ValueError(f"sigmoid_loss kernel: all operands must be on one device, got {devices}")
+    if x.device.type != "cuda" and not _INTERPRET:
+        raise ValueError(f"sigmoid_loss kernel: needs CUDA tensors (or TRITON_INTERPRET=1), got {x.device}")
+
+
+def _sigmoid_loss_fwd(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
+                      diag_offset: int = 0, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-tile sums of −log σ(label·z) for x (M, D) against y (N, D): a (grid_m·grid_n,) fp32 tensor.
+
+    `out` (tests): a buffer of that shape to write into instead of a fresh `torch.empty`."""
+    _check_kernel_operands(x, y, log_scale, bias)
+    M, D = x.shape
+    N = y.shape[0]
+    bm, bn = _tiles(M, N)
+    n_tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    if out is None:
+        out = torch.empty(n_tiles, device=x.device, dtype=torch.float32)
+    elif out.shape != (n_tiles,) or out.dtype != torch.float32 or out.device != x.device:
+        raise ValueError(f"out: expected ({n_tiles},) float32 on {x.device}, got {tuple(out.shape)} {out.dtype}")
+    _sigmoid_loss_fwd_kernel[(n_tiles,)](
+        x, y, log_scale, bias, out, M, N, D, diag_offset, x.stride(0), y.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, PRECISION=_precision(x.dtype),
+    )
+    return out
+
+
+def _sigmoid_loss_bwd(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
+                      diag_offset: int = 0, *, out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dz' (M, N) in the input dtype, and per-tile fp32 sums of dz'·<x, y> and of dz'.
+
+    `out` (tests): (dz, tpart, bpart) buffers to write into instead of fresh `torch.empty`s."""
+    _check_kernel_operands(x, y, log_scale, bias)
+    M, D = x.shape
+    N = y.shape[0]
+    bm, bn = _tiles(M, N)
+    n_tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    if out is None:
+        dz = torch.empty(M, N, device=x.device, dtype=x.dtype)
+        tpart = torch.empty(n_tiles, device=x.device, dtype=torch.float32)
+        bpart = torch.empty(n_tiles, device=x.device, dtype=torch.float32)
+    else:
+        dz, tpart, bpart = out
+        if dz.shape != (M, N) or dz.dtype != x.dtype or not dz.is_contiguous():
+            raise ValueError(f"out[0]: expected contiguous ({M}, {N}) {x.dtype}, got {tuple(dz.shape)} {dz.dtype}")
+        for name, p in (("out[1]", tpart), ("out[2]", bpart)):
+            if p.shape != (n_tiles,) or p.dtype != torch.float32:
+                raise ValueError(f"{name}: expected ({n_tiles},) float32, got {tuple(p.shape)} {p.dtype}")
+    _sigmoid_loss_bwd_kernel[(n_tiles,)](
+        x, y, log_scale, bias, dz, tpart, bpart, M, N, D, diag_offset, x.stride(0), y.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, PRECISION=_precision(x.dtype),
+    )
+    return dz, tpart, bpart
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Block primitives shared by the single-process op and the distributed ring (siglip_fast/loss.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+_OUT_DTYPE_OK = {"mm": True, "addmm": True}  # torch builds whose CUDA GEMMs take out_dtype (bf16/fp16 -> fp32)
+
+
+def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with an fp32 (or fp64) result; bf16/fp16 operands accumulate in fp32 without rounding the output."""
+    if a.dtype in (torch.float32, torch.float64):
+        return a @ b
+    if a.is_cuda and _OUT_DTYPE_OK["mm"]:
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):
+            _OUT_DTYPE_OK["mm"] = False  # older torch: a low-precision output, then upcast
+    return (a @ b).float()
+
+
+def _addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
+    """acc += alpha · a @ b in place, acc fp32/fp64; no (N, D) temporary when the GEMM can write fp32 itself."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b, alpha=alpha)
+        return
+    if a.is_cuda and _OUT_DTYPE_OK["addmm"]:
+        try:
+            torch.addmm(acc, a, b, out_dtype=acc.dtype, alpha=alpha, out=acc)
+            return
+        except (TypeError, RuntimeError, NotImplementedError):
+            _OUT_DTYPE_OK["addmm"] = False
+    acc.add_(_mm_f32(a, b), alpha=alpha)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _default_chunk_rows(backend: str, M: int, N: int, dtype: torch.dtype) -> int:
+    if backend == "triton":
+        rows = _SLAB_BYTES // (max(N, 1) * dtype.itemsize)
+        return max(128, rows // 128 * 128)
+    return max(1, _EAGER_SLAB_ELEMENTS // max(N, 1))
+
+
+def _eager_logits(xc: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
+                  diag_offset: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """(w, diag): w = −label·z for a (C, N) slab, one fused GEMM; diag = the (row, col) pairs with label +1."""
+    w = torch.addmm(bias, xc * log_scale.exp(), y.T)  # z = exp(t)·<x, y> + b, (C, N)
+    lo, hi = max(0, -diag_offset), min(xc.shape[0], y.shape[0] - diag_offset)
+    i = torch.arange(lo, max(lo, hi), device=xc.device)
+    diag = (i, i + diag_offset)
+    w[diag] = -w[diag]
+    return w, diag
+
+
+def _block_loss_sum(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
+                    diag_offset: int, backend: str, chunk_rows: int | None) -> torch.Tensor:
+    """Σ_ij −log σ(label_ij·z_ij) of x (M, D) against y (N, D), label +1 where j == i + diag_offset; fp32 0-d."""
+    M, N = x.shape[0], y.shape[0]
+    if backend == "triton":
+        return _sigmoid_loss_fwd(x, y, log_scale, bias, diag_offset).sum()
+    cdt = _compute_dtype(x.dtype)
+    x, y, log_scale, bias = x.to(cdt), y.to(cdt), log_scale.to(cdt), bias.to(cdt)
+    chunk = chunk_rows or _default_chunk_rows(backend, M, N, x.dtype)
+    total = torch.zeros((), device=x.device, dtype=cdt)
+    for r0 in range(0, M, chunk):
+        w, _ = _eager_logits(x[r0:r0 + chunk], y, log_scale, bias, diag_offset + r0)
+        total = total + F.softplus(w).sum()  # softplus(−label·z) = −log σ(label·z)
+    return total
+
+
+def _block_backward(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
+                    coef: torch.Tensor, diag_offset: int, backend: str, chunk_rows: int | None,
+                    dx_out: torch.Tensor, dy_acc: torch.Tensor, *, accumulate_dx: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of coef·Σ_ij −log σ(label_ij·z_ij) for one (x block, y block) pair.
+
+    Writes (or, with accumulate_dx, adds) dx into dx_out (M, D), adds dy into the fp32/fp64 accumulator dy_acc
+    (N, D), and returns (dt, db) as fp32/fp64 0-d tensors. coef is a 0-d tensor (the incoming gradient / batch)."""
+    M, N = x.shape[0], y.shape[0]
+    cdt = dy_acc.dtype
+    if backend == "eager":
+        x, y, log_scale, bias = x.to(cdt), y.to(cdt), log_scale.to(cdt), bias.to(cdt)
+    scale = log_scale.exp().to(cdt).reshape(())
+    g = float(coef * scale)  # one host sync per block: lets cuBLAS fold the factor in (alpha) without temporaries
+    chunk = chunk_rows or _default_chunk_rows(backend, M, N, x.dtype)
+    tsum = torch.zeros((), device=x.device, dtype=cdt)
+    bsum = torch.zeros((), device=x.device, dtype=cdt)
+    for r0 in range(0, M, chunk):
+        xc = x[r0:r0 + chunk]  # (C, D)
+        if backend == "triton":
+            dz, tpart, bpart = _sigmoid_loss_bwd(xc, y, log_scale, bias, diag_offset + r0)  # dz' (C, N)
+            dzy = _mm_f32(dz, y)  # (C, D)
+            tsum = tsum + tpart.sum()
+        else:
+            dz, diag = _eager_logits(xc, y, log_scale, bias, diag_offset + r0)
+            dz = dz.sigmoid_()  # σ(w)
+            dz[diag] = -dz[diag]  # dz' = −label·σ(w)
+            bpart = dz.sum()
+            dzy = dz @ y  # (C, D)
+            tsum = tsum + (dzy * xc).sum()  # Σ_ij dz'_ij <x_i, y_j> = Σ_i <x_i, (dz' @ y)_i>: O(C·D), not O(C·N)
+        bsum = bsum + bpart.sum()
+        if accumulate_dx:
+            dx_out[r0:r0 + chunk].add_(dzy, alpha=g)
+        else:
+            dx_out[r0:r0 + chunk] = dzy.mul_(g)
+        _addmm_f32_(dy_acc, dz.T, xc, g)  # dy += g · dz'ᵀ @ x, (N, D)
+        del dz, dzy
+    return coef * scale * tsum, coef * bsum
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input checks, shared with siglip_fast/loss.py
+# ---------------------------------------------------------------------------------------------------------------
+
+def _check_inputs(image_embeds, text_embeds, logit_scale, logit_bias) -> None:
+    for name, v in (("image_embeds", image_embeds), ("text_embeds", text_embeds),
+                    ("logit_scale", logit_scale), ("logit_bias", logit_bias)):
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"sigmoid_loss: {name} must be a torch.Tensor, got {type(v).__name__}")
+        if not v.is_floating_point():
+            raise TypeError(f"sigmoid_loss: {name} must be a floating-point tensor, got {v.dtype}")
+    for name, v in (("image_embeds", image_embeds), ("text_embeds", text_embeds)):
+        if v.dim() != 2:
+            raise ValueError(f"sigmoid_loss: {name} must be 2-D (N, D), got shape {tuple(v.shape)}")
+        if v.dtype not in _EAGER_DTYPES:
+            raise TypeError(f"sigmoid_loss: {name} dtype must be one of {_EAGER_DTYPES}, got {v.dtype}")
+    if image_embeds.shape != text_embeds.shape:
+        raise ValueError(f"sigmoid_loss: image_embeds and text_embeds must have the same shape (N, D), got "
+                         f"{tuple(image_embeds.shape)} and {tuple(text_embeds.shape)}")
+    if image_embeds.shape[0] == 0 or image_embeds.shape[1] == 0:
+        raise ValueError(f"sigmoid_loss: empty embeddings, got shape {tuple(image_embeds.shape)}")
+    if image_embeds.dtype != text_embeds.dtype:
+        raise TypeError(f"sigmoid_loss: image_embeds and text_embeds must share a dtype, got {image_embeds.dtype} "
+                        f"and {text_embeds.dtype}")
+    for name, v in (("logit_scale", logit_scale), ("logit_bias", logit_bias)):
+        if v.dim() > 1 or v.numel() != 1:
+            raise ValueError(f"sigmoid_loss: {name} must be a scalar tensor of shape () or (1,), got shape "
+                             f"{tuple(v.shape)}")
+    devices = [(n, v.device) for n, v in (("image_embeds", image_embeds), ("text_embeds", text_embeds),
+                                          ("logit_scale", logit_scale), ("logit_bias", logit_bias))]
+    if len({d for _, d in devices}) != 1:
+        raise ValueError("sigmoid_loss: all inputs must be on one device, got "
+                         + ", ".join(f"{n} on {d}" for n, d in devices))
+
+
+def _resolve_backend(backend: str, x: torch.Tensor) -> str:
+    if backend not in _BACKENDS:
+        raise ValueError(f"sigmoid_loss: backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if x.device.type == "cuda" and x.dtype in _KERNEL_DTYPES else "eager"
+    if backend == "triton":
+        if x.device.type != "cuda" and not (x.device.type == "cpu" and _INTERPRET):
+            raise ValueError(f"sigmoid_loss: backend='triton' needs CUDA tensors (or CPU tensors with "
+                             f"TRITON_INTERPRET=1 set before triton is imported), got tensors on {x.device}")
+        if x.dtype not in _KERNEL_DTYPES:
+            raise TypeError(f"sigmoid_loss: backend='triton' supports {_KERNEL_DTYPES}, got {x.dtype}")
+    return backend
+
+
+def _loss_dtype(x: torch.Tensor, t: torch.Tensor, b: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(torch.promote_types(x.dtype, t.dtype), b.dtype)
+
+
+def _scalars(t: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log_scale, bias) as contiguous (1,) tensors of the compute dtype (t and b may be stored in any float dtype)."""
+    return t.detach().reshape(1).to(dtype).contiguous(), b.detach().reshape(1).to(dtype).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Single-process op: forward and backward as torch custom ops (torch.compile traces through them)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _loss_forward(x, y, t, b, backend: str, chunk_rows: int) -> torch.Tensor:
+    log_scale, bias = _scalars(t, b, _compute_dtype(x.dtype))
+    x, y = x.contiguous(), y.contiguous()
+    total = _block_loss_sum(x, y, log_scale, bias, 0, backend, chunk_rows or None)
+    return (total / x.shape[0]).to(_loss_dtype(x, t, b))
+
+
+def _loss_backward(grad, x, y, t, b, backend: str, chunk_rows: int):
+    cdt = _compute_dtype(x.dtype)
+    log_scale, bias = _scalars(t, b, cdt)
+    x, y = x.contiguous(), y.contiguous()
+    coef = grad.detach().to(cdt).reshape(()) / x.shape[0]
+    dx = torch.empty_like(x)
+    dy = torch.zeros(y.shape, device=y.device, dtype=cdt)
+    dt, db = _block_backward(x, y, log_scale, bias, coef, 0, backend, chunk_rows or None,
+                             dx, dy, accumulate_dx=False)
+    return dx, dy.to(y.dtype), dt.to(t.dtype).reshape(t.shape), db.to(b.dtype).reshape(b.shape)
+
+
+@torch.library.custom_op("siglip_fast::sigmoid_loss", mutates_args=())
+def _sigmoid_loss_op(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+                     logit_bias: torch.Tensor, backend: str, chunk_rows: int) -> torch.Tensor:
+    return _loss_forward(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows)
+
+
+@_sigmoid_loss_op.register_fake
+def _(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows):
+    return image_embeds.new_empty((), dtype=_loss_dtype(image_embeds, logit_scale, logit_bias))
+
+
+@torch.library.custom_op("siglip_fast::sigmoid_loss_backward", mutates_args=())
+def _sigmoid_loss_backward_op(grad: torch.Tensor, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
+                              logit_scale: torch.Tensor, logit_bias: torch.Tensor, backend: str, chunk_rows: int
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _loss_backward(grad, image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows)
+
+
+@_sigmoid_loss_backward_op.register_fake
+def _(grad, image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows):
+    return (torch.empty_like(image_embeds), torch.empty_like(text_embeds), torch.empty_like(logit_scale),
+            torch.empty_like(logit_bias))
+
+
+def _setup_context(ctx, inputs, output):
+    image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows = inputs
+    ctx.save_for_backward(image_embeds, text_embeds, logit_scale, logit_bias)  # x, y, t, b: nothing N×N
+    ctx.backend, ctx.chunk_rows = backend, chunk_rows
+
+
+def _backward(ctx, grad):
+    x, y, t, b = ctx.saved_tensors
+    dx, dy, dt, db = _sigmoid_loss_backward_op(grad, x, y, t, b, ctx.backend, ctx.chunk_rows)
+    return dx, dy, dt, db, None, None
+
+
+_sigmoid_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public functionals and the reference
+# ---------------------------------------------------------------------------------------------------------------
+
+def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+                 logit_bias: torch.Tensor, *, backend: str = "auto", chunk_rows: int | None = None) -> torch.Tensor:
+    """The SigLIP sigmoid loss of one device's batch, without materialising the N×N logits.
+
+    image_embeds, text_embeds: (N, D), same dtype (fp16/bf16/fp32; fp64 on the eager backend), already
+    L2-normalised (this function does not normalise). logit_scale (t, a log) and logit_bias (b): 0-d or (1,) float
+    tensors, any float dtype (fp32 with bf16 embeddings is the usual case). Returns a 0-d tensor of dtype
+    promote(embeddings, t, b), computed with fp32 accumulation. backend: "auto" (Triton on CUDA, eager blockwise
+    on CPU), "triton", "eager". chunk_rows: rows per recomputed slab (memory knob; default bounds a slab to
+    ~128 MiB for Triton, 8 MiB for eager). For several devices use `siglip_fast.sigmoid_loss(..., group=...)`.
+    """
+    _check_inputs(image_embeds, text_embeds, logit_scale, logit_bias)
+    backend = _resolve_backend(backend, image_embeds)
+    if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
+        raise ValueError(f"sigmoid_loss: chunk_rows must be a positive int, got {chunk_rows!r}")
+    return _sigmoid_loss_op(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows or 0)
+
+
+def sigmoid_loss_blockwise(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+                           logit_bias: torch.Tensor, *, chunk_rows: int | None = None) -> torch.Tensor:
+    """The eager blockwise path (any device): `sigmoid_loss(..., backend="eager")`."""
+    return sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, backend="eager", chunk_rows=chunk_rows)
+
+
+def sigmoid_loss_reference(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+                           logit_bias: torch.Tensor) -> torch.Tensor:
+    """The plain formula, as open_clip and transformers compute it: full (N, N) logits, labels 2I − 1."""
+    n = image_embeds.shape[0]
+    logits = image_embeds @ text_embeds.T * logit_scale.exp() + logit_bias  # (N, N)
+    labels = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
+    return -F.logsigmoid(labels * logits).sum() / n
