@@ -39,7 +39,7 @@ def _compare_dual(ours, theirs, atol, **kw):
         for key in ("last_hidden_state", "pooler_output"):
             assert _max_diff(o[tower][key], t[tower][key]) <= atol, (tower, key)
         assert len(o[tower].hidden_states) == len(t[tower].hidden_states)
-        for i, (a, b) in enumerate(zip(o[tower].hidden_states, t[tower].hidden_states)):
+        for i, (a, b) in enumerate(zip(o[tower].hidden_states, t[tower].hidden_states, strict=True)):
             assert _max_diff(a, b) <= atol, (tower, "hidden_states", i)
     if kw.get("return_loss"):
         assert _max_diff(o.loss, t.loss) <= atol
@@ -112,7 +112,7 @@ def test_output_attentions_and_tuples(hf_checkpoint):
         t = eager_theirs(input_ids=ids, pixel_values=pixels, output_attentions=True)
         for tower in ("text_model_output", "vision_model_output"):
             assert len(o[tower].attentions) == len(t[tower].attentions)
-            for a, b in zip(o[tower].attentions, t[tower].attentions):
+            for a, b in zip(o[tower].attentions, t[tower].attentions, strict=True):
                 assert a.shape == b.shape and _max_diff(a, b) <= EAGER_ATOL
         o = ours(input_ids=ids, pixel_values=pixels, return_dict=False)
         t = theirs(input_ids=ids, pixel_values=pixels, return_dict=False)
@@ -215,7 +215,7 @@ def test_other_backends_match_eager(hf_checkpoint, backend):
     for key in ("logits_per_image", "text_embeds", "image_embeds", "loss"):
         assert _max_diff(o[key], e[key]) <= KERNEL_ATOL, key
     for tower in ("text_model_output", "vision_model_output"):
-        for a, b in zip(o[tower].hidden_states, e[tower].hidden_states):
+        for a, b in zip(o[tower].hidden_states, e[tower].hidden_states, strict=True):
             assert _max_diff(a, b) <= KERNEL_ATOL
     o.loss.backward()
     e.loss.backward()

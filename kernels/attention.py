@@ -1,0 +1,824 @@
+"""Fused multi-head attention (non-causal), FlashAttention-2 style, in SigLIP's (B, N, H, d) layout.
+
+    out = softmax(q k^T * scale [masked]) v        q: (B, Nq, H, d)   k, v: (B, Nk, H, d)   out: (B, Nq, H, d)
+
+q, k and v are read through their strides, so they can be `.view`s of one fused (B, N, 3, H, d) QKV projection
+output: no transposes, no copies. The forward keeps an online softmax in fp32 (exp2, log2(e) folded into the scale)
+and saves the log-sum-exp per query row (fp32) for the backward. The backward is FlashAttention-2's: a preprocess
+computes delta = rowsum(dO * O); one kernel owns a block of keys and iterates over query blocks (dk, dv); another
+owns a block of queries and iterates over key blocks (dq). Every gradient element is written by exactly one program:
+no atomics, bitwise deterministic. No kernel accumulates into a buffer it did not zero itself, so the autotuners
+need no `reset_to_zero`/`restore_value`.
+
+Head dims. `tl.arange` and `tl.dot` need power-of-two blocks of at least 16, and SigLIP So400m has d = 72. Padding
+72 up to 128 would spend 1.78x the FLOPs. Instead the head dim is split into a power-of-two block and a remainder
+block padded to a power of two (>= 16), handled as two dot products that share the softmax:
+
+    d      blocks        columns computed   FLOP overhead (vs padding to the next power of two)
+    8      16            16                 2.00x (tl.dot minimum)
+    40     32 + 16       48                 1.20x (1.60x)
+    48     32 + 16       48                 1.00x (1.33x)
+    72     64 + 16       80                 1.11x (1.78x)
+    80     64 + 16       80                 1.00x (1.60x)
+    88     64 + 32       96                 1.09x (1.45x)
+    96     64 + 32       96                 1.00x (1.33x)
+    other  next power of two (the split would not save anything: 24, 56, 104, 112, 120 pad as one block)
+
+Masking. `attention_mask` (B, Nk) marks the keys to attend to (True / nonzero), transformers' convention. A masked
+key's score is replaced by a large finite negative number (-1e30 in the log2 domain), never -inf, so its weight is
+exactly 0 whenever the row attends to at least one key. transformers' eager path adds finfo(dtype).min instead,
+which swamps every score of a row whose keys are *all* masked and leaves a uniform average over all Nk keys; the
+kernels reproduce that: when a batch row has no attended key, its masked scores are replaced by 0 (all equal), so
+every query averages all keys uniformly and the gradients are the eager path's (whose softmax backward still
+flows through the swamped scores). Keys past Nk (block tails) get -inf: they never exist.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_LOG2E = 1.4426950408889634
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_MAX_HEAD_DIM = 128
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Autotune configs, declared beside the kernels they tune. Under the interpreter each collapses to one config.
+# ----------------------------------------------------------------------------------------------------------------
+def _configs(gpu: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) tuples -> triton.Configs; one small config under the interpreter."""
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in gpu]
+
+
+# forward and dq: BLOCK_M query rows owned, BLOCK_N keys per step. BLOCK_M = 16 rows serve the MAP head (Nq = 1).
+_FWD_CONFIGS = _configs([
+    (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4), (128, 64, 8, 4),
+    (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 4),
+    (32, 64, 4, 3), (16, 64, 4, 3), (16, 128, 4, 3), (16, 32, 4, 4),
+])
+# dk/dv: BLOCK_N keys owned, BLOCK_M queries per step.
+_BWD_KV_CONFIGS = _configs([
+    (32, 128, 4, 3), (32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (64, 64, 8, 2),
+    (16, 64, 4, 3), (16, 128, 4, 3),
+])
+# dq: BLOCK_M query rows owned, BLOCK_N keys per step.
+_BWD_Q_CONFIGS = _configs([
+    (128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3),
+    (16, 64, 4, 3), (16, 32, 4, 3),
+])
+
+
+def _prune_block_m(configs, named_args, **kwargs):
+    """Drop query blocks taller than the (padded) query count: Nq = 1 keeps only BLOCK_M = 16."""
+    cap = max(16, triton.next_power_of_2(named_args["Nq"]))
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= cap]
+    return kept or configs
+
+
+_AUTOTUNE_KEY = ["Nq", "Nk", "HEAD_DIM", "HAS_MASK"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Triton kernels. Tile pointers are built once and advanced by a scalar per step (cheap on the GPU, and few ops per
+# step under the interpreter). `*_ok` vectors are bounds masks, applied only where a constexpr says they may bite.
+# ----------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _load(ptrs, row_ok, col_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+    """A tile at ptrs (R, C), zero where row_ok (R,) / col_ok (C,) are False if MASK_ROWS / MASK_COLS."""
+    if MASK_ROWS and MASK_COLS:
+        x = tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    elif MASK_ROWS:
+        x = tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+    elif MASK_COLS:
+        x = tl.load(ptrs, mask=col_ok[None, :], other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _store(ptrs, x, row_ok, col_ok, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+    x = x.to(ptrs.dtype.element_ty)
+    if MASK_ROWS and MASK_COLS:
+        tl.store(ptrs, x, mask=row_ok[:, None] & col_ok[None, :])
+    elif MASK_ROWS:
+        tl.store(ptrs, x, mask=row_ok[:, None])
+    elif MASK_COLS:
+        tl.store(ptrs, x, mask=col_ok[None, :])
+    else:
+        tl.store(ptrs, x)
+
+
+@triton.jit
+def _load_vec(ptrs, ok, MASK: tl.constexpr, other):
+    if MASK:
+        x = tl.load(ptrs, mask=ok, other=other)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _masked_score(mask_base, stride_mn, Nk, BLOCK_N: tl.constexpr):
+    """The score given to masked keys of one batch row: -1e30 (weight exactly 0) when the row attends to at least
+    one key; 0.0 when it attends to none, so that all keys weigh the same, as transformers' additive finfo.min."""
+    offs_n = tl.arange(0, BLOCK_N)
+    any_kept = 0
+    for n0 in range(0, Nk, BLOCK_N):
+        keep = tl.load(mask_base + (n0 + offs_n) * stride_mn, mask=offs_n < Nk - n0, other=0) != 0
+        any_kept = tl.maximum(any_kept, tl.max(keep.to(tl.int32), 0))
+    return tl.where(any_kept > 0, -1.0e30, 0.0)
+
+
+@triton.jit
+def _attention_fwd_inner(
+    acc0, acc1, l_i, m_i,      # running output (BLOCK_M, D0), (BLOCK_M, D1), row sum and row max (BLOCK_M,)
+    q0, q1,                    # query tile split along the head dim: (BLOCK_M, D0), (BLOCK_M, D1)
+    k0_ptrs, k1_ptrs,          # key tile pointers at key 0: (BLOCK_N, D0), (BLOCK_N, D1)
+    v0_ptrs, v1_ptrs,          # value tile pointers at key 0: (BLOCK_N, D0), (BLOCK_N, D1)
+    keep_ptrs,                 # mask pointers at key 0: (BLOCK_N,)
+    masked_score, d0_ok, d1_ok, n_start, n_end, Nk, qk_scale, stride_kn, stride_vn, stride_mn,
+    BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr, PAD_D0: tl.constexpr, PAD_D1: tl.constexpr,
+    HAS_MASK: tl.constexpr, TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Online-softmax steps over keys [n_start, n_end); TAIL masks keys >= Nk (only the last, partial block)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    step_k = BLOCK_N * stride_kn
+    step_v = BLOCK_N * stride_vn
+    step_m = BLOCK_N * stride_mn
+    k0_ptrs += n_start * stride_kn
+    v0_ptrs += n_start * stride_vn
+    if HAS_D1:
+        k1_ptrs += n_start * stride_kn
+        v1_ptrs += n_start * stride_vn
+    if HAS_MASK:
+        keep_ptrs += n_start * stride_mn
+    for n0 in range(n_start, n_end, BLOCK_N):
+        if TAIL:
+            n_ok = offs_n < Nk - n0
+            mask0 = n_ok[:, None] & d0_ok[None, :]
+            mask1 = n_ok[:, None] & d1_ok[None, :]
+        else:
+            mask0 = d0_ok[None, :]
+            mask1 = d1_ok[None, :]
+        k0 = tl.load(k0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(k0_ptrs)  # (BLOCK_N, D0)
+        s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)                   # (BLOCK_M, BLOCK_N)
+        if HAS_D1:
+            k1 = tl.load(k1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(k1_ptrs)  # (BLOCK_N, D1)
+            s = tl.dot(q1, tl.trans(k1), s, input_precision=DOT_PRECISION)
+        s = s * qk_scale                                                                # log2 domain
+        if HAS_MASK:
+            keep = (tl.load(keep_ptrs, mask=n_ok, other=1) if TAIL else tl.load(keep_ptrs)) != 0
+            s = tl.where(keep[None, :], s, masked_score)
+            keep_ptrs += step_m
+        if TAIL:
+            s = tl.where(n_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        p = p.to(v0_ptrs.dtype.element_ty)  # P in v's dtype for the PV product (bf16/fp16 tensor cores)
+        v0 = tl.load(v0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(v0_ptrs)
+        acc0 = tl.dot(p, v0, acc0 * alpha[:, None], input_precision=DOT_PRECISION)
+        k0_ptrs += step_k
+        v0_ptrs += step_v
+        if HAS_D1:
+            v1 = tl.load(v1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(v1_ptrs)
+            acc1 = tl.dot(p, v1, acc1 * alpha[:, None], input_precision=DOT_PRECISION)
+            k1_ptrs += step_k
+            v1_ptrs += step_v
+    return acc0, acc1, l_i, m_i
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_m})
+@triton.heuristics({"EVEN_M": lambda a: a["Nq"] % a["BLOCK_M"] == 0})
+@triton.jit
+def _attention_fwd_kernel(
+    Q,     # pointer to q, shape (B, Nq, H, d), any strides
+    K,     # pointer to k, shape (B, Nk, H, d), any strides
+    V,     # pointer to v, shape (B, Nk, H, d), any strides
+    Mask,  # pointer to the key mask, shape (B, Nk), nonzero = attend (unused without HAS_MASK)
+    Out,   # pointer to the output, shape (B, Nq, H, d)
+    Lse,   # pointer to the log2-domain log-sum-exp of the scaled scores, shape (B, H, Nq), fp32
+    stride_qb, stride_qn, stride_qh, stride_qd,
+    stride_kb, stride_kn, stride_kh, stride_kd,
+    stride_vb, stride_vn, stride_vh, stride_vd,
+    stride_mb, stride_mn,
+    stride_ob, stride_on, stride_oh, stride_od,
+    qk_scale,  # scale * log2(e)
+    H, Nq, Nk,
+    HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
+    PAD_D0: tl.constexpr, PAD_D1: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_M: tl.constexpr,
+):
+    # one program per (query block, batch, head); consecutive programs share (batch, head), so k/v stay in L2
+    num_m = tl.cdiv(Nq, BLOCK_M)
+    pid = tl.program_id(0)
+    pid_m = pid % num_m
+    bh = pid // num_m
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    q_base = Q + b * stride_qb + h * stride_qh
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    o_base = Out + b * stride_ob + h * stride_oh
+    mask_base = Mask + b * stride_mb
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d0 = tl.arange(0, BLOCK_D0)
+    offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
+    m_ok = offs_m < Nq
+    d0_ok = offs_d0 < HEAD_DIM
+    d1_ok = offs_d1 < HEAD_DIM
+    q0 = _load(q_base + offs_m[:, None] * stride_qn + offs_d0[None, :] * stride_qd, m_ok, d0_ok, not EVEN_M, PAD_D0)
+    k0_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d0[None, :] * stride_kd  # (BLOCK_N, D0)
+    v0_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d0[None, :] * stride_vd
+    acc0 = tl.zeros((BLOCK_M, BLOCK_D0), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_D1), dtype=tl.float32)
+    if HAS_D1:
+        q1 = _load(q_base + offs_m[:, None] * stride_qn + offs_d1[None, :] * stride_qd, m_ok, d1_ok,
+                   not EVEN_M, PAD_D1)
+        k1_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d1[None, :] * stride_kd  # (BLOCK_N, D1)
+        v1_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d1[None, :] * stride_vd
+    else:  # unused placeholders
+        q1 = acc1.to(Q.dtype.element_ty)
+        k1_ptrs = k0_ptrs
+        v1_ptrs = v0_ptrs
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if HAS_MASK:
+        masked_score = _masked_score(mask_base, stride_mn, Nk, BLOCK_N)
+        keep_ptrs = mask_base + offs_n * stride_mn
+    else:
+        masked_score = 0.0
+        keep_ptrs = mask_base
+
+    n_full = (Nk // BLOCK_N) * BLOCK_N
+    acc0, acc1, l_i, m_i = _attention_fwd_inner(
+        acc0, acc1, l_i, m_i, q0, q1, k0_ptrs, k1_ptrs, v0_ptrs, v1_ptrs, keep_ptrs,
+        masked_score, d0_ok, d1_ok, 0, n_full, Nk, qk_scale, stride_kn, stride_vn, stride_mn,
+        BLOCK_D1, HAS_D1, PAD_D0, PAD_D1, HAS_MASK, False, DOT_PRECISION, BLOCK_N)
+    acc0, acc1, l_i, m_i = _attention_fwd_inner(  # the partial last key block, if any
+        acc0, acc1, l_i, m_i, q0, q1, k0_ptrs, k1_ptrs, v0_ptrs, v1_ptrs, keep_ptrs,
+        masked_score, d0_ok, d1_ok, n_full, Nk, Nk, qk_scale, stride_kn, stride_vn, stride_mn,
+        BLOCK_D1, HAS_D1, PAD_D0, PAD_D1, HAS_MASK, True, DOT_PRECISION, BLOCK_N)
+
+    inv_l = 1.0 / l_i
+    o_rows = o_base + offs_m[:, None] * stride_on
+    _store(o_rows + offs_d0[None, :] * stride_od, acc0 * inv_l[:, None], m_ok, d0_ok, not EVEN_M, PAD_D0)
+    if HAS_D1:
+        _store(o_rows + offs_d1[None, :] * stride_od, acc1 * inv_l[:, None], m_ok, d1_ok, not EVEN_M, PAD_D1)
+    tl.store(Lse + bh.to(tl.int64) * Nq + offs_m, m_i + tl.math.log2(l_i), mask=m_ok)
+
+
+@triton.jit
+def _attention_bwd_preprocess_kernel(
+    Out,    # pointer to the forward output, shape (B, Nq, H, d)
+    DOut,   # pointer to the output gradient, shape (B, Nq, H, d), any strides (may be expanded)
+    Delta,  # pointer to rowsum(dO * O), shape (B, H, Nq), fp32
+    stride_ob, stride_on, stride_oh, stride_od,
+    stride_gb, stride_gn, stride_gh, stride_gd,
+    H, Nq,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    num_m = tl.cdiv(Nq, BLOCK_M)
+    pid = tl.program_id(0)
+    pid_m = pid % num_m
+    bh = pid // num_m
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
+                mask=mask, other=0.0)
+    do = tl.load(DOut + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gn + offs_d[None, :] * stride_gd,
+                 mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + bh.to(tl.int64) * Nq + offs_m, delta, mask=offs_m < Nq)
+
+
+@triton.autotune(configs=_BWD_KV_CONFIGS, key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_m})
+@triton.heuristics({"EVEN_M": lambda a: a["Nq"] % a["BLOCK_M"] == 0,
+                    "EVEN_N": lambda a: a["Nk"] % a["BLOCK_N"] == 0})
+@triton.jit
+def _attention_bwd_kv_kernel(
+    Q, K, V,   # pointers to q (B, Nq, H, d), k and v (B, Nk, H, d), any strides
+    Mask,      # pointer to the key mask, shape (B, Nk) (unused without HAS_MASK)
+    DOut,      # pointer to the output gradient, shape (B, Nq, H, d), any strides
+    Lse,       # pointer to the forward's log2-domain log-sum-exp, shape (B, H, Nq), fp32
+    Delta,     # pointer to rowsum(dO * O), shape (B, H, Nq), fp32
+    DK, DV,    # pointers to the key and value gradients, shape (B, Nk, H, d)
+    stride_qb, stride_qn, stride_qh, stride_qd,
+    stride_kb, stride_kn, stride_kh, stride_kd,
+    stride_vb, stride_vn, stride_vh, stride_vd,
+    stride_mb, stride_mn,
+    stride_gb, stride_gn, stride_gh, stride_gd,
+    stride_dkb, stride_dkn, stride_dkh, stride_dkd,
+    stride_dvb, stride_dvn, stride_dvh, stride_dvd,
+    scale, qk_scale,
+    H, Nq, Nk,
+    HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
+    PAD_D0: tl.constexpr, PAD_D1: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+):
+    # one program per (key block, batch, head): it owns dk, dv of BLOCK_N keys and walks every query block.
+    # Products are taken transposed (keys as rows) so the accumulators sit in the layout they are stored in.
+    num_n = tl.cdiv(Nk, BLOCK_N)
+    pid = tl.program_id(0)
+    pid_n = pid % num_n
+    bh = pid // num_n
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DOut + b * stride_gb + h * stride_gh
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    mask_base = Mask + b * stride_mb
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d0 = tl.arange(0, BLOCK_D0)
+    offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
+    n_ok = offs_n < Nk
+    d0_ok = offs_d0 < HEAD_DIM
+    d1_ok = offs_d1 < HEAD_DIM
+    k0 = _load(k_base + offs_n[:, None] * stride_kn + offs_d0[None, :] * stride_kd, n_ok, d0_ok, not EVEN_N, PAD_D0)
+    v0 = _load(v_base + offs_n[:, None] * stride_vn + offs_d0[None, :] * stride_vd, n_ok, d0_ok, not EVEN_N, PAD_D0)
+    q0_ptrs = q_base + offs_m[:, None] * stride_qn + offs_d0[None, :] * stride_qd  # (BLOCK_M, D0)
+    do0_ptrs = do_base + offs_m[:, None] * stride_gn + offs_d0[None, :] * stride_gd
+    dk0 = tl.zeros((BLOCK_N, BLOCK_D0), dtype=tl.float32)
+    dv0 = tl.zeros((BLOCK_N, BLOCK_D0), dtype=tl.float32)
+    dk1 = tl.zeros((BLOCK_N, BLOCK_D1), dtype=tl.float32)
+    dv1 = tl.zeros((BLOCK_N, BLOCK_D1), dtype=tl.float32)
+    if HAS_D1:
+        k1 = _load(k_base + offs_n[:, None] * stride_kn + offs_d1[None, :] * stride_kd, n_ok, d1_ok,
+                   not EVEN_N, PAD_D1)
+        v1 = _load(v_base + offs_n[:, None] * stride_vn + offs_d1[None, :] * stride_vd, n_ok, d1_ok,
+                   not EVEN_N, PAD_D1)
+        q1_ptrs = q_base + offs_m[:, None] * stride_qn + offs_d1[None, :] * stride_qd  # (BLOCK_M, D1)
+        do1_ptrs = do_base + offs_m[:, None] * stride_gn + offs_d1[None, :] * stride_gd
+    else:  # unused placeholders
+        k1 = dk1.to(K.dtype.element_ty)
+        v1 = dv1.to(V.dtype.element_ty)
+        q1_ptrs = q0_ptrs
+        do1_ptrs = do0_ptrs
+    lse_ptrs = Lse + bh.to(tl.int64) * Nq + offs_m
+    delta_ptrs = Delta + bh.to(tl.int64) * Nq + offs_m
+    if HAS_MASK:
+        masked_score = _masked_score(mask_base, stride_mn, Nk, BLOCK_N)
+        keep = _load_vec(mask_base + offs_n * stride_mn, n_ok, not EVEN_N, 1) != 0  # (BLOCK_N,)
+
+    # Query rows past Nq load q = dO = 0 and lse = delta = 0: p stays finite and dO = 0 gives them no weight.
+    # Key rows past Nk are never stored.
+    step_q = BLOCK_M * stride_qn
+    step_g = BLOCK_M * stride_gn
+    MASK0: tl.constexpr = PAD_D0 or not EVEN_M
+    MASK1: tl.constexpr = PAD_D1 or not EVEN_M
+    for m0 in range(0, Nq, BLOCK_M):
+        if EVEN_M:
+            mask0 = d0_ok[None, :]
+            mask1 = d1_ok[None, :]
+            lse = tl.load(lse_ptrs)                                                      # (BLOCK_M,)
+            delta = tl.load(delta_ptrs)
+        else:
+            m_ok = offs_m < Nq - m0
+            mask0 = m_ok[:, None] & d0_ok[None, :]
+            mask1 = m_ok[:, None] & d1_ok[None, :]
+            lse = tl.load(lse_ptrs, mask=m_ok, other=0.0)
+            delta = tl.load(delta_ptrs, mask=m_ok, other=0.0)
+        q0 = tl.load(q0_ptrs, mask=mask0, other=0.0) if MASK0 else tl.load(q0_ptrs)    # (BLOCK_M, D0)
+        do0 = tl.load(do0_ptrs, mask=mask0, other=0.0) if MASK0 else tl.load(do0_ptrs)
+        s_t = tl.dot(k0, tl.trans(q0), input_precision=DOT_PRECISION)                 # (BLOCK_N, BLOCK_M)
+        if HAS_D1:
+            q1 = tl.load(q1_ptrs, mask=mask1, other=0.0) if MASK1 else tl.load(q1_ptrs)  # (BLOCK_M, D1)
+            do1 = tl.load(do1_ptrs, mask=mask1, other=0.0) if MASK1 else tl.load(do1_ptrs)
+            s_t = tl.dot(k1, tl.trans(q1), s_t, input_precision=DOT_PRECISION)
+        s_t = s_t * qk_scale
+        if HAS_MASK:
+            s_t = tl.where(keep[:, None], s_t, masked_score)
+        p_t = tl.math.exp2(s_t - lse[None, :])                                          # (BLOCK_N, BLOCK_M) fp32
+        dv0 = tl.dot(p_t.to(DOut.dtype.element_ty), do0, dv0, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v0, tl.trans(do0), input_precision=DOT_PRECISION)               # (BLOCK_N, BLOCK_M)
+        if HAS_D1:
+            dv1 = tl.dot(p_t.to(DOut.dtype.element_ty), do1, dv1, input_precision=DOT_PRECISION)
+            dp_t = tl.dot(v1, tl.trans(do1), dp_t, input_precision=DOT_PRECISION)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(Q.dtype.element_ty)                # dL/d(scaled score)
+        dk0 = tl.dot(ds_t, q0, dk0, input_precision=DOT_PRECISION)
+        q0_ptrs += step_q
+        do0_ptrs += step_g
+        if HAS_D1:
+            dk1 = tl.dot(ds_t, q1, dk1, input_precision=DOT_PRECISION)
+            q1_ptrs += step_q
+            do1_ptrs += step_g
+        lse_ptrs += BLOCK_M
+        delta_ptrs += BLOCK_M
+
+    dk_rows = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn
+    dv_rows = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn
+    _store(dk_rows + offs_d0[None, :] * stride_dkd, dk0 * scale, n_ok, d0_ok, not EVEN_N, PAD_D0)
+    _store(dv_rows + offs_d0[None, :] * stride_dvd, dv0, n_ok, d0_ok, not EVEN_N, PAD_D0)
+    if HAS_D1:
+        _store(dk_rows + offs_d1[None, :] * stride_dkd, dk1 * scale, n_ok, d1_ok, not EVEN_N, PAD_D1)
+        _store(dv_rows + offs_d1[None, :] * stride_dvd, dv1, n_ok, d1_ok, not EVEN_N, PAD_D1)
+
+
+@triton.jit
+def _attention_bwd_q_inner(
+    dq0, dq1,                  # running query gradient (BLOCK_M, D0), (BLOCK_M, D1)
+    q0, q1, do0, do1,          # query and output-gradient tiles split along the head dim
+    lse, delta,                # (BLOCK_M,) fp32
+    k0_ptrs, k1_ptrs,          # key tile pointers at key 0: (BLOCK_N, D0), (BLOCK_N, D1)
+    v0_ptrs, v1_ptrs,          # value tile pointers at key 0
+    keep_ptrs,                 # mask pointers at key 0: (BLOCK_N,)
+    masked_score, d0_ok, d1_ok, n_start, n_end, Nk, qk_scale, stride_kn, stride_vn, stride_mn,
+    BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr, PAD_D0: tl.constexpr, PAD_D1: tl.constexpr,
+    HAS_MASK: tl.constexpr, TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dq steps over keys [n_start, n_end); TAIL masks keys >= Nk (only the last, partial block)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    step_k = BLOCK_N * stride_kn
+    step_v = BLOCK_N * stride_vn
+    step_m = BLOCK_N * stride_mn
+    k0_ptrs += n_start * stride_kn
+    v0_ptrs += n_start * stride_vn
+    if HAS_D1:
+        k1_ptrs += n_start * stride_kn
+        v1_ptrs += n_start * stride_vn
+    if HAS_MASK:
+        keep_ptrs += n_start * stride_mn
+    for n0 in range(n_start, n_end, BLOCK_N):
+        if TAIL:
+            n_ok = offs_n < Nk - n0
+            mask0 = n_ok[:, None] & d0_ok[None, :]
+            mask1 = n_ok[:, None] & d1_ok[None, :]
+        else:
+            mask0 = d0_ok[None, :]
+            mask1 = d1_ok[None, :]
+        k0 = tl.load(k0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(k0_ptrs)  # (BLOCK_N, D0)
+        v0 = tl.load(v0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(v0_ptrs)
+        s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)                   # (BLOCK_M, BLOCK_N)
+        dp = tl.dot(do0, tl.trans(v0), input_precision=DOT_PRECISION)
+        if HAS_D1:
+            k1 = tl.load(k1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(k1_ptrs)  # (BLOCK_N, D1)
+            v1 = tl.load(v1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(v1_ptrs)
+            s = tl.dot(q1, tl.trans(k1), s, input_precision=DOT_PRECISION)
+            dp = tl.dot(do1, tl.trans(v1), dp, input_precision=DOT_PRECISION)
+        s = s * qk_scale
+        if HAS_MASK:
+            keep = (tl.load(keep_ptrs, mask=n_ok, other=1) if TAIL else tl.load(keep_ptrs)) != 0
+            s = tl.where(keep[None, :], s, masked_score)
+            keep_ptrs += step_m
+        if TAIL:
+            s = tl.where(n_ok[None, :], s, float("-inf"))
+        p = tl.math.exp2(s - lse[:, None])
+        ds = (p * (dp - delta[:, None])).to(k0_ptrs.dtype.element_ty)                  # dL/d(scaled score)
+        dq0 = tl.dot(ds, k0, dq0, input_precision=DOT_PRECISION)
+        k0_ptrs += step_k
+        v0_ptrs += step_v
+        if HAS_D1:
+            dq1 = tl.dot(ds, k1, dq1, input_precision=DOT_PRECISION)
+            k1_ptrs += step_k
+            v1_ptrs += step_v
+    return dq0, dq1
+
+
+@triton.autotune(configs=_BWD_Q_CONFIGS, key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_m})
+@triton.heuristics({"EVEN_M": lambda a: a["Nq"] % a["BLOCK_M"] == 0})
+@triton.jit
+def _attention_bwd_q_kernel(
+    Q, K, V,   # pointers to q (B, Nq, H, d), k and v (B, Nk, H, d), any strides
+    Mask,      # pointer to the key mask, shape (B, Nk) (unused without HAS_MASK)
+    DOut,      # pointer to the output gradient, shape (B, Nq, H, d), any strides
+    Lse,       # pointer to the forward's log2-domain log-sum-exp, shape (B, H, Nq), fp32
+    Delta,     # pointer to rowsum(dO * O), shape (B, H, Nq), fp32
+    DQ,        # pointer to the query gradient, shape (B, Nq, H, d)
+    stride_qb, stride_qn, stride_qh, stride_qd,
+    stride_kb, stride_kn, stride_kh, stride_kd,
+    stride_vb, stride_vn, stride_vh, stride_vd,
+    stride_mb, stride_mn,
+    stride_gb, stride_gn, stride_gh, stride_gd,
+    stride_dqb, stride_dqn, stride_dqh, stride_dqd,
+    scale, qk_scale,
+    H, Nq, Nk,
+    HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
+    PAD_D0: tl.constexpr, PAD_D1: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_M: tl.constexpr,
+):
+    # one program per (query block, batch, head): it owns dq of BLOCK_M queries and walks every key block.
+    num_m = tl.cdiv(Nq, BLOCK_M)
+    pid = tl.program_id(0)
+    pid_m = pid % num_m
+    bh = pid // num_m
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DOut + b * stride_gb + h * stride_gh
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    mask_base = Mask + b * stride_mb
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d0 = tl.arange(0, BLOCK_D0)
+    offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
+    m_ok = offs_m < Nq
+    d0_ok = offs_d0 < HEAD_DIM
+    d1_ok = offs_d1 < HEAD_DIM
+    q0 = _load(q_base + offs_m[:, None] * stride_qn + offs_d0[None, :] * stride_qd, m_ok, d0_ok, not EVEN_M, PAD_D0)
+    do0 = _load(do_base + offs_m[:, None] * stride_gn + offs_d0[None, :] * stride_gd, m_ok, d0_ok,
+                not EVEN_M, PAD_D0)
+    k0_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d0[None, :] * stride_kd  # (BLOCK_N, D0)
+    v0_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d0[None, :] * stride_vd
+    dq0 = tl.zeros((BLOCK_M, BLOCK_D0), dtype=tl.float32)
+    dq1 = tl.zeros((BLOCK_M, BLOCK_D1), dtype=tl.float32)
+    if HAS_D1:
+        q1 = _load(q_base + offs_m[:, None] * stride_qn + offs_d1[None, :] * stride_qd, m_ok, d1_ok,
+                   not EVEN_M, PAD_D1)
+        do1 = _load(do_base + offs_m[:, None] * stride_gn + offs_d1[None, :] * stride_gd, m_ok, d1_ok,
+                    not EVEN_M, PAD_D1)
+        k1_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d1[None, :] * stride_kd  # (BLOCK_N, D1)
+        v1_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d1[None, :] * stride_vd
+    else:  # unused placeholders
+        q1 = dq1.to(Q.dtype.element_ty)
+        do1 = dq1.to(DOut.dtype.element_ty)
+        k1_ptrs = k0_ptrs
+        v1_ptrs = v0_ptrs
+    lse = _load_vec(Lse + bh.to(tl.int64) * Nq + offs_m, m_ok, not EVEN_M, 0.0)      # (BLOCK_M,)
+    delta = _load_vec(Delta + bh.to(tl.int64) * Nq + offs_m, m_ok, not EVEN_M, 0.0)
+    if HAS_MASK:
+        masked_score = _masked_score(mask_base, stride_mn, Nk, BLOCK_N)
+        keep_ptrs = mask_base + offs_n * stride_mn
+    else:
+        masked_score = 0.0
+        keep_ptrs = mask_base
+
+    n_full = (Nk // BLOCK_N) * BLOCK_N
+    dq0, dq1 = _attention_bwd_q_inner(
+        dq0, dq1, q0, q1, do0, do1, lse, delta, k0_ptrs, k1_ptrs, v0_ptrs, v1_ptrs, keep_ptrs,
+        masked_score, d0_ok, d1_ok, 0, n_full, Nk, qk_scale, stride_kn, stride_vn, stride_mn,
+        BLOCK_D1, HAS_D1, PAD_D0, PAD_D1, HAS_MASK, False, DOT_PRECISION, BLOCK_N)
+    dq0, dq1 = _attention_bwd_q_inner(  # the partial last key block, if any
+        dq0, dq1, q0, q1, do0, do1, lse, delta, k0_ptrs, k1_ptrs, v0_ptrs, v1_ptrs, keep_ptrs,
+        masked_score, d0_ok, d1_ok, n_full, Nk, Nk, qk_scale, stride_kn, stride_vn, stride_mn,
+        BLOCK_D1, HAS_D1, PAD_D0, PAD_D1, HAS_MASK, True, DOT_PRECISION, BLOCK_N)
+
+    dq_rows = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn
+    _store(dq_rows + offs_d0[None, :] * stride_dqd, dq0 * scale, m_ok, d0_ok, not EVEN_M, PAD_D0)
+    if HAS_D1:
+        _store(dq_rows + offs_d1[None, :] * stride_dqd, dq1 * scale, m_ok, d1_ok, not EVEN_M, PAD_D1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers: validate, allocate, pick the grid
+# ----------------------------------------------------------------------------------------------------------------
+def _head_dim_blocks(d: int) -> tuple[int, int]:
+    """(BLOCK_D0, BLOCK_D1) covering head dim d: a power-of-two block and a padded remainder block (0 = none).
+    See the module docstring for the FLOP overhead of each d."""
+    whole = max(16, triton.next_power_of_2(d))
+    d0 = max(16, 1 << (d.bit_length() - 1))  # largest power of two <= d, at least 16
+    if d0 >= d:
+        return d0, 0
+    d1 = max(16, triton.next_power_of_2(d - d0))
+    return (whole, 0) if d0 + d1 >= whole else (d0, d1)
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def _check_inputs(q, k, v, attention_mask, scale, *, check_values: bool = True) -> None:
+    """Raise TypeError/ValueError naming the argument, what was expected and what was received."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.ndim != 4:
+            raise ValueError(f"attention: {name} must have shape (B, N, H, d) (4 dims), got {_describe(t)}")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"attention: {name} must be float32, bfloat16 or float16, got {_describe(t)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"attention: {name} must have q's dtype {q.dtype}, got {_describe(t)}")
+        if t.device != q.device:
+            raise ValueError(f"attention: {name} must be on q's device {q.device}, got {_describe(t)}")
+    B, Nq, H, d = q.shape
+    if k.shape[0] != B or k.shape[2] != H or k.shape[3] != d:
+        raise ValueError(f"attention: k must have shape (B={B}, Nk, H={H}, d={d}) to match q, got {_describe(k)}")
+    if v.shape != k.shape:
+        raise ValueError(f"attention: v must have k's shape {tuple(k.shape)}, got {_describe(v)}")
+    if d % 8 != 0 or not 8 <= d <= _MAX_HEAD_DIM:
+        raise ValueError(f"attention: head dim d must be a multiple of 8 in [8, {_MAX_HEAD_DIM}], got d={d} "
+                         f"(q: {_describe(q)})")
+    if k.shape[1] == 0:
+        raise ValueError(f"attention: k and v need at least one key (Nk >= 1), got {_describe(k)}")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise TypeError(f"attention: scale must be a float or None, got {type(scale).__name__} {scale!r}")
+        if not math.isfinite(scale):
+            raise ValueError(f"attention: scale must be finite, got {scale!r}")
+    if q.device.type != "cuda" and not _INTERPRET:
+        raise ValueError(f"attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 set before triton "
+                         f"is imported, to run them on CPU), got q on {q.device}; use attention_reference instead")
+    if attention_mask is None:
+        return
+    m = attention_mask
+    if not isinstance(m, torch.Tensor):
+        raise TypeError(f"attention: attention_mask must be a torch.Tensor or None, got {type(m).__name__}")
+    if m.shape != (B, k.shape[1]):
+        raise ValueError(f"attention: attention_mask must have shape (B, Nk) = {(B, k.shape[1])}, got {_describe(m)}")
+    if m.dtype.is_complex:
+        raise TypeError(f"attention: attention_mask must be bool, integer or float (1 = attend), got {_describe(m)}")
+    if m.device != q.device:
+        raise ValueError(f"attention: attention_mask must be on q's device {q.device}, got {_describe(m)}")
+    # a float mask is most likely to be an additive one (0 / -inf), which reads inverted here: refuse it
+    if check_values and m.is_floating_point() and not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError("attention: a float attention_mask must hold only 0 (masked) and 1 (attend), as transformers' "
+                         "2-D padding masks do; an additive mask (0 / -inf or finfo.min) is not accepted")
+
+
+def _kernel_mask(attention_mask, q):
+    """(mask tensor, its strides, HAS_MASK): bool viewed as uint8 (no copy); a dummy pointer when there is none."""
+    if attention_mask is None:
+        return q, (0, 0), False
+    m = attention_mask.view(torch.uint8) if attention_mask.dtype == torch.bool else attention_mask
+    return m, (m.stride(0), m.stride(1)), True
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs follow torch's matmul setting (IEEE by default, as eager); bf16/fp16 ignore it."""
+    return "tf32" if dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _check_out(name: str, t: torch.Tensor | None, shape, dtype, device) -> None:
+    if t is not None and (tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device):
+        raise ValueError(f"attention: {name} must have shape {tuple(shape)}, dtype {dtype}, device {device}, "
+                         f"got {_describe(t)}")
+
+
+def _attention_fwd(q, k, v, attention_mask=None, scale=None, *, out=None, lse=None):
+    """Forward launcher: (out (B, Nq, H, d), lse (B, H, Nq) fp32, log2 domain). `out`/`lse` may be given (tests
+    poison them to catch unwritten elements)."""
+    _check_inputs(q, k, v, attention_mask, scale)
+    B, Nq, H, d = q.shape
+    Nk = k.shape[1]
+    scale = d**-0.5 if scale is None else float(scale)
+    _check_out("out", out, (B, Nq, H, d), q.dtype, q.device)
+    _check_out("lse", lse, (B, H, Nq), torch.float32, q.device)
+    out = torch.empty((B, Nq, H, d), dtype=q.dtype, device=q.device) if out is None else out  # (B, Nq, H, d)
+    lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device) if lse is None else lse  # (B, H, Nq)
+    if out.numel() == 0:
+        return out, lse
+    d0, d1 = _head_dim_blocks(d)
+    mask, mask_strides, has_mask = _kernel_mask(attention_mask, q)
+    grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]) * B * H,)
+    _attention_fwd_kernel[grid](
+        q, k, v, mask, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
+        scale * _LOG2E, H, Nq, Nk,
+        HEAD_DIM=d, BLOCK_D0=d0, BLOCK_D1=max(d1, 16), HAS_D1=d1 > 0, PAD_D0=d0 > d, PAD_D1=d0 + d1 > d,
+        HAS_MASK=has_mask, DOT_PRECISION=_dot_precision(q.dtype),
+    )
+    return out, lse
+
+
+def _attention_bwd(grad_out, q, k, v, out, lse, attention_mask=None, scale=None, *, dq=None, dk=None, dv=None):
+    """Backward launcher: (dq, dk, dv), each contiguous in its input's shape and dtype. `dq`/`dk`/`dv` may be given
+    (tests poison them)."""
+    _check_inputs(q, k, v, attention_mask, scale, check_values=False)
+    B, Nq, H, d = q.shape
+    Nk = k.shape[1]
+    scale = d**-0.5 if scale is None else float(scale)
+    _check_out("grad_out", grad_out, q.shape, q.dtype, q.device)
+    _check_out("out", out, q.shape, q.dtype, q.device)
+    _check_out("lse", lse, (B, H, Nq), torch.float32, q.device)
+    _check_out("dq", dq, q.shape, q.dtype, q.device)
+    _check_out("dk", dk, k.shape, k.dtype, k.device)
+    _check_out("dv", dv, v.shape, v.dtype, v.device)
+    dq = torch.empty((B, Nq, H, d), dtype=q.dtype, device=q.device) if dq is None else dq  # (B, Nq, H, d)
+    dk = torch.empty((B, Nk, H, d), dtype=k.dtype, device=k.device) if dk is None else dk  # (B, Nk, H, d)
+    dv = torch.empty((B, Nk, H, d), dtype=v.dtype, device=v.device) if dv is None else dv  # (B, Nk, H, d)
+    if dq.numel() == 0:
+        return dq, dk.zero_(), dv.zero_()
+    d0, d1 = _head_dim_blocks(d)
+    mask, mask_strides, has_mask = _kernel_mask(attention_mask, q)
+    delta = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)  # (B, H, Nq) rowsum(dO * O)
+    pre_block_m = 16 if _INTERPRET else 64
+    _attention_bwd_preprocess_kernel[(triton.cdiv(Nq, pre_block_m) * B * H,)](
+        out, grad_out, delta, *out.stride(), *grad_out.stride(), H, Nq,
+        HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d), BLOCK_M=pre_block_m,
+    )
+    common = dict(HEAD_DIM=d, BLOCK_D0=d0, BLOCK_D1=max(d1, 16), HAS_D1=d1 > 0, PAD_D0=d0 > d, PAD_D1=d0 + d1 > d,
+                  HAS_MASK=has_mask, DOT_PRECISION=_dot_precision(q.dtype))
+    _attention_bwd_kv_kernel[lambda meta: (triton.cdiv(Nk, meta["BLOCK_N"]) * B * H,)](
+        q, k, v, mask, grad_out, lse, delta, dk, dv,
+        *q.stride(), *k.stride(), *v.stride(), *mask_strides, *grad_out.stride(), *dk.stride(), *dv.stride(),
+        scale, scale * _LOG2E, H, Nq, Nk, **common,
+    )
+    _attention_bwd_q_kernel[lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]) * B * H,)](
+        q, k, v, mask, grad_out, lse, delta, dq,
+        *q.stride(), *k.stride(), *v.stride(), *mask_strides, *grad_out.stride(), *dq.stride(),
+        scale, scale * _LOG2E, H, Nq, Nk, **common,
+    )
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Custom ops (torch.compile traces through them without graph breaks) and their autograd
+# ----------------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("siglip_fast::attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _attention_fwd(q, k, v, attention_mask, scale)
+
+
+@_attention_op.register_fake
+def _(q, k, v, attention_mask, scale):
+    _check_inputs(q, k, v, attention_mask, scale, check_values=False)
+    B, Nq, H, d = q.shape
+    return q.new_empty((B, Nq, H, d)), q.new_empty((B, H, Nq), dtype=torch.float32)
+
+
+@torch.library.custom_op("siglip_fast::attention_backward", mutates_args=())
+def _attention_backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           out: torch.Tensor, lse: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                           scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _attention_bwd(grad_out, q, k, v, out, lse, attention_mask, scale)
+
+
+@_attention_backward_op.register_fake
+def _(grad_out, q, k, v, out, lse, attention_mask, scale):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
+
+
+# The autograd formula (the role of a torch.autograd.Function, registered on the custom op so that torch.compile
+# sees one op forward and one op backward).
+def _setup_context(ctx, inputs, output):
+    q, k, v, attention_mask, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, attention_mask, out, lse)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    q, k, v, attention_mask, out, lse = ctx.saved_tensors
+    dq, dk, dv = _attention_backward_op(grad_out, q, k, v, out, lse, attention_mask, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public functional and eager reference
+# ----------------------------------------------------------------------------------------------------------------
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+              scale: float | None = None) -> torch.Tensor:
+    """Fused non-causal multi-head attention.
+
+    q: (B, Nq, H, d); k, v: (B, Nk, H, d), any strides (e.g. views of one fused QKV projection); float32, bfloat16
+    or float16; d a multiple of 8 up to 128. attention_mask: optional (B, Nk), bool or 0/1 integer/float, True/1 =
+    attend to that key (transformers' convention); masked keys are excluded for every query, and a batch row with no
+    attended key averages all keys uniformly, as transformers' eager path does. scale defaults to d**-0.5.
+    Returns a new contiguous (B, Nq, H, d) tensor in q's dtype. Differentiable in q, k and v.
+    """
+    _check_inputs(q, k, v, attention_mask, scale, check_values=False)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    out, _ = _attention_op(q, k, v, attention_mask, scale)
+    return out
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                        attention_mask: torch.Tensor | None = None, scale: float | None = None,
+                        dropout_p: float = 0.0, return_probs: bool = False):
+    """Eager PyTorch attention in the same layout, computing exactly what transformers' eager SigLIP attention
+    computes: scores in the input dtype, an additive finfo.min mask on excluded keys, softmax in fp32 cast back to
+    the input dtype, (dropout on the probabilities, as in training), then @ v. Accepts any float dtype (float64 for
+    reference checks, whose softmax stays float64). With `return_probs` returns (out, probs (B, H, Nq, Nk)), the
+    `output_attentions` of transformers."""
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, N, d)
+    scores = torch.matmul(qt, kt.transpose(-1, -2)) * scale  # (B, H, Nq, Nk)
+    if attention_mask is not None:
+        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, Nk)
+        additive = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
+        scores = scores + additive
+    # transformers' softmax runs in fp32; float64 inputs (reference checks) keep float64
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    out = torch.matmul(probs, vt).transpose(1, 2).contiguous()  # (B, Nq, H, d)
+    return (out, probs) if return_probs else out
