@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -43,28 +45,44 @@ def parse_dtype(dtype: Any) -> torch.dtype | None:
     raise ValueError(f"dtype must be None, 'auto', a torch floating dtype or one of {sorted(_DTYPES)}, got {dtype!r}")
 
 
-def resolve_checkpoint_dir(path_or_id: str | os.PathLike, allow_patterns: list[str] | None = None) -> str:
-    """A local directory as is; otherwise a hub id, fetched (or found in the local cache) by huggingface_hub."""
+class CheckpointNotFoundError(FileNotFoundError, ValueError):
+    """A checkpoint directory or hub id that cannot be found (both a FileNotFoundError and a ValueError)."""
+
+
+def resolve_pretrained_dir(path_or_id: str | os.PathLike, *, allow_patterns: Sequence[str] = _CHECKPOINT_FILES,
+                           what: str = "from_pretrained", revision: str | None = None) -> str:
+    """A local directory as is; otherwise a hub id fetched with huggingface_hub (its local cache first when offline).
+
+    Shared by the models, the tokenizer, the image processor and the processor.
+    """
     if not isinstance(path_or_id, (str, os.PathLike)):
-        raise TypeError(f"path_or_id must be a str or os.PathLike, got {type(path_or_id).__name__}")
+        raise TypeError(f"{what}: path_or_id must be a str or os.PathLike, got {type(path_or_id).__name__}")
     path = os.fspath(path_or_id)
     if os.path.isdir(path):
         return path
-    if os.path.exists(path):
-        raise ValueError(f"{path!r} is a file; from_pretrained expects a checkpoint directory or a hub id")
-    if path.startswith((".", "/", "~")) or path.count("/") > 1 or not path:
-        raise ValueError(f"checkpoint directory {path!r} does not exist")
+    looks_like_id = re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", path) is not None and not path.startswith((".", "-"))
+    if not looks_like_id or os.path.exists(path):
+        raise CheckpointNotFoundError(
+            f"{what}: {path!r} is not a directory; the checkpoint directory does not exist (expected a checkpoint "
+            "directory or a hub id)"
+        )
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise ValueError(
-            f"{path!r} is not a local directory, and loading a hub id needs huggingface_hub "
-            "(pip install 'siglip_fast[hub]')"
+        raise CheckpointNotFoundError(
+            f"{what}: {path!r} is not a local directory, and huggingface_hub is not installed to fetch it as a hub "
+            "id (pip install 'siglip_fast[hub]', or pass a local directory)"
         ) from None
     try:
-        return snapshot_download(path, allow_patterns=allow_patterns or _CHECKPOINT_FILES)
-    except Exception as e:  # offline without a cached copy, unknown repo, ...
-        raise ValueError(f"could not fetch {path!r} from the hub (and it is not a local directory): {e}") from e
+        return snapshot_download(path, allow_patterns=list(allow_patterns), revision=revision)
+    except Exception as online_error:  # noqa: BLE001 - fall back to the local cache, then report both
+        try:
+            return snapshot_download(path, allow_patterns=list(allow_patterns), revision=revision,
+                                     local_files_only=True)
+        except Exception:  # noqa: BLE001
+            raise CheckpointNotFoundError(
+                f"{what}: could not fetch {path!r} from the hub nor find it in the local cache: {online_error}"
+            ) from online_error
 
 
 def _weight_files(directory: str) -> list[str]:
@@ -138,7 +156,7 @@ class PretrainedMixin:
             dtype = torch_dtype
         dtype = parse_dtype(dtype)
         device = torch.device(device if device is not None else "cpu")
-        directory = resolve_checkpoint_dir(path_or_id)
+        directory = resolve_pretrained_dir(path_or_id, what=f"{cls.__name__}.from_pretrained")
         if config is None:
             config = cls.config_class.from_pretrained(directory)
         elif not isinstance(config, cls.config_class):

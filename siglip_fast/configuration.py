@@ -52,7 +52,9 @@ class _SiglipBaseConfig:
         for name in names:
             value = getattr(config, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{type(config).__name__}.{name} must be an int, got {value!r} ({type(value).__name__})")
+                raise TypeError(
+                    f"{type(config).__name__}.{name} must be an int, got {value!r} ({type(value).__name__})"
+                )
             if value <= 0:
                 raise ValueError(f"{type(config).__name__}.{name} must be positive, got {value}")
 
@@ -71,7 +73,9 @@ class _SiglipBaseConfig:
         if not config.layer_norm_eps > 0:
             raise ValueError(f"{type(config).__name__}.layer_norm_eps must be > 0, got {config.layer_norm_eps}")
         if not 0.0 <= config.attention_dropout < 1.0:
-            raise ValueError(f"{type(config).__name__}.attention_dropout must be in [0, 1), got {config.attention_dropout}")
+            raise ValueError(
+                f"{type(config).__name__}.attention_dropout must be in [0, 1), got {config.attention_dropout}"
+            )
 
     def set_extra(self, key: str, value: Any) -> None:
         """Set a key that is not a declared field (e.g. `architectures`); it is saved with the config."""
@@ -132,9 +136,10 @@ class _SiglipBaseConfig:
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
         """Read `config.json` from a checkpoint directory (or a hub id when huggingface_hub is installed)."""
-        from .checkpoint import resolve_checkpoint_dir
+        from .checkpoint import resolve_pretrained_dir
 
-        directory = resolve_checkpoint_dir(path_or_id, allow_patterns=[CONFIG_NAME])
+        directory = resolve_pretrained_dir(path_or_id, allow_patterns=[CONFIG_NAME],
+                                           what=f"{cls.__name__}.from_pretrained")
         path = os.path.join(directory, CONFIG_NAME)
         if not os.path.isfile(path):
             raise ValueError(f"no {CONFIG_NAME} in {path_or_id!s}")

@@ -30,7 +30,8 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
-from .tokenization import BatchEncoding, resolve_pretrained_dir
+from .checkpoint import resolve_pretrained_dir
+from .tokenization import BatchEncoding
 
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_FILE = "processor_config.json"

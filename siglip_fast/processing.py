@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any
 
+from .checkpoint import resolve_pretrained_dir
 from .image_processing import (
     _CONFIG_KEYS as _IMAGE_KEYS,
 )
@@ -21,7 +22,6 @@ from .tokenization import (
     TOKENIZER_CONFIG_FILE,
     VOCAB_FILE,
     SiglipTokenizer,
-    resolve_pretrained_dir,
 )
 
 _TEXT_KEYS = ("add_special_tokens", "padding", "truncation", "max_length", "pad_to_multiple_of", "padding_side",

@@ -26,6 +26,8 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
+from .checkpoint import resolve_pretrained_dir
+
 SPIECE_UNDERLINE = "\u2581"
 VOCAB_FILE = "spiece.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -84,33 +86,6 @@ def _to_tensors(data: dict, return_tensors: str | None, *, what: str) -> dict:
         array = np.asarray(value, dtype=np.int64)
         out[key] = torch.from_numpy(array) if return_tensors == "pt" else array
     return out
-
-
-def resolve_pretrained_dir(path_or_id: str | os.PathLike, *, allow_patterns: Sequence[str], what: str,
-                           revision: str | None = None) -> str:
-    """A local directory, or a hub id fetched with huggingface_hub (cache first when offline)."""
-    path = os.fspath(path_or_id)
-    if os.path.isdir(path):
-        return path
-    looks_like_id = re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", path) is not None and not path.startswith((".", "-"))
-    if not looks_like_id or os.path.exists(path):
-        raise FileNotFoundError(f"{what}: {path!r} is not a directory (expected a checkpoint directory or a hub id)")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise OSError(
-            f"{what}: {path!r} is not a local directory, and huggingface_hub is not installed to fetch it as a hub "
-            "id (pip install huggingface_hub, or pass a local directory)"
-        ) from None
-    try:
-        return snapshot_download(path, allow_patterns=list(allow_patterns), revision=revision)
-    except Exception as online_error:  # noqa: BLE001 - fall back to the local cache, then report both
-        try:
-            return snapshot_download(path, allow_patterns=list(allow_patterns), revision=revision,
-                                     local_files_only=True)
-        except Exception:  # noqa: BLE001
-            raise OSError(f"{what}: could not fetch {path!r} from the hub nor find it in the local cache: "
-                          f"{online_error}") from online_error
 
 
 def _token_content(token: Any) -> str | None:

@@ -71,10 +71,16 @@ def test_unknown_keys_are_kept(tmp_path):
 
 
 def test_sub_config_objects_and_alias():
-    t, v = sf.SiglipTextConfig(hidden_size=64, num_attention_heads=2), sf.SiglipVisionConfig(image_size=32)
+    t = sf.SiglipTextConfig(hidden_size=64, num_attention_heads=2)
+    v = sf.SiglipVisionConfig(hidden_size=64, num_attention_heads=2, image_size=32)
     a = sf.SiglipConfig(text_config=t, vision_config=v)
     b = sf.SiglipConfig.from_text_vision_configs(t, v)
     assert a == b and a.text_config.hidden_size == 64 and a.vision_config.image_size == 32
+
+
+def test_projection_must_match_vision_width():
+    with pytest.raises(ValueError, match="projection_size"):
+        sf.SiglipConfig(text_config=dict(projection_size=100))
 
 
 def test_labels():
