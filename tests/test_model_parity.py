@@ -201,25 +201,43 @@ def test_uint8_pixels_match_normalised_float(hf_checkpoint):
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "triton"])
-def test_other_backends_match_eager(hf_checkpoint, backend):
-    """The sdpa baseline and the fused Triton path (interpreter on CPU) against the eager backend, fp32, with
-    gradients."""
+def test_other_backends_match_eager(hf_checkpoint, backend, device):
+    """The sdpa baseline and the fused Triton path (compiled on a GPU, the interpreter on CPU) against the eager
+    backend on CPU, fp32, with gradients."""
     theirs, path = hf_checkpoint
     eager = sf.SiglipModel.from_pretrained(path, backend="eager").train()
-    fused = sf.SiglipModel.from_pretrained(path, backend=backend).train()
+    fused = sf.SiglipModel.from_pretrained(path, backend=backend, device=device).train()
     ids, pixels = inputs(theirs.config, batch=2)
     mask = torch.ones_like(ids)
     mask[0, 2:] = 0
-    o = fused(input_ids=ids, pixel_values=pixels, attention_mask=mask, return_loss=True, output_hidden_states=True)
-    e = eager(input_ids=ids, pixel_values=pixels, attention_mask=mask, return_loss=True, output_hidden_states=True)
+    kw = dict(return_loss=True, output_hidden_states=True)
+    o = fused(input_ids=ids.to(device), pixel_values=pixels.to(device), attention_mask=mask.to(device), **kw)
+    e = eager(input_ids=ids, pixel_values=pixels, attention_mask=mask, **kw)
     for key in ("logits_per_image", "text_embeds", "image_embeds", "loss"):
-        assert _max_diff(o[key], e[key]) <= KERNEL_ATOL, key
+        assert _max_diff(o[key].cpu(), e[key]) <= KERNEL_ATOL, key
     for tower in ("text_model_output", "vision_model_output"):
         for a, b in zip(o[tower].hidden_states, e[tower].hidden_states, strict=True):
-            assert _max_diff(a, b) <= KERNEL_ATOL
+            assert _max_diff(a.cpu(), b) <= KERNEL_ATOL
     o.loss.backward()
     e.loss.backward()
     grads = dict(eager.named_parameters())
     for name, p in fused.named_parameters():
         assert p.grad is not None, name
-        assert _max_diff(p.grad, grads[name].grad) <= KERNEL_ATOL, name
+        assert _max_diff(p.grad.cpu(), grads[name].grad) <= KERNEL_ATOL, name
+
+
+def test_attention_dropout_in_training(tmp_path):
+    """attention_dropout > 0 acts in training only (through the eager attention, whatever the backend)."""
+    config = sf.SiglipVisionConfig(hidden_size=32, intermediate_size=40, num_hidden_layers=1, num_attention_heads=2,
+                                   image_size=16, patch_size=4, attention_dropout=0.5)
+    model = sf.SiglipVisionModel(config, backend="auto")
+    pixels = torch.randn(2, 3, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        a, b = model(pixels).pooler_output, model(pixels).pooler_output
+    assert torch.equal(a, b)
+    model.train()
+    out = model(pixels).pooler_output
+    assert out.isfinite().all() and not torch.allclose(out, a)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
