@@ -23,7 +23,8 @@ from benchmarks import _common  # noqa: E402
 def pytest_addoption(parser):
     group = parser.getgroup("siglip_fast")
     group.addoption("--bench-size", choices=("small", "full"), default=None,
-                    help="problem sizes: 'full' = the real checkpoint shapes (GPU default), 'small' = quick (CPU default)")
+                    help="problem sizes: 'full' = the real checkpoint shapes (GPU default), "
+                         "'small' = quick (CPU default)")
     group.addoption("--compile-baselines", action="store_true", default=False,
                     help="also time torch.compile of the baselines (slow to compile)")
     group.addoption("--bench-json", default="bench-results.json", help="where to write every reported figure")
