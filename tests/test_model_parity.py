@@ -241,3 +241,28 @@ def test_attention_dropout_in_training(tmp_path):
     assert out.isfinite().all() and not torch.allclose(out, a)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_torch_compile_fullgraph_through_the_kernels(device):
+    """The fused model traces into one graph (the kernels are custom ops), for inference and a training step."""
+    config = sf.SiglipConfig(
+        text_config=dict(vocab_size=50, hidden_size=32, intermediate_size=40, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=8),
+        vision_config=dict(hidden_size=32, intermediate_size=40, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=16, patch_size=4),
+    )
+    model = randomize_(sf.SiglipModel(config, backend="triton")).to(device)
+    ids, pixels = torch.randint(0, 50, (3, 8), device=device), torch.randn(3, 3, 16, 16, device=device)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager" if device.type == "cpu" else "inductor")
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids, pixel_values=pixels).logits_per_image
+        got = compiled(input_ids=ids, pixel_values=pixels).logits_per_image
+    assert _max_diff(got, expected) <= KERNEL_ATOL
+    model.train()
+    compiled(input_ids=ids, pixel_values=pixels, return_loss=True).loss.backward()
+    compiled_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model(input_ids=ids, pixel_values=pixels, return_loss=True).loss.backward()
+    for name, p in model.named_parameters():
+        assert _max_diff(compiled_grads[name], p.grad) <= KERNEL_ATOL, name
