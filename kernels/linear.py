@@ -70,7 +70,8 @@ def _gelu_tanh(z):
 
 # Every config overwrites out/pre (no accumulation into them, no in-place input), so autotuning on the live buffers
 # needs neither reset_to_zero nor restore_value.
-@triton.autotune(configs=_fwd_configs(), key=["M", "N", "K"])
+# Keyed on M rounded up to a power of two, not M itself: every batch size would otherwise re-tune.
+@triton.autotune(configs=_fwd_configs(), key=["M_BUCKET", "N", "K"])
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def _linear_fwd_kernel(
@@ -81,6 +82,7 @@ def _linear_fwd_kernel(
     out_ptr,  # output, shape (M, N), contiguous
     pre_ptr,  # pre-activation x @ W^T + b, shape (M, N), contiguous (unused unless STORE_PRE)
     M, N, K,
+    M_BUCKET,  # next power of two of M: the autotuning key only
     X_R1, stride_x0, stride_x1, stride_xk,
     stride_wn, stride_wk,
     stride_b,
@@ -274,7 +276,7 @@ def linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     _linear_fwd_kernel[grid](
         x, weight, bias if bias is not None else out, residual if residual is not None else out, out,
         pre if store_pre else out,
-        m, n, k,
+        m, n, k, triton.next_power_of_2(m),
         x_r1, sx0, sx1, x.stride(-1),
         weight.stride(0), weight.stride(1),
         bias.stride(0) if bias is not None else 0,

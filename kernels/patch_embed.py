@@ -53,7 +53,8 @@ def _fwd_configs() -> list[triton.Config]:
 
 
 # Output is written with plain stores, once per element: no reset_to_zero/restore_value needed while autotuning.
-@triton.autotune(configs=_fwd_configs(), key=["M", "D", "K"])
+# Keyed on M = B·N rounded up to a power of two, not M itself: every batch size would otherwise re-tune.
+@triton.autotune(configs=_fwd_configs(), key=["M_BUCKET", "D", "K"])
 @triton.jit
 def _patch_embed_fwd_kernel(
     x_ptr,  # pixels, shape (B, C, H, W), any strides, float or uint8
@@ -62,6 +63,7 @@ def _patch_embed_fwd_kernel(
     pos_ptr,  # position embedding, shape (N, D)
     out_ptr,  # output, shape (B * N, D) = (M, D)
     M, N, D, K, GRID_W,
+    M_BUCKET,  # next power of two of M: the autotuning key only
     stride_xb, stride_xc, stride_xh, stride_xw,
     stride_wd, stride_wc, stride_wh, stride_ww,
     stride_b, stride_pn, stride_pd, stride_om, stride_od,
@@ -310,7 +312,7 @@ def patch_embed_fwd(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torc
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(D, meta["BLOCK_N"]),)
     _patch_embed_fwd_kernel[grid](
         pixel_values, weight, bias, position_embedding, out,
-        M, N, D, K, gw,
+        M, N, D, K, gw, triton.next_power_of_2(M),
         *pixel_values.stride(), *weight.stride(),
         bias.stride(0), *position_embedding.stride(), out.stride(1), out.stride(2),
         P=p, IS_UINT8=pixel_values.dtype == torch.uint8, IEEE=weight.dtype == torch.float32,
