@@ -143,13 +143,21 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, dtype=None, device=None, backend: str = "auto",
-                        config=None, torch_dtype=None):
+                        config=None, torch_dtype=None, attn_implementation: str | None = None):
         """Load a transformers SigLIP checkpoint (local directory, or hub id with huggingface_hub installed).
 
         dtype: None/'auto' keeps the stored dtype (transformers v5's default); else a torch dtype or its name.
         device: where the weights are read to (default CPU). backend: see `siglip_fast.ops`.
-        `torch_dtype` is accepted as an alias of `dtype`, as in transformers.
+        `torch_dtype` is accepted as an alias of `dtype`, and `attn_implementation` ("eager" or "sdpa") as an alias
+        of `backend`, so transformers call sites keep working.
         """
+        if attn_implementation is not None:
+            if attn_implementation not in ("eager", "sdpa"):
+                raise ValueError(f"attn_implementation {attn_implementation!r} has no siglip_fast equivalent; use "
+                                 "backend='triton' (fused kernels), 'sdpa', 'eager' or 'auto'")
+            if backend != "auto":
+                raise ValueError("pass backend or attn_implementation, not both")
+            backend = attn_implementation
         if torch_dtype is not None:
             if dtype is not None:
                 raise ValueError("pass dtype or torch_dtype, not both")

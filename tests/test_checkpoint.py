@@ -75,6 +75,9 @@ def test_dtype_and_device(checkpoint):
     assert model.text_model.embeddings.position_ids.dtype == torch.long
     assert not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
     assert sf.SiglipModel.from_pretrained(path, torch_dtype="float16").dtype == torch.float16
+    assert sf.SiglipModel.from_pretrained(path, attn_implementation="sdpa").backend == "sdpa"
+    with pytest.raises(ValueError, match="attn_implementation"):
+        sf.SiglipModel.from_pretrained(path, attn_implementation="flash_attention_2")
     assert not model.training
     ids, pixels = inputs(theirs.config, batch=1)
     with torch.no_grad():
