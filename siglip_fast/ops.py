@@ -95,11 +95,17 @@ def layer_norm(x, weight, bias, eps: float, *, backend: str, residual=None):
 
 
 def linear(x, weight, bias=None, *, backend: str, activation: str | None = None, residual=None):
-    """act(x @ weight.T + bias) + residual, with the epilogue fused into the GEMM on the Triton backend."""
+    """act(x @ weight.T + bias) + residual, with the epilogue fused into the GEMM on the Triton backend.
+
+    A plain projection (bias only: the QKV, K/V and head projections) has nothing to fuse that cuBLAS does not
+    already fuse (its bias epilogue), so it stays on cuBLAS; the Triton GEMM is used where it saves a full pass over
+    the output: the GELU of fc1 and the residual adds of fc2 and out_proj.
+    """
     from .kernels.linear import linear as linear_kernel
     from .kernels.linear import linear_reference
 
-    fn = linear_kernel if resolve(backend, x) == "triton" else linear_reference
+    fused = resolve(backend, x) == "triton" and (activation is not None or residual is not None)
+    fn = linear_kernel if fused else linear_reference
     return fn(x, weight, bias, activation=activation, residual=residual)
 
 
