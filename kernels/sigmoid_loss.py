@@ -110,6 +110,23 @@ def _log1p(u):
     return tl.where(w == 1.0, u, tl.log(w) * (u / den))
 
 
+@triton.jit
+def _signed_logits_tile(x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_offset, stride_x, stride_y,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr,
+                        PRECISION: tl.constexpr):
+    """This program's tile: (its index among the tiles, rows, cols, s = <x_i, y_j> (BLOCK_M, BLOCK_N) fp32,
+    pos = where the label is +1, w = −label·z with z = exp(t)·s + b)."""
+    pid_m, pid_n, grid_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    s = _similarity_tile(x_ptr, y_ptr, rows, cols, M, N, D, stride_x, stride_y,
+                         BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)  # (BLOCK_M, BLOCK_N) fp32
+    z = s * tl.exp(tl.load(log_scale_ptr)) + tl.load(bias_ptr)
+    pos = cols[None, :] == rows[:, None] + diag_offset
+    w = tl.where(pos, -z, z)  # −label·z
+    return pid_m * grid_n + pid_n, rows, cols, s, pos, w
+
+
 @triton.autotune(configs=_CONFIGS, key=["D"])
 @triton.jit(do_not_specialize=["diag_offset"])  # it changes per slab and per ring step: no recompiles
 def _sigmoid_loss_fwd_kernel(
@@ -124,17 +141,12 @@ def _sigmoid_loss_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_m, pid_n, grid_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    s = _similarity_tile(x_ptr, y_ptr, rows, cols, M, N, D, stride_x, stride_y,
-                         BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)  # (BLOCK_M, BLOCK_N) fp32
-    z = s * tl.exp(tl.load(log_scale_ptr)) + tl.load(bias_ptr)
-    pos = cols[None, :] == rows[:, None] + diag_offset
-    w = tl.where(pos, -z, z)  # −label·z
+    part, rows, cols, s, pos, w = _signed_logits_tile(
+        x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_offset, stride_x, stride_y,
+        BLOCK_M, BLOCK_N, BLOCK_D, GROUP_M, PRECISION)
     term = tl.maximum(w, 0.0) + _log1p(tl.exp(-tl.abs(w)))  # softplus(w) = −log σ(label·z)
     term = tl.where((rows[:, None] < M) & (cols[None, :] < N), term, 0.0)
-    tl.store(part_ptr + pid_m * grid_n + pid_n, tl.sum(tl.sum(term, axis=1), axis=0))
+    tl.store(part_ptr + part, tl.sum(tl.sum(term, axis=1), axis=0))
 
 
 @triton.autotune(configs=_CONFIGS, key=["D"])
@@ -153,21 +165,15 @@ def _sigmoid_loss_bwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_m, pid_n, grid_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    s = _similarity_tile(x_ptr, y_ptr, rows, cols, M, N, D, stride_x, stride_y,
-                         BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)  # (BLOCK_M, BLOCK_N) fp32
-    z = s * tl.exp(tl.load(log_scale_ptr)) + tl.load(bias_ptr)
-    pos = cols[None, :] == rows[:, None] + diag_offset
-    w = tl.where(pos, -z, z)  # −label·z
+    part, rows, cols, s, pos, w = _signed_logits_tile(
+        x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_offset, stride_x, stride_y,
+        BLOCK_M, BLOCK_N, BLOCK_D, GROUP_M, PRECISION)
     u = tl.exp(-tl.abs(w))
     sig = tl.where(w >= 0, 1.0 / (1.0 + u), u / (1.0 + u))  # σ(w), stable
     valid = (rows[:, None] < M) & (cols[None, :] < N)
     dz = tl.where(valid, tl.where(pos, -sig, sig), 0.0)
     dz_ptrs = dz_ptr + rows[:, None].to(tl.int64) * N + cols[None, :]
     tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty), mask=valid)
-    part = pid_m * grid_n + pid_n
     tl.store(tpart_ptr + part, tl.sum(tl.sum(dz * s, axis=1), axis=0))
     tl.store(bpart_ptr + part, tl.sum(tl.sum(dz, axis=1), axis=0))
 
