@@ -266,3 +266,22 @@ def test_torch_compile_fullgraph_through_the_kernels(device):
     model(input_ids=ids, pixel_values=pixels, return_loss=True).loss.backward()
     for name, p in model.named_parameters():
         assert _max_diff(compiled_grads[name], p.grad) <= KERNEL_ATOL, name
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_error_budget_against_transformers(hf_checkpoint, dtype, backend):
+    """In bf16/fp16 the eager (sdpa) backend's error against an fp64 run of the same checkpoint stays within 2x that
+    of transformers with the same attention in the same dtype (design.md's error-budget rule, for the model)."""
+    theirs, path = hf_checkpoint
+    ids, pixels = inputs(theirs.config, batch=2)
+    exact = transformers.SiglipModel.from_pretrained(path, dtype=torch.float64).eval()
+    low_theirs = transformers.SiglipModel.from_pretrained(path, dtype=dtype, attn_implementation=backend).eval()
+    low_ours = sf.SiglipModel.from_pretrained(path, dtype=dtype, backend=backend)
+    with torch.no_grad():
+        ref = exact(input_ids=ids, pixel_values=pixels.double())
+        t = low_theirs(input_ids=ids, pixel_values=pixels.to(dtype))
+        o = low_ours(input_ids=ids, pixel_values=pixels.to(dtype))
+    for key in ("logits_per_image", "text_embeds", "image_embeds"):
+        budget = _max_diff(t[key], ref[key])
+        assert _max_diff(o[key], ref[key]) <= 2 * budget + 1e-6, key
