@@ -69,7 +69,10 @@ def attention(q, k, v, attention_mask=None, *, scale: float, backend: str, dropo
     if impl == "triton":
         return attention_kernel(q, k, v, attention_mask=attention_mask, scale=scale), None
     if impl == "sdpa":
-        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, Nk)
+        mask = None
+        if attention_mask is not None:  # additive finfo.min, as the eager path: a fully masked row averages all keys
+            keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, Nk)
+            mask = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, torch.finfo(q.dtype).min)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              attn_mask=mask, scale=scale)
         return out.transpose(1, 2), None

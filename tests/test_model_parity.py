@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import siglip_fast as sf
+from siglip_fast import ops
 from tests._tiny import TINY_CONFIGS, hf_config, inputs, randomize_
 
 transformers = pytest.importorskip("transformers")
@@ -210,6 +211,10 @@ def test_other_backends_match_eager(hf_checkpoint, backend, device):
     ids, pixels = inputs(theirs.config, batch=2)
     mask = torch.ones_like(ids)
     mask[0, 2:] = 0
+    if backend == "triton":
+        # A fully masked row: the kernel averages all keys, with the same gradients as transformers' eager attention.
+        # (PyTorch SDPA's backward treats such a row differently; its forward is checked in the test below.)
+        mask[1] = 0
     kw = dict(return_loss=True, output_hidden_states=True)
     o = fused(input_ids=ids.to(device), pixel_values=pixels.to(device), attention_mask=mask.to(device), **kw)
     e = eager(input_ids=ids, pixel_values=pixels, attention_mask=mask, **kw)
@@ -224,6 +229,19 @@ def test_other_backends_match_eager(hf_checkpoint, backend, device):
     for name, p in fused.named_parameters():
         assert p.grad is not None, name
         assert _max_diff(p.grad.cpu(), grads[name].grad) <= KERNEL_ATOL, name
+
+
+def test_sdpa_backend_fully_masked_row_matches_eager():
+    """The sdpa baseline takes transformers' eager convention (additive finfo.min), so a batch row with every key
+    masked averages all keys on every backend, instead of depending on the SDPA kernel."""
+    q, k, v = (torch.randn(2, 5, 2, 8) for _ in range(3))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[0, 3:] = 0
+    mask[1] = 0
+    sdpa, _ = ops.attention(q, k, v, mask, scale=8**-0.5, backend="sdpa")
+    eager, _ = ops.attention(q, k, v, mask, scale=8**-0.5, backend="eager")
+    assert _max_diff(sdpa, eager) <= EAGER_ATOL
+    assert _max_diff(eager[1], v[1].mean(0, keepdim=True).expand(5, 2, 8)) <= EAGER_ATOL
 
 
 def test_attention_dropout_in_training(tmp_path):
