@@ -55,16 +55,21 @@ def _impl_fn(impl, args):
     return lambda: patch_embed(*args)
 
 
-@pytest.mark.parametrize("pixels", ["float32", "uint8"])
-@pytest.mark.parametrize("impl", ["eager", "compile", "triton"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_bench_patch_embed(case, impl, pixels, benchmark, device, bench_size, compile_baselines, report):
+def _skip_unless_runnable(case, impl, device, bench_size, compile_baselines) -> None:
+    """Skip, with the reason, a case of the other size, an unrequested compile baseline, or the kernel off CUDA."""
     if SIZE_OF[case] != bench_size:
         pytest.skip(f"{case} is a --bench-size {SIZE_OF[case]} case (this run: {bench_size})")
     if impl == "compile" and not compile_baselines:
         pytest.skip("torch.compile baseline runs only with --compile-baselines")
     if impl == "triton" and device.type != "cuda":
         pytest.skip("the kernel runs interpreted on CPU: its timing would say nothing about the kernel")
+
+
+@pytest.mark.parametrize("pixels", ["float32", "uint8"])
+@pytest.mark.parametrize("impl", ["eager", "compile", "triton"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_bench_patch_embed(case, impl, pixels, benchmark, device, bench_size, compile_baselines, report):
+    _skip_unless_runnable(case, impl, device, bench_size, compile_baselines)
     args = _inputs(case, pixels, device)
     with torch.no_grad():
         fn = _impl_fn(impl, args)
@@ -104,12 +109,7 @@ def _train_step(impl, args):
 @pytest.mark.parametrize("impl", ["eager", "compile", "triton"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_bench_patch_embed_train(case, impl, benchmark, device, bench_size, compile_baselines, report):
-    if SIZE_OF[case] != bench_size:
-        pytest.skip(f"{case} is a --bench-size {SIZE_OF[case]} case (this run: {bench_size})")
-    if impl == "compile" and not compile_baselines:
-        pytest.skip("torch.compile baseline runs only with --compile-baselines")
-    if impl == "triton" and device.type != "cuda":
-        pytest.skip("the kernel runs interpreted on CPU: its timing would say nothing about the kernel")
+    _skip_unless_runnable(case, impl, device, bench_size, compile_baselines)
     args = _inputs(case, "float32", device)
     fn = _train_step(impl, args)
     fn()  # warm-up
