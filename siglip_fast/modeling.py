@@ -17,6 +17,7 @@ from torch import nn
 from . import ops
 from .checkpoint import PretrainedMixin
 from .configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from .inference import InferenceRunner, StaticInput
 from .outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput, SiglipOutput
 
 
@@ -311,14 +312,42 @@ class SiglipTextModel(SiglipPreTrainedModel):
                                  f"{tuple(attention_mask.shape)}")
             if bool(attention_mask.all()):
                 attention_mask = None  # nothing masked: the unmasked kernel path, same result
+        out = self._encode(input_ids, attention_mask, position_ids, bool(output_attentions), bool(output_hidden_states))
+        return _return(out, return_dict)
+
+    def _encode(self, input_ids, attention_mask, position_ids, output_attentions: bool, output_hidden_states: bool):
+        """The forward without input checks or data-dependent branches (so a CUDA graph can capture it)."""
         h = self.embeddings(input_ids, position_ids)  # (B, L, D)
-        enc = self.encoder(h, attention_mask, self.backend, bool(output_hidden_states), bool(output_attentions))
+        enc = self.encoder(h, attention_mask, self.backend, output_hidden_states, output_attentions)
         last = ops.layer_norm(enc.last_hidden_state, self.final_layer_norm.weight, self.final_layer_norm.bias,
                               self.config.layer_norm_eps, backend=self.backend)
         pooled = self.head(last[:, -1, :])  # (B, P): the last position, which may be a pad token, as trained
-        out = BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled,
-                                         hidden_states=enc.hidden_states, attentions=enc.attentions)
-        return _return(out, return_dict)
+        return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled,
+                                          hidden_states=enc.hidden_states, attentions=enc.attentions)
+
+    def compile_for_inference(self, batch_size: int, *, seq_len: int | None = None, with_attention_mask: bool = False,
+                              keep_last_hidden_state: bool = False, cuda_graph: bool | None = None,
+                              warmup: int = 2) -> InferenceRunner:
+        """The text forward at a fixed (batch_size, seq_len), captured in a CUDA graph (see siglip_fast.inference).
+
+        `runner(input_ids=ids)` (any number of rows; seq_len columns, default max_position_embeddings) returns
+        `pooler_output` (and `last_hidden_state` if kept). Build `with_attention_mask=True` to pass masks; rows
+        without one attend to every token. `cuda_graph=None` captures on CUDA and runs directly elsewhere.
+        """
+        max_len = self.config.max_position_embeddings
+        seq_len = max_len if seq_len is None else seq_len
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= max_len:
+            raise ValueError(f"seq_len must be an int in [1, max_position_embeddings={max_len}], got {seq_len!r}")
+        inputs = [StaticInput("input_ids", (seq_len,), torch.long, "integer", 0)]
+        if with_attention_mask:
+            inputs.append(StaticInput("attention_mask", (seq_len,), torch.long, "mask", 1))
+
+        def run(buffers):
+            out = self._encode(buffers["input_ids"], buffers.get("attention_mask"), None, False, False)
+            return out.last_hidden_state, out.pooler_output
+
+        return InferenceRunner(run, inputs, batch_size, self.device, keep_last_hidden_state=keep_last_hidden_state,
+                               cuda_graph=cuda_graph, warmup=warmup, optional=("attention_mask",))
 
 
 class SiglipVisionModel(SiglipPreTrainedModel):
@@ -353,6 +382,37 @@ class SiglipVisionModel(SiglipPreTrainedModel):
         out = BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled,
                                          hidden_states=enc.hidden_states, attentions=enc.attentions)
         return _return(out, return_dict)
+
+    def compile_for_inference(self, batch_size: int, *, image_size: int | tuple[int, int] | None = None,
+                              pixel_dtype: torch.dtype | None = None, interpolate_pos_encoding: bool = False,
+                              keep_last_hidden_state: bool = False, cuda_graph: bool | None = None,
+                              warmup: int = 2) -> InferenceRunner:
+        """The vision forward at a fixed (batch_size, C, H, W), captured in a CUDA graph (see siglip_fast.inference).
+
+        `runner(pixel_values=x)` (any number of images) returns `pooler_output` (and `last_hidden_state` if kept, or
+        when the tower has no head). `pixel_dtype=torch.uint8` takes raw 0..255 pixels (normalised in the patch
+        embedding); the default, the model's dtype, takes normalised float pixels of any float dtype.
+        `cuda_graph=None` captures on CUDA and runs directly elsewhere.
+        """
+        size = self.config.image_size if image_size is None else image_size
+        hw = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+        if not (isinstance(hw, tuple) and len(hw) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                               and v >= self.config.patch_size for v in hw)):
+            raise ValueError(f"image_size must be an int or an (H, W) tuple of ints >= patch_size "
+                             f"{self.config.patch_size}, got {image_size!r}")
+        pixel_dtype = self.dtype if pixel_dtype is None else pixel_dtype
+        if not isinstance(pixel_dtype, torch.dtype) or not (pixel_dtype.is_floating_point
+                                                            or pixel_dtype == torch.uint8):
+            raise TypeError(f"pixel_dtype must be torch.uint8 or a float dtype, got {pixel_dtype!r}")
+        kind = "uint8" if pixel_dtype == torch.uint8 else "float"
+        inputs = [StaticInput("pixel_values", (self.config.num_channels, *hw), pixel_dtype, kind, 0)]
+
+        def run(buffers):
+            out = self(pixel_values=buffers["pixel_values"], interpolate_pos_encoding=interpolate_pos_encoding)
+            return out.last_hidden_state, out.pooler_output
+
+        return InferenceRunner(run, inputs, batch_size, self.device, keep_last_hidden_state=keep_last_hidden_state,
+                               cuda_graph=cuda_graph, warmup=warmup)
 
 
 class SiglipModel(SiglipPreTrainedModel):
