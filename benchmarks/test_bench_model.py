@@ -3,6 +3,7 @@ implementation side by side on the same random weights and inputs.
 
 Rows per case (one process, one set of weights; transformers gets the same weights through load_state_dict):
   triton             siglip_fast, backend="triton" (the fused kernels; CUDA only)
+  triton-graph       the same tower replayed from a CUDA graph (compile_for_inference; CUDA, inference only)
   sdpa               siglip_fast, backend="sdpa" (eager ops, PyTorch SDPA attention)
   eager              siglip_fast, backend="eager" (the reference: what transformers' eager path computes)
   transformers-sdpa  transformers' SiglipModel, attn_implementation="sdpa" (when transformers is installed)
@@ -91,6 +92,38 @@ def _step(module, mode: str, pixels, ids):
     return out.detach()
 
 
+def _siglip_fast_step(model, mode: str, backend: str, pixels, ids):
+    def factory():
+        def fn():
+            model.set_backend(backend)  # set per call: the rows share one model
+            return _step(_module(model, mode), mode, pixels, ids)
+        return fn
+    return factory
+
+
+def _graphed_step(model, mode: str, pixels, ids):
+    """The CUDA-graph runner of one tower (compile_for_inference), built on the triton backend; its peak memory row
+    counts only what a call allocates (the graph's activation pool is allocated once, at capture)."""
+    def factory():
+        model.set_backend("triton")
+        if mode == "text":
+            runner = model.text_model.compile_for_inference(len(ids), seq_len=ids.shape[1])
+            return lambda: runner(input_ids=ids).pooler_output
+        runner = model.vision_model.compile_for_inference(len(pixels))
+        return lambda: runner(pixel_values=pixels).pooler_output
+    return factory
+
+
+def _twin_step(twin, error, mode: str, pixels, ids, *, compile: bool):
+    def factory():
+        if twin is None:
+            raise RuntimeError(error)
+        target = _module(twin, mode)
+        target = torch.compile(target, dynamic=False) if compile else target
+        return lambda: _step(target, mode, pixels, ids)
+    return factory
+
+
 @pytest.mark.parametrize("shape, mode", CASES, ids=[f"{s}-{m}" for s, m in CASES])
 def test_bench_model(shape, mode, benchmark, device, bench_size, report, compile_baselines):
     if shape == "tiny" and bench_size != "small":
@@ -112,29 +145,23 @@ def test_bench_model(shape, mode, benchmark, device, bench_size, report, compile
     flops = matmul_flops(config, images=0 if mode == "text" else images, texts=len(ids) if mode in ("text", "dual")
                          else 0, backward=mode == "vision-train")
 
-    impls = {}  # name -> (module to call, siglip_fast backend or None)
+    impls = {}  # name -> factory of the step to time (called inside the row's try: a failing build is its error)
     for backend in (["triton"] if device.type == "cuda" else []) + ["sdpa", "eager"]:
-        impls[backend] = (_module(model, mode), backend)
+        impls[backend] = _siglip_fast_step(model, mode, backend, pixels, ids)
+    if device.type == "cuda" and mode in ("vision", "text"):
+        impls["triton-graph"] = _graphed_step(model, mode, pixels, ids)
     if twin is not None or twin_error:
-        impls["transformers-sdpa"] = (None if twin is None else _module(twin, mode), None)
+        impls["transformers-sdpa"] = _twin_step(twin, twin_error, mode, pixels, ids, compile=False)
         if compile_baselines and twin is not None:
-            impls["transformers-sdpa+compile"] = (torch.compile(_module(twin, mode), dynamic=False), None)
+            impls["transformers-sdpa+compile"] = _twin_step(twin, None, mode, pixels, ids, compile=True)
 
     train = mode == "vision-train"
     grad_mode = torch.enable_grad() if train else torch.inference_mode()
     results, main_fn = {}, None
     with grad_mode:
-        for name, (target, backend) in impls.items():
-            if target is None:
-                results[name] = {"error": twin_error}
-                continue
-
-            def fn(target=target, backend=backend):
-                if backend is not None:  # set per call: the impls share one model
-                    model.set_backend(backend)
-                return _step(target, mode, pixels, ids)
-
+        for name, factory in impls.items():
             try:
+                fn = factory()
                 out = fn().float()  # warm-up: autotuning and compilation out of the timings
                 sync(device)
                 ms = time_ms(fn, device)

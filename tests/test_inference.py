@@ -172,3 +172,16 @@ def test_cuda_graph_sees_in_place_weight_updates():
         want = model(pixel_values=pixels).pooler_output
     got = runner(pixel_values=pixels).pooler_output
     assert _diff(got, before) > 0.5 and _diff(got, want) <= ATOL["cuda", torch.float32]
+
+
+@cuda_only
+def test_torch_compile_reduce_overhead_through_the_kernels():
+    """The other opt-in route: torch.compile's CUDA-graph mode traces the fused tower in one graph and replays it."""
+    model = _vision("triton", "cuda", torch.float32)
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):  # warm-up and recording runs, then replays
+        pixels = torch.randn(4, 3, 18, 18, device="cuda")
+        with torch.inference_mode():
+            got = compiled(pixel_values=pixels).pooler_output.clone()
+            want = model(pixel_values=pixels).pooler_output
+        assert _diff(got, want) <= ATOL["cuda", torch.float32]
