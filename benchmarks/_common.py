@@ -12,6 +12,14 @@ from typing import Callable
 
 import torch
 
+# The CPU-sized model of the model-level suites (--bench-size small) and the profiler's --variant tiny.
+TINY = dict(
+    text_config=dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=16),
+    vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       image_size=32, patch_size=8),
+)
+
 ROWS: list[dict] = []
 GEMM_PEAK: dict = {}
 

@@ -25,17 +25,11 @@ import gc
 import pytest
 import torch
 
-from benchmarks._common import gemm_peak_tflops, peak_memory_mib, sync, time_ms
+from benchmarks._common import TINY, gemm_peak_tflops, peak_memory_mib, sync, time_ms
 from siglip_fast.cli import pooled, random_model, transformers_twin
 from siglip_fast.configuration import SiglipConfig
 from siglip_fast.variants import config_for, matmul_flops
 
-TINY = dict(
-    text_config=dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=16),
-    vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       image_size=32, patch_size=8),
-)
 # shape -> (variant, images per inference call, texts per call, images per training step)
 SHAPES = {
     "tiny": (None, 2, 2, 2),
