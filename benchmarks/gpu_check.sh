@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# One run on a GPU machine, sized for about 5 minutes on an H100: install, the GPU tests (compiled kernels, the
-# bf16/fp16 error budgets, determinism, model parity through the kernels), then the benchmark suites at full size.
-# Logs and the JSON of every figure go to $OUT (or ./gpu-check-out); the summary table is printed last.
+# One run on a GPU machine, sized for about 5-6 minutes on an H100 (each stage has its own time limit):
+#   1. install, versions;
+#   2. the GPU tests (compiled kernels, bf16/fp16 error budgets, determinism, model parity through the kernels,
+#      CUDA-graph runners, torch.compile reduce-overhead);
+#   3. the op benchmarks at full size (attention, patch embedding, LayerNorm, fused linear, loss);
+#   4. the model benchmarks for the two target shapes of shared/reference/anchors.md (B/16-224 b512 and
+#      So400m/14-384 b128): inference with torch.compile(transformers) in the same run, then the training step;
+#   5. the profiler breakdown of the So400m vision tower (per kernel category).
+# Logs and the JSON of every figure go to $OUT (or ./gpu-check-out); the model table and the profile come last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-check-out}
@@ -14,14 +20,37 @@ import datetime, torch, triton
 print(datetime.date.today(), torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
 PY
 
-# The tests: distributed gloo tests and the preprocessing parity run on CPU and are covered by CI.
-timeout 150 python -m pytest tests -q -x -p no:cacheprovider \
+# 2. The tests: distributed gloo tests and the preprocessing parity run on CPU and are covered by CI.
+timeout 110 python -m pytest tests -q -x -p no:cacheprovider \
     --deselect tests/test_loss_distributed.py --ignore tests/test_tokenizer.py \
-    --ignore tests/test_image_processor.py --ignore tests/test_processor.py 2>&1 | tee "$out/tests.log" | tail -15
+    --ignore tests/test_image_processor.py --ignore tests/test_processor.py --ignore tests/test_cli.py \
+    2>&1 | tee "$out/tests.log" | tail -12
 tests_rc=${PIPESTATUS[0]}
 
-# The benchmarks: few pytest-benchmark rounds (our own medians come from triton.testing.do_bench).
-timeout 300 python -m pytest benchmarks -q -p no:cacheprovider --bench-size full --bench-json "$out/bench.json" \
-    --benchmark-min-rounds=3 --benchmark-max-time=0.1 --benchmark-warmup=off \
-    2>&1 | tee "$out/bench.log" | sed -n '/siglip_fast benchmark summary/,$p'
+# 3-4. Benchmarks: few pytest-benchmark rounds (our own medians come from triton.testing.do_bench).
+bench() {  # bench NAME TIMEOUT PYTEST-ARGS...
+    local name=$1 limit=$2
+    shift 2
+    timeout "$limit" python -m pytest benchmarks -q -p no:cacheprovider --bench-size full \
+        --bench-json "$out/bench-$name.json" --benchmark-min-rounds=3 --benchmark-max-time=0.1 \
+        --benchmark-warmup=off "$@" > "$out/bench-$name.log" 2>&1
+    echo "bench $name: exit $? ($(tail -1 "$out/bench-$name.log"))"
+}
+bench ops 70 --ignore benchmarks/test_bench_model.py --ignore benchmarks/test_bench_preprocessing.py \
+    --ignore benchmarks/test_profile_model.py
+bench model-inference 130 benchmarks/test_bench_model.py -k "(B/16-224 or So400m) and vision and not train" \
+    --compile-baselines
+bench model-train 50 benchmarks/test_bench_model.py -k "(B/16-224 or So400m) and vision-train"
+
+# 5. Where the time goes.
+timeout 60 python -m benchmarks.profile_model --variant so400m-patch14-384 --batch 128 --steps 3 \
+    --impl triton --impl triton-graph --impl transformers-sdpa 2>&1 | grep -v USDT > "$out/profile.txt"
+
+for name in ops model-inference model-train; do
+    echo "== $name"
+    sed -n '/siglip_fast benchmark summary/,/figures written/p' "$out/bench-$name.log" | grep -v "^figures written" \
+        | grep -v "^=" | cut -c1-200
+done
+echo "== profile"
+cat "$out/profile.txt"
 echo "tests exit code: $tests_rc"
