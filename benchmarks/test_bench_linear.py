@@ -4,12 +4,16 @@ The question (issue 8): at SigLIP's MLP widths (So400m 4304, B/16 3072) does the
 F.linear followed by eager GELU / residual add, and cuBLAS followed by a torch.compile'd elementwise epilogue?
 
 Rows per case, all timed in one process on the same inputs (bf16):
-  triton        siglip_fast.kernels.linear (one GEMM, epilogue fused)
+  triton        siglip_fast.kernels.linear with gemm="triton" (one GEMM, epilogue fused)
+  auto          the same with gemm="auto": whichever of triton / torch's GEMM + in-place passes timed faster on the
+                first call (what the model runs)
   cublas+eager  linear_reference: F.linear (bias fused by cuBLAS), then F.gelu / + residual as separate passes
   cublas+compile  F.linear, then a torch.compile'd GELU / residual add (only with --compile-baselines)
   cublas gemm   F.linear alone: what the layer would cost if the epilogue were free (a lower bound)
 tflops counts the GEMM only (2*M*N*K); mfu is against the measured bf16 GEMM peak; ratio = cublas+eager ms / ms.
 """
+
+import functools
 
 import pytest
 import torch
@@ -62,7 +66,8 @@ def _compiled_epilogue(act):
 def _impls(inputs, act, compile_baselines):
     x, w, b, r = inputs
     impls = {
-        "triton": lambda: linear(x, w, b, activation=act, residual=r),
+        "triton": lambda: linear(x, w, b, activation=act, residual=r, gemm="triton"),
+        "auto": lambda: linear(x, w, b, activation=act, residual=r, gemm="auto"),
         "cublas+eager": lambda: linear_reference(x, w, b, activation=act, residual=r),
     }
     if compile_baselines:
@@ -116,7 +121,8 @@ def test_bench_linear_fwd_bwd(case, benchmark, device, bench_size, report):
     def step(fn):
         return lambda: torch.autograd.grad(fn(x, w, b, activation=act, residual=r), leaves, g)
 
-    impls = {"triton": step(linear), "cublas+eager": step(linear_reference)}
+    impls = {"triton": step(functools.partial(linear, gemm="triton")), "auto": step(linear),
+             "cublas+eager": step(linear_reference)}
     for fn in impls.values():
         fn()
     sync(device)

@@ -17,6 +17,14 @@ autograd will need it) or recomputed in the backward by a second forward GEMM (2
 backward). We save it: the extra write costs far less than a GEMM at SigLIP's shapes, it is the same tensor eager
 PyTorch keeps (the fc1 output), so training memory equals eager's, and inference (no grad) skips the write entirely,
 keeping the full saving of the fused epilogue.
+
+Which GEMM (`gemm="auto"`, the default on CUDA): the fused epilogue saves one or two passes over the output, but
+only pays if the Triton GEMM's main loop is within a few percent of cuBLAS on the card at hand, which no fixed rule
+predicts across GPUs, dtypes and shapes. So, as torch.compile's max-autotune does, the first call of each
+(device, dtype, M rounded up to a power of two, N, K, epilogue) times both candidates on the live inputs, the fused
+Triton GEMM and torch's GEMM (cuBLAS, bias in its epilogue) followed by in-place elementwise passes, and keeps the
+faster for that key: the layer is never slower than the unfused path. The choice, like Triton's autotuning, is made
+outside CUDA-graph capture (run a shape once before capturing it); `gemm_choices()` lists what was picked.
 """
 
 from __future__ import annotations
@@ -287,6 +295,73 @@ def linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     return out, pre
 
 
+def linear_torch_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str],
+                     residual: Optional[torch.Tensor], save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unfused candidate, same contract as linear_fwd: torch's GEMM (cuBLAS on CUDA, bias fused by it), then the
+    GELU and the residual add as in-place passes over the GEMM's own output (a copy only when pre must be kept)."""
+    _check_inputs(x, weight, bias, activation, residual)
+    store_pre = bool(save_pre) and activation is not None
+    y = F.linear(x, weight, bias).contiguous()  # (..., N)
+    pre = y if store_pre else y.new_empty((0,))
+    if activation == "gelu_tanh":
+        y = F.gelu(y, approximate="tanh") if store_pre else torch.ops.aten.gelu_(y, approximate="tanh")
+    if residual is not None:
+        y = y.add_(residual)
+    return y, pre
+
+
+GEMMS = ("auto", "triton", "torch")
+_CHOICES: dict[tuple, str] = {}
+
+
+def gemm_choices() -> dict[tuple, str]:
+    """What gemm="auto" picked so far: {(device, dtype, M bucket, N, K, activation, bias, residual, save_pre):
+    "triton" | "torch"}."""
+    return dict(_CHOICES)
+
+
+def _gemm_key(x, weight, bias, activation, residual, store_pre) -> tuple:
+    n, k = weight.shape
+    m = math.prod(x.shape[:-1])
+    return (str(x.device), x.dtype, triton.next_power_of_2(max(m, 1)), n, k, activation, bias is not None,
+            residual is not None, store_pre)
+
+
+def _time_candidates(x, weight, bias, activation, residual, save_pre) -> dict[str, float]:
+    """Median ms of each candidate on the live inputs (both allocate their own outputs; nothing is overwritten)."""
+    from triton.testing import do_bench
+
+    args = (x, weight, bias, activation, residual, save_pre)
+    linear_fwd(*args)  # the Triton GEMM's own autotuning, out of the timing
+    return {name: float(do_bench(lambda fn=fn: fn(*args), warmup=5, rep=20, return_mode="median"))
+            for name, fn in (("triton", linear_fwd), ("torch", linear_torch_fwd))}
+
+
+def _choose(key: tuple, timer) -> str:
+    """The cached pick for key, timing the candidates with timer() the first time."""
+    if key not in _CHOICES:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"linear: no GEMM choice yet for {key} and a CUDA graph is being captured; run this "
+                               "shape once before capturing (timing and autotuning cannot be captured)")
+        ms = timer()
+        _CHOICES[key] = min(ms, key=ms.get)
+    return _CHOICES[key]
+
+
+def _dispatch(x, weight, bias, activation, residual, save_pre, gemm: str):
+    if gemm not in GEMMS:
+        raise ValueError(f"linear: gemm must be one of {GEMMS}, got {gemm!r}")
+    if gemm == "auto":
+        if x.device.type != "cuda":  # the interpreter runs (and tests) the Triton kernel; timings there mean nothing
+            gemm = "triton"
+        else:
+            store_pre = bool(save_pre) and activation is not None
+            key = _gemm_key(x, weight, bias, activation, residual, store_pre)
+            gemm = _choose(key, lambda: _time_candidates(x, weight, bias, activation, residual, save_pre))
+    fn = linear_fwd if gemm == "triton" else linear_torch_fwd
+    return fn(x, weight, bias, activation, residual, save_pre)
+
+
 def linear_gelu_bwd(grad_out: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     """dZ = grad_out * gelu_tanh'(pre), in grad_out's dtype, shape of pre (contiguous)."""
     if grad_out.shape != pre.shape:
@@ -312,13 +387,15 @@ def linear_gelu_bwd(grad_out: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("siglip_fast::linear", mutates_args=())
 def _linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str],
-               residual: Optional[torch.Tensor], save_pre: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               residual: Optional[torch.Tensor], save_pre: bool, gemm: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, pre): pre is the saved pre-activation when save_pre and an activation is set, else an empty tensor."""
-    return linear_fwd(x, weight, bias, activation, residual, save_pre)
+    return _dispatch(x, weight, bias, activation, residual, save_pre, gemm)
 
 
 @_linear_op.register_fake
-def _(x, weight, bias, activation, residual, save_pre):
+def _(x, weight, bias, activation, residual, save_pre, gemm):
+    if gemm not in GEMMS:
+        raise ValueError(f"linear: gemm must be one of {GEMMS}, got {gemm!r}")
     _check_inputs(x, weight, bias, activation, residual)
     out_shape = (*x.shape[:-1], weight.shape[0])
     out = x.new_empty(out_shape)
@@ -337,7 +414,7 @@ def _(grad_out, pre):
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, activation, residual, save_pre = inputs
+    x, weight, bias, activation, residual, save_pre, gemm = inputs
     _, pre = output
     ctx.activation = activation
     ctx.has_bias = bias is not None
@@ -347,7 +424,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, _grad_pre):
     x, weight, pre, bias = ctx.saved_tensors
-    need_x, need_w, need_b, _, need_r, _ = ctx.needs_input_grad
+    need_x, need_w, need_b, _, need_r, _, _ = ctx.needs_input_grad
     n, k = weight.shape
     m = math.prod(x.shape[:-1])
     if ctx.activation is None:
@@ -367,7 +444,7 @@ def _backward(ctx, grad_out, _grad_pre):
         grad_b = dz2.sum(0)  # (N,)
     if need_r and ctx.has_residual:
         grad_r = grad_out
-    return grad_x, grad_w, grad_b, None, grad_r, None
+    return grad_x, grad_w, grad_b, None, grad_r, None, None
 
 
 _linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -379,8 +456,10 @@ _linear_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-           activation: Optional[str] = None, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """act(x @ weight^T + bias) + residual, fused in one Triton GEMM.
+           activation: Optional[str] = None, residual: Optional[torch.Tensor] = None,
+           gemm: str = "auto") -> torch.Tensor:
+    """act(x @ weight^T + bias) + residual, fused in one Triton GEMM (or torch's GEMM + in-place passes where that
+    measured faster: `gemm="auto"`, see the module docstring; "triton" / "torch" force one).
 
     x: (..., K) with any strides; weight: (N, K) (torch Linear convention); bias: (N,) or None;
     activation: None or "gelu_tanh" (= F.gelu(approximate="tanh")); residual: (..., N) or None.
@@ -388,10 +467,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     fp32 inputs are multiplied in full fp32 unless torch.backends.cuda.matmul.allow_tf32 is set, as F.linear does.
     """
     _check_inputs(x, weight, bias, activation, residual)
+    if gemm not in GEMMS:
+        raise ValueError(f"linear: gemm must be one of {GEMMS}, got {gemm!r}")
     # The pre-activation is needed only by the gradients through the GEMM (x, weight, bias), not by residual's.
     save_pre = activation is not None and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
-    out, _ = torch.ops.siglip_fast.linear(x, weight, bias, activation, residual, save_pre)
+    out, _ = torch.ops.siglip_fast.linear(x, weight, bias, activation, residual, save_pre, gemm)
     return out
 
 

@@ -101,8 +101,9 @@ def linear(x, weight, bias=None, *, backend: str, activation: str | None = None,
     """act(x @ weight.T + bias) + residual, with the epilogue fused into the GEMM on the Triton backend.
 
     A plain projection (bias only: the QKV, K/V and head projections) has nothing to fuse that cuBLAS does not
-    already fuse (its bias epilogue), so it stays on cuBLAS; the Triton GEMM is used where it saves a full pass over
-    the output: the GELU of fc1 and the residual adds of fc2 and out_proj.
+    already fuse (its bias epilogue), so it stays on cuBLAS. The GELU of fc1 and the residual adds of fc2 and
+    out_proj go through the fused linear with gemm="auto": per shape, the fused Triton GEMM or cuBLAS + in-place
+    elementwise passes, whichever timed faster on the first call (see siglip_fast.kernels.linear).
     """
     from .kernels.linear import linear as linear_kernel
     from .kernels.linear import linear_reference

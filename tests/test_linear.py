@@ -4,13 +4,15 @@ Runs under the Triton interpreter on CPU (fp32) and on a GPU (fp32 plus the bf16
 Every buffer the launchers allocate is poisoned with NaN, so an element the kernel fails to write is caught.
 """
 
+import functools
 import importlib
 
 import pytest
 import torch
-from siglip_fast.kernels.linear import linear, linear_fwd, linear_reference
+from siglip_fast.kernels.linear import linear, linear_fwd, linear_reference, linear_torch_fwd
 
 linear_mod = importlib.import_module("siglip_fast.kernels.linear")  # the module (the package exports the function)
+kernel = functools.partial(linear, gemm="triton")  # the Triton GEMM whatever gemm="auto" would pick on this card
 
 # (M, K, N): odd tails on every dim; 1 row; K and N below, at and above one 32-wide interpreter tile.
 SHAPES = [(1, 8, 16), (7, 40, 72), (37, 72, 129), (65, 129, 40)]
@@ -48,7 +50,7 @@ def _inputs(lead, k, n, device, dtype, *, bias, residual, requires_grad=True):
 def _check_all(inputs, activation, tol, *, grad_out=None):
     """Forward and every gradient of the kernel (on inputs' dtype) against the reference in fp64."""
     x, w, b, r = inputs
-    out = linear(x, w, b, activation=activation, residual=r)
+    out = kernel(x, w, b, activation=activation, residual=r)
     assert out.dtype == x.dtype and out.is_contiguous()
     assert out.shape == (*x.shape[:-1], w.shape[0])
     assert not out.isnan().any(), "an output element was never written"
@@ -102,7 +104,7 @@ def test_non_contiguous_inputs(device):
 
     xs, ws, rs = x[..., ::2], w_leaf.t(), r_leaf.transpose(0, 1)  # (5, 2, K), (N, K), (5, 2, N)
     assert xs.stride(-1) == 2 and not ws.is_contiguous() and not rs.is_contiguous()
-    out = linear(xs, ws, b, activation="gelu_tanh", residual=rs)
+    out = kernel(xs, ws, b, activation="gelu_tanh", residual=rs)
     assert not out.isnan().any() and out.is_contiguous()
 
     x64, w64, b64, r64 = (t.detach().double().requires_grad_() for t in (x, w_leaf, b, r_leaf))
@@ -139,7 +141,7 @@ def test_saved_pre_activation_written(device):
 def test_no_grad_skips_pre_but_matches(device):
     inputs = _inputs((7,), 40, 72, device, torch.float32, bias=True, residual=False, requires_grad=True)
     with torch.no_grad():
-        out = linear(inputs[0], inputs[1], inputs[2], activation="gelu_tanh")
+        out = kernel(inputs[0], inputs[1], inputs[2], activation="gelu_tanh")
     ref = linear_reference(*(t.detach().double() for t in inputs[:3]), activation="gelu_tanh")
     assert not out.requires_grad
     torch.testing.assert_close(out.double(), ref, **FP32_TOL)
@@ -149,7 +151,7 @@ def test_torch_compile_traces_without_graph_breaks(device):
     x, w, b, r = _inputs((7,), 40, 72, device, torch.float32, bias=True, residual=True)
 
     def mlp_block(x, w, b, r):
-        return linear(x, w, b, activation="gelu_tanh", residual=r).sum()
+        return kernel(x, w, b, activation="gelu_tanh", residual=r).sum()
 
     compiled = torch.compile(mlp_block, backend="aot_eager", fullgraph=True)
     loss = compiled(x, w, b, r)
@@ -162,13 +164,94 @@ def test_torch_compile_traces_without_graph_breaks(device):
         torch.testing.assert_close(t.grad.double(), t64.grad, **FP32_TOL)
 
 
-def test_opcheck(device):
+@pytest.mark.parametrize("gemm", ["triton", "torch"])
+def test_opcheck(gemm, device):
     x = torch.randn(7, 40, device=device, requires_grad=True)
     w = (torch.randn(24, 40, device=device) / 40**0.5).requires_grad_()
     b = torch.randn(24, device=device, requires_grad=True)
     r = torch.randn(7, 24, device=device, requires_grad=True)
-    torch.library.opcheck(torch.ops.siglip_fast.linear.default, (x, w, b, "gelu_tanh", r, True),
+    torch.library.opcheck(torch.ops.siglip_fast.linear.default, (x, w, b, "gelu_tanh", r, True, gemm),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# gemm="auto": the unfused torch candidate and the timed choice between the two
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_torch_candidate_forward_and_gradients(variant, device):
+    """gemm="torch" through the same custom op (and its Triton GELU backward) against the fp64 reference."""
+    v = VARIANTS[variant]
+    inputs = _inputs((3, 11), 40, 72, device, torch.float32, bias=v["bias"], residual=v["residual"])
+    x, w, b, r = inputs
+    out = linear(x, w, b, activation=v["activation"], residual=r, gemm="torch")
+    assert out.is_contiguous() and out.shape == (3, 11, 72)
+    ref_in = [t.detach().double().requires_grad_() if t is not None else None for t in inputs]
+    ref = linear_reference(ref_in[0], ref_in[1], ref_in[2], activation=v["activation"], residual=ref_in[3])
+    torch.testing.assert_close(out.double(), ref, **FP32_TOL)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g.double())
+    for t, t64 in zip(inputs, ref_in, strict=True):
+        if t is not None:
+            torch.testing.assert_close(t.grad.double(), t64.grad, **FP32_TOL)
+
+
+def test_torch_candidate_keeps_pre_only_when_asked(device):
+    x, w, b = torch.randn(5, 24, device=device), torch.randn(16, 24, device=device), torch.randn(16, device=device)
+    r = torch.randn(5, 16, device=device)
+    out, pre = linear_torch_fwd(x, w, b, "gelu_tanh", r, True)
+    torch.testing.assert_close(pre, torch.nn.functional.linear(x, w, b))
+    torch.testing.assert_close(out, linear_reference(x, w, b, activation="gelu_tanh", residual=r))
+    assert out.data_ptr() != pre.data_ptr()
+    out2, pre2 = linear_torch_fwd(x, w, b, "gelu_tanh", r, False)
+    assert pre2.numel() == 0 and torch.equal(out2, out)
+
+
+def test_auto_choice_is_timed_once_per_key(monkeypatch):
+    monkeypatch.setattr(linear_mod, "_CHOICES", {})
+    calls = []
+
+    def timer(ms):
+        def fn():
+            calls.append(ms)
+            return ms
+        return fn
+
+    assert linear_mod._choose(("k1",), timer({"triton": 1.0, "torch": 1.2})) == "triton"
+    assert linear_mod._choose(("k1",), timer({"triton": 9.0, "torch": 1.0})) == "triton"  # cached, not re-timed
+    assert linear_mod._choose(("k2",), timer({"triton": 1.3, "torch": 1.2})) == "torch"
+    assert len(calls) == 2 and linear_mod.gemm_choices() == {("k1",): "triton", ("k2",): "torch"}
+
+
+def test_auto_keys_separate_shapes_and_epilogues(device):
+    x, w = torch.randn(300, 24, device=device), torch.randn(16, 24, device=device)
+    key = linear_mod._gemm_key(x, w, None, "gelu_tanh", None, False)
+    assert key[2] == 512  # M bucket: 300 rounded up
+    assert linear_mod._gemm_key(x[:257], w, None, "gelu_tanh", None, False) == key  # same bucket, same choice
+    assert linear_mod._gemm_key(x[:256], w, None, "gelu_tanh", None, False) != key
+    assert linear_mod._gemm_key(x, w, None, None, torch.randn(300, 16, device=device), False) != key
+    assert linear_mod._gemm_key(x, w, None, "gelu_tanh", None, True) != key
+
+
+def test_gemm_argument_is_checked(device):
+    x, w, b = _good(device)
+    with pytest.raises(ValueError, match=r"gemm must be one of \('auto', 'triton', 'torch'\), got 'cublas'"):
+        linear(x, w, b, activation="gelu_tanh", gemm="cublas")
+
+
+@cuda_only
+def test_auto_picks_a_candidate_and_matches_both(device):
+    x = torch.randn(729, 1152, device=device, dtype=torch.bfloat16)
+    w = torch.randn(4304, 1152, device=device, dtype=torch.bfloat16) / 1152**0.5
+    b = torch.randn(4304, device=device, dtype=torch.bfloat16)
+    with torch.no_grad():
+        auto = linear(x, w, b, activation="gelu_tanh")
+        key = linear_mod._gemm_key(x, w, b, "gelu_tanh", None, False)
+        choice = linear_mod.gemm_choices()[key]
+        forced = linear(x, w, b, activation="gelu_tanh", gemm=choice)
+    assert choice in ("triton", "torch") and torch.equal(auto, forced)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,7 +291,7 @@ def test_bad_inputs(fn, device):
 def test_kernel_rejects_fp64(device):
     x, w, b = (t.double() for t in _good(device))
     with pytest.raises(TypeError, match=r"Triton kernel supports dtypes .* got x of dtype torch.float64"):
-        linear(x, w, b)
+        kernel(x, w, b)
     linear_reference(x, w, b)  # the eager reference takes any float dtype
 
 
@@ -226,12 +309,12 @@ def _max_errors(inputs, activation, g):
         return [out.detach()] + [t.grad for t in ts if t is not None]
 
     exact = run(linear_reference, [t.double() if t is not None else None for t in inputs])
-    kernel = run(linear, inputs)
+    fused = run(kernel, inputs)
     eager = run(linear_reference, inputs)
     err = lambda a: [(u.double() - e).abs().max().item() for u, e in zip(a, exact, strict=True)]
     names = ["out"] + [name for name, t in zip(("x", "weight", "bias", "residual"), inputs, strict=True)
                        if t is not None]
-    return names, err(kernel), err(eager)
+    return names, err(fused), err(eager)
 
 
 @cuda_only
@@ -254,7 +337,7 @@ def test_fp32_is_ieee_unless_tf32_allowed(device):
     # With allow_tf32 off (torch's default) fp32 products are exact fp32: tight agreement at a real width.
     assert not torch.backends.cuda.matmul.allow_tf32
     inputs = _inputs((257,), 1152, 4304, device, torch.float32, bias=True, residual=False)
-    out = linear(inputs[0], inputs[1], inputs[2], activation="gelu_tanh")
+    out = kernel(inputs[0], inputs[1], inputs[2], activation="gelu_tanh")
     ref = linear_reference(*(t.detach().double() for t in inputs[:3]), activation="gelu_tanh")
     torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
 
@@ -268,7 +351,7 @@ def test_deterministic(dtype, device):
     def run():
         for t in inputs:
             t.grad = None
-        out = linear(inputs[0], inputs[1], inputs[2], activation="gelu_tanh", residual=inputs[3])
+        out = kernel(inputs[0], inputs[1], inputs[2], activation="gelu_tanh", residual=inputs[3])
         out.backward(g)
         return [out.detach().clone()] + [t.grad.clone() for t in inputs]
 
