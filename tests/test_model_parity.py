@@ -303,3 +303,32 @@ def test_low_precision_error_budget_against_transformers(hf_checkpoint, dtype, b
     for key in ("logits_per_image", "text_embeds", "image_embeds"):
         budget = _max_diff(t[key], ref[key])
         assert _max_diff(o[key], ref[key]) <= 2 * budget + 1e-6, key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels' bf16/fp16 model budget needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_low_precision_error_budget_on_gpu(hf_checkpoint, dtype):
+    """The whole fused model in bf16/fp16 on the GPU: its error against an fp64 run stays within 2x that of the eager
+    backend (what transformers computes) in the same dtype on the same GPU, for the outputs and, as one relative
+    norm over every parameter, for the gradients of the loss."""
+    theirs, path = hf_checkpoint
+    ids, pixels = inputs(theirs.config, batch=4)
+    mask = torch.ones_like(ids)
+    mask[0, 3:] = 0
+
+    def run(backend, run_dtype, device):
+        model = sf.SiglipModel.from_pretrained(path, dtype=run_dtype, backend=backend, device=device).train()
+        out = model(input_ids=ids.to(device), pixel_values=pixels.to(device, run_dtype),
+                    attention_mask=mask.to(device), return_loss=True)
+        out.loss.backward()
+        grads = torch.cat([p.grad.double().flatten().cpu() for _, p in sorted(model.named_parameters())])
+        return {k: out[k].detach().double().cpu() for k in ("logits_per_image", "text_embeds", "image_embeds")}, grads
+
+    exact, exact_grads = run("eager", torch.float64, "cpu")
+    fused, fused_grads = run("triton", dtype, "cuda")
+    eager, eager_grads = run("eager", dtype, "cuda")
+    for key, ref in exact.items():
+        budget = (eager[key] - ref).abs().max().item()
+        assert (fused[key] - ref).abs().max().item() <= 2 * budget + 1e-6, key
+    rel = lambda g: ((g - exact_grads).norm() / exact_grads.norm()).item()
+    assert rel(fused_grads) <= 2 * rel(eager_grads) + 1e-6
