@@ -79,9 +79,11 @@ class InferenceRunner:
         self._run = run
         self._inputs = {spec.name: spec for spec in inputs}
         self._optional = optional
-        self._buffers = {  # (batch_size, *row_shape) each, filled with padding until the first call
-            s.name: torch.full((batch_size, *s.row_shape), s.pad_value, dtype=s.dtype, device=device) for s in inputs
-        }
+        with torch.inference_mode(False):  # ordinary tensors even when built under inference_mode: calls write them
+            self._buffers = {  # (batch_size, *row_shape) each, filled with padding until the first call
+                s.name: torch.full((batch_size, *s.row_shape), s.pad_value, dtype=s.dtype, device=device)
+                for s in inputs
+            }
         self._graph = None
         with torch.inference_mode():
             if self.cuda_graph:

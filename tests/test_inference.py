@@ -103,6 +103,18 @@ def test_outputs_are_fresh_ordinary_tensors():
     assert empty.shape == (0, 24)
 
 
+def test_built_and_called_in_or_out_of_inference_mode():
+    model = _vision()
+    pixels = torch.randn(3, 3, 18, 18)
+    with torch.no_grad():
+        want = model(pixel_values=pixels).pooler_output
+    with torch.inference_mode():
+        runner = model.compile_for_inference(2)
+    assert _diff(runner(pixel_values=pixels).pooler_output, want) <= ATOL["cpu", "eager"]
+    with torch.inference_mode():
+        assert _diff(runner(pixel_values=pixels).pooler_output, want) <= ATOL["cpu", "eager"]
+
+
 def test_runner_rejects_bad_arguments_and_inputs():
     model = _vision()
     for bad in (0, -1, 2.0, True):
