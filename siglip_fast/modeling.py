@@ -84,8 +84,8 @@ class SiglipAttention(nn.Module):
         d = config.hidden_size
         self.k_proj, self.v_proj, self.q_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
 
-    def forward(self, x, attention_mask, residual, backend: str, need_probs: bool):
-        """x = LN1(h) (B, N, D) → (h + out_proj(attention(x)), probs or None)."""
+    def forward(self, x, attention_mask, backend: str, need_probs: bool):
+        """x = LN1(h) (B, N, D) → (out_proj(attention(x)) (B, N, D), probs or None); the caller adds the residual."""
         B, N, D = x.shape
         if ops.resolve(backend, x) == "triton":
             # One QKV GEMM; q, k and v are strided views of its output, read by the kernel without copies.
@@ -98,9 +98,7 @@ class SiglipAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         out, probs = ops.attention(q, k, v, attention_mask, scale=self.scale, backend=backend, dropout_p=dropout,
                                    need_probs=need_probs)  # (B, N, H, d)
-        out = ops.linear(out.reshape(B, N, D), self.out_proj.weight, self.out_proj.bias, backend=backend,
-                         residual=residual)
-        return out, probs
+        return ops.linear(out.reshape(B, N, D), self.out_proj.weight, self.out_proj.bias, backend=backend), probs
 
 
 class SiglipMLP(nn.Module):
@@ -110,7 +108,7 @@ class SiglipMLP(nn.Module):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x, residual, backend: str):
-        """residual + fc2(gelu_tanh(fc1(x))), bias/GELU/residual fused into the GEMM epilogues on Triton."""
+        """fc2(gelu_tanh(fc1(x))) (+ residual): bias/GELU (and the residual) in the GEMM epilogues on Triton."""
         x = ops.linear(x, self.fc1.weight, self.fc1.bias, backend=backend, activation="gelu_tanh")
         return ops.linear(x, self.fc2.weight, self.fc2.bias, backend=backend, residual=residual)
 
@@ -124,12 +122,17 @@ class SiglipEncoderLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=self.eps)
         self.mlp = SiglipMLP(config)
 
-    def forward(self, h, attention_mask, backend: str, need_probs: bool):
-        """Pre-LN block: h = h + attn(LN1(h)); h = h + mlp(LN2(h))."""
-        x = ops.layer_norm(h, self.layer_norm1.weight, self.layer_norm1.bias, self.eps, backend=backend)
-        h, probs = self.self_attn(x, attention_mask, h, backend, need_probs)
-        x = ops.layer_norm(h, self.layer_norm2.weight, self.layer_norm2.bias, self.eps, backend=backend)
-        return self.mlp(x, h, backend), probs
+    def forward(self, h, x, attention_mask, next_norm: nn.LayerNorm, backend: str, need_probs: bool):
+        """Pre-LN block, h = h + attn(LN1(h)); h = h + mlp(LN2(h)), with each residual add fused into the LayerNorm
+        that follows it: x = LN1(h) comes in (the caller fused it with the add that made h), and the layer returns
+        (h, next_norm(h), probs), next_norm being the next layer's layer_norm1 or the tower's final norm."""
+        a, probs = self.self_attn(x, attention_mask, backend, need_probs)
+        x, h = ops.layer_norm(a, self.layer_norm2.weight, self.layer_norm2.bias, self.eps, backend=backend,
+                              residual=h)  # h = h + a; x = LN2(h)
+        m = self.mlp(x, None, backend)
+        x, h = ops.layer_norm(m, next_norm.weight, next_norm.bias, next_norm.eps, backend=backend,
+                              residual=h)  # h = h + m; x = next_norm(h)
+        return h, x, probs
 
 
 class SiglipEncoder(nn.Module):
@@ -138,20 +141,27 @@ class SiglipEncoder(nn.Module):
         self.layers = nn.ModuleList(SiglipEncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
 
-    def forward(self, h, attention_mask, backend: str, output_hidden_states: bool, output_attentions: bool):
+    def forward(self, h, attention_mask, final_norm: nn.LayerNorm, backend: str, output_hidden_states: bool,
+                output_attentions: bool) -> BaseModelOutput:
+        """The layers, then `final_norm` (the tower's post LayerNorm, fused with the last residual add).
+
+        Returns last_hidden_state = final_norm(encoder output), and, as transformers, hidden_states = the embeddings
+        and each layer's output before any final norm."""
         hidden_states, attentions = ([h] if output_hidden_states else None), ([] if output_attentions else None)
-        for layer in self.layers:
+        norms = [layer.layer_norm1 for layer in self.layers] + [final_norm]
+        x = ops.layer_norm(h, norms[0].weight, norms[0].bias, norms[0].eps, backend=backend)  # (B, N, D)
+        for layer, next_norm in zip(self.layers, norms[1:], strict=True):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h, probs = torch.utils.checkpoint.checkpoint(
-                    layer, h, attention_mask, backend, output_attentions, use_reentrant=False)
+                h, x, probs = torch.utils.checkpoint.checkpoint(
+                    layer, h, x, attention_mask, next_norm, backend, output_attentions, use_reentrant=False)
             else:
-                h, probs = layer(h, attention_mask, backend, output_attentions)
+                h, x, probs = layer(h, x, attention_mask, next_norm, backend, output_attentions)
             if output_hidden_states:
                 hidden_states.append(h)
             if output_attentions:
                 attentions.append(probs)
         return BaseModelOutput(
-            last_hidden_state=h,
+            last_hidden_state=x,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
         )
@@ -318,9 +328,9 @@ class SiglipTextModel(SiglipPreTrainedModel):
     def _encode(self, input_ids, attention_mask, position_ids, output_attentions: bool, output_hidden_states: bool):
         """The forward without input checks or data-dependent branches (so a CUDA graph can capture it)."""
         h = self.embeddings(input_ids, position_ids)  # (B, L, D)
-        enc = self.encoder(h, attention_mask, self.backend, output_hidden_states, output_attentions)
-        last = ops.layer_norm(enc.last_hidden_state, self.final_layer_norm.weight, self.final_layer_norm.bias,
-                              self.config.layer_norm_eps, backend=self.backend)
+        enc = self.encoder(h, attention_mask, self.final_layer_norm, self.backend, output_hidden_states,
+                           output_attentions)
+        last = enc.last_hidden_state  # (B, L, D), after final_layer_norm
         pooled = self.head(last[:, -1, :])  # (B, P): the last position, which may be a pad token, as trained
         return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled,
                                           hidden_states=enc.hidden_states, attentions=enc.attentions)
@@ -375,9 +385,9 @@ class SiglipVisionModel(SiglipPreTrainedModel):
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
         h = self.embeddings(pixel_values, bool(interpolate_pos_encoding), self.backend)  # (B, N, D)
-        enc = self.encoder(h, None, self.backend, bool(output_hidden_states), bool(output_attentions))
-        last = ops.layer_norm(enc.last_hidden_state, self.post_layernorm.weight, self.post_layernorm.bias,
-                              self.config.layer_norm_eps, backend=self.backend)
+        enc = self.encoder(h, None, self.post_layernorm, self.backend, bool(output_hidden_states),
+                           bool(output_attentions))
+        last = enc.last_hidden_state  # (B, N, D), after post_layernorm
         pooled = self.head(last, self.backend) if self.use_head else None  # (B, D)
         out = BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled,
                                          hidden_states=enc.hidden_states, attentions=enc.attentions)

@@ -100,10 +100,12 @@ def layer_norm(x, weight, bias, eps: float, *, backend: str, residual=None):
 def linear(x, weight, bias=None, *, backend: str, activation: str | None = None, residual=None):
     """act(x @ weight.T + bias) + residual, with the epilogue fused into the GEMM on the Triton backend.
 
-    A plain projection (bias only: the QKV, K/V and head projections) has nothing to fuse that cuBLAS does not
-    already fuse (its bias epilogue), so it stays on cuBLAS. The GELU of fc1 and the residual adds of fc2 and
-    out_proj go through the fused linear with gemm="auto": per shape, the fused Triton GEMM or cuBLAS + in-place
-    elementwise passes, whichever timed faster on the first call (see siglip_fast.kernels.linear).
+    A plain projection (bias only: QKV, out_proj, fc2, the heads) has nothing to fuse that cuBLAS does not already
+    fuse (its bias epilogue), so it stays on cuBLAS; in the encoder the residual adds after out_proj and fc2 are
+    fused into the LayerNorm that follows each of them (`layer_norm(..., residual=)`), which costs the same passes
+    as a GEMM epilogue would and leaves the GEMM to cuBLAS. The GELU of fc1 (and the MAP head's residual, which no
+    LayerNorm follows) go through the fused linear with gemm="auto": per shape, the fused Triton GEMM or cuBLAS +
+    in-place elementwise passes, whichever timed faster on the first call (see siglip_fast.kernels.linear).
     """
     from .kernels.linear import linear as linear_kernel
     from .kernels.linear import linear_reference

@@ -332,3 +332,25 @@ def test_triton_low_precision_error_budget_on_gpu(hf_checkpoint, dtype):
         assert (fused[key] - ref).abs().max().item() <= 2 * budget + 1e-6, key
     rel = lambda g: ((g - exact_grads).norm() / exact_grads.norm()).item()
     assert rel(fused_grads) <= 2 * rel(eager_grads) + 1e-6
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_gradient_checkpointing_gives_the_same_gradients(hf_checkpoint, backend, device):
+    """Activation checkpointing recomputes each layer in the backward: same loss and gradients as without it."""
+    theirs, path = hf_checkpoint
+    ids, pixels = inputs(theirs.config, batch=2)
+    ids, pixels = ids.to(device), pixels.to(device)
+    grads = []
+    for checkpointing in (False, True):
+        model = sf.SiglipModel.from_pretrained(path, backend=backend, device=device).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        calls = []
+        model.vision_model.encoder.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+        loss = model(input_ids=ids, pixel_values=pixels, return_loss=True).loss
+        loss.backward()
+        assert len(calls) == (2 if checkpointing else 1)  # recomputed in the backward
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        assert _max_diff(g, grads[1][name]) <= 1e-6, name
