@@ -101,9 +101,11 @@ def linear(x, weight, bias=None, *, backend: str, activation: str | None = None,
     """act(x @ weight.T + bias) + residual, with the epilogue fused into the GEMM on the Triton backend.
 
     A plain projection (bias only: QKV, out_proj, fc2, the heads) has nothing to fuse that cuBLAS does not already
-    fuse (its bias epilogue), so it stays on cuBLAS; in the encoder the residual adds after out_proj and fc2 are
-    fused into the LayerNorm that follows each of them (`layer_norm(..., residual=)`), which costs the same passes
-    as a GEMM epilogue would and leaves the GEMM to cuBLAS. The GELU of fc1 (and the MAP head's residual, which no
+    fuse (its bias epilogue), so it stays on cuBLAS. In the encoder the residual adds after out_proj and fc2 are
+    fused into the LayerNorm that follows each of them (`layer_norm(..., residual=)`): one pass over the (tokens, D)
+    output more than a residual epilogue in the GEMM would cost (the GEMM's output is written and read once), which
+    is ~5% of fc2's GEMM time at So400m's shapes, less than the gap expected between a Triton and a cuBLAS main
+    loop (benchmarks/test_bench_linear.py measures both). The GELU of fc1 (and the MAP head's residual, which no
     LayerNorm follows) go through the fused linear with gemm="auto": per shape, the fused Triton GEMM or cuBLAS +
     in-place elementwise passes, whichever timed faster on the first call (see siglip_fast.kernels.linear).
     """
