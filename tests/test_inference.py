@@ -3,8 +3,8 @@ graph, against the towers' own forward on the same inputs.
 
 Chunking and padding run everywhere (cuda_graph=False on CPU); graph capture and replay need a GPU. Tolerances:
 fp32 on CPU 1e-5 eager / 1e-4 through the interpreted kernels (the padded batch changes GEMM shapes, so the values
-are not bitwise those of the unpadded forward); on a GPU, a replay of the very batch the forward saw is compared at
-the same 1e-4 in fp32 and at the bf16 budget of 2e-2 after a padded replay.
+are not bitwise those of the unpadded forward); on a GPU, graph replays against the same runner run without a graph
+(same kernels and shapes) at 1e-5 (fp32) / 1e-2 (bf16) of the output scale, and against the forward at 1e-4 (fp32).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ TEXT = dict(vocab_size=70, hidden_size=24, intermediate_size=40, num_hidden_laye
             max_position_embeddings=9)
 VISION = dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3, image_size=18,
               patch_size=5)
-ATOL = {("cpu", "eager"): 1e-5, ("cpu", "triton"): 1e-4, ("cuda", torch.float32): 1e-4, ("cuda", torch.bfloat16): 2e-2}
+ATOL = {("cpu", "eager"): 1e-5, ("cpu", "triton"): 1e-4, ("cuda", torch.float32): 1e-4}
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
 
@@ -153,24 +153,34 @@ def test_runner_rejects_bad_arguments_and_inputs():
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_graph_replays_match_forward(dtype):
+def test_cuda_graph_replays_match_direct_runs(dtype):
+    """The captured graph against the same runner without a graph (same kernels, same padded shapes): only capture
+    and replay differ, so they agree to rounding (relative to the output scale, per dtype); in fp32 both also match
+    the tower's own forward on the captured batch size."""
     model = _vision("triton", "cuda", dtype)
-    runner = model.compile_for_inference(4, keep_last_hidden_state=True)
-    assert runner.cuda_graph
     text = _text("triton", "cuda", dtype)
-    text_runner = text.compile_for_inference(4, with_attention_mask=True)
+    graphed = model.compile_for_inference(4, keep_last_hidden_state=True)
+    direct = model.compile_for_inference(4, keep_last_hidden_state=True, cuda_graph=False)
+    graphed_text = text.compile_for_inference(4, with_attention_mask=True)
+    direct_text = text.compile_for_inference(4, with_attention_mask=True, cuda_graph=False)
+    assert graphed.cuda_graph and not direct.cuda_graph
+    rel = {torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
     for n in (4, 3, 9):  # the captured batch, a padded one, two replays and a padded tail
         pixels = torch.randn(n, 3, 18, 18, device="cuda")  # fp32 pixels: cast on copy as the forward casts
         ids = torch.randint(0, 70, (n, 9), device="cuda")
         mask = (torch.rand(n, 9, device="cuda") < 0.8).long()
         mask[:, 0] = 1
-        got, got_text = runner(pixel_values=pixels), text_runner(input_ids=ids, attention_mask=mask)
-        with torch.inference_mode():
-            want, want_text = model(pixel_values=pixels), text(input_ids=ids, attention_mask=mask)
-        atol = ATOL["cuda", torch.float32] if n == 4 and dtype == torch.float32 else ATOL["cuda", torch.bfloat16]
-        assert _diff(got.pooler_output, want.pooler_output) <= atol
-        assert _diff(got.last_hidden_state, want.last_hidden_state) <= atol
-        assert _diff(got_text.pooler_output, want_text.pooler_output) <= atol
+        pairs = [(graphed(pixel_values=pixels), direct(pixel_values=pixels), ("pooler_output", "last_hidden_state")),
+                 (graphed_text(input_ids=ids, attention_mask=mask), direct_text(input_ids=ids, attention_mask=mask),
+                  ("pooler_output",))]
+        for got, want, keys in pairs:
+            for key in keys:
+                assert got[key].shape[0] == n
+                assert _diff(got[key], want[key]) <= rel * want[key].abs().max().item(), (n, key)
+        if dtype == torch.float32 and n == 4:
+            with torch.inference_mode():
+                forward = model(pixel_values=pixels).pooler_output
+            assert _diff(pairs[0][0].pooler_output, forward) <= ATOL["cuda", torch.float32]
 
 
 @cuda_only

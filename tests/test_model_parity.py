@@ -346,7 +346,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(hf_checkpoint, backend,
         if checkpointing:
             model.gradient_checkpointing_enable()
         calls = []
-        model.vision_model.encoder.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+        model.vision_model.encoder.layers[0].register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
         loss = model(input_ids=ids, pixel_values=pixels, return_loss=True).loss
         loss.backward()
         assert len(calls) == (2 if checkpointing else 1)  # recomputed in the backward
