@@ -19,7 +19,8 @@ TEXT = dict(vocab_size=70, hidden_size=24, intermediate_size=40, num_hidden_laye
             max_position_embeddings=9)
 VISION = dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3, image_size=18,
               patch_size=5)
-ATOL = {("cpu", "eager"): 1e-5, ("cpu", "triton"): 1e-4, ("cuda", torch.float32): 1e-4}
+ATOL = {("cpu", "eager"): 1e-5, ("cpu", "triton"): 1e-4, ("cuda", "eager"): 1e-4, ("cuda", "triton"): 1e-4,
+        ("cuda", torch.float32): 1e-4}
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
 
@@ -43,18 +44,18 @@ def _diff(a, b) -> float:
 
 
 @pytest.mark.parametrize("backend", ["eager", "triton"])
-def test_vision_runner_matches_forward_at_every_batch_size(backend):
-    model = _vision(backend)
-    runner = model.compile_for_inference(3, keep_last_hidden_state=True)
+def test_vision_runner_matches_forward_at_every_batch_size(backend, device):
+    model = _vision(backend, device)
+    runner = model.compile_for_inference(3, keep_last_hidden_state=True, cuda_graph=False)
     assert not runner.cuda_graph
     for n in (1, 3, 7):  # padded, exact, chunked with a padded tail
-        pixels = torch.randn(n, 3, 18, 18)
+        pixels = torch.randn(n, 3, 18, 18, device=device)
         got = runner(pixel_values=pixels)
         with torch.no_grad():
             want = model(pixel_values=pixels)
         assert got.pooler_output.shape == (n, 24) and got.last_hidden_state.shape == (n, 9, 24)
-        assert _diff(got.pooler_output, want.pooler_output) <= ATOL["cpu", backend]
-        assert _diff(got.last_hidden_state, want.last_hidden_state) <= ATOL["cpu", backend]
+        assert _diff(got.pooler_output, want.pooler_output) <= ATOL[device.type, backend]
+        assert _diff(got.last_hidden_state, want.last_hidden_state) <= ATOL[device.type, backend]
 
 
 def test_vision_runner_uint8_and_other_sizes():
@@ -78,18 +79,19 @@ def test_vision_runner_without_head_keeps_last_hidden_state():
 
 
 @pytest.mark.parametrize("backend", ["eager", "triton"])
-def test_text_runner_with_and_without_masks(backend):
-    model = _text(backend)
-    runner = model.compile_for_inference(4, seq_len=7, with_attention_mask=True)
-    ids = torch.randint(0, 70, (6, 7))
-    mask = torch.ones(6, 7, dtype=torch.long)
+def test_text_runner_with_and_without_masks(backend, device):
+    model = _text(backend, device)
+    runner = model.compile_for_inference(4, seq_len=7, with_attention_mask=True, cuda_graph=False)
+    ids = torch.randint(0, 70, (6, 7), device=device)
+    mask = torch.ones(6, 7, dtype=torch.long, device=device)
     mask[1, 3:] = 0
     mask[4, 1:] = 0
     with torch.no_grad():
         want_masked = model(input_ids=ids, attention_mask=mask).pooler_output
         want_plain = model(input_ids=ids).pooler_output
-    assert _diff(runner(input_ids=ids, attention_mask=mask).pooler_output, want_masked) <= ATOL["cpu", backend]
-    assert _diff(runner(input_ids=ids).pooler_output, want_plain) <= ATOL["cpu", backend]  # no mask: attend all
+    tol = ATOL[device.type, backend]
+    assert _diff(runner(input_ids=ids, attention_mask=mask).pooler_output, want_masked) <= tol
+    assert _diff(runner(input_ids=ids).pooler_output, want_plain) <= tol  # no mask: attend all
 
 
 def test_outputs_are_fresh_ordinary_tensors():
