@@ -262,6 +262,19 @@ def _format_rows(rows: list[dict], columns: list[str]) -> list[str]:
     return lines
 
 
+BENCH_IMPLS = ("triton", "triton-graph", "sdpa", "eager")
+
+
+def _graphed_forward(model, tower: str, pixels: torch.Tensor, ids: torch.Tensor) -> Callable[[], object]:
+    """One tower on the triton backend, captured in a CUDA graph at this batch size (compile_for_inference)."""
+    model.set_backend("triton")
+    if tower == "vision":
+        runner = model.vision_model.compile_for_inference(len(pixels), pixel_dtype=pixels.dtype)
+        return lambda: runner(pixel_values=pixels)
+    runner = model.text_model.compile_for_inference(len(ids), seq_len=ids.shape[1])
+    return lambda: runner(input_ids=ids)
+
+
 def cmd_bench(args) -> int:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
@@ -271,8 +284,8 @@ def cmd_bench(args) -> int:
         raise CLIError(f"--reps must be >= 1, got {args.reps}")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for b in backends:
-        if b not in ("triton", "sdpa", "eager"):
-            raise CLIError(f"--backends: expected a comma-separated subset of triton,sdpa,eager, got {b!r}")
+        if b not in BENCH_IMPLS:
+            raise CLIError(f"--backends: expected a comma-separated subset of {','.join(BENCH_IMPLS)}, got {b!r}")
     model, desc, batch = _bench_setup(args, device, dtype)
     config = model.config
     interpreted = device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
@@ -286,6 +299,9 @@ def cmd_bench(args) -> int:
     elif "triton" in backends and interpreted:
         print("  note: Triton kernels run under the Triton interpreter (TRITON_INTERPRET=1): checked for correctness, "
               "timed once; interpreter times say nothing about GPU speed.")
+    if "triton-graph" in backends and device.type != "cuda":
+        print("  note: triton-graph (the CUDA-graph runner, compile_for_inference) needs a GPU: no such row.")
+        backends = [b for b in backends if b != "triton-graph"]
     impls = ["eager"] + [b for b in backends if b != "eager"]  # eager first: the reference and the baseline
 
     hf, hf_error = None, None
@@ -321,12 +337,11 @@ def cmd_bench(args) -> int:
                     row["error"] = hf_error
                     continue
                 try:
-                    if impl == "transformers-sdpa":
-                        target = hf
+                    if impl == "triton-graph":
+                        fn = _graphed_forward(model, tower, pixels, ids)
                     else:
-                        model.set_backend(impl)
-                        target = model
-                    fn = lambda: forward(target)  # noqa: B023 (called within this iteration only)
+                        target = hf if impl == "transformers-sdpa" else model.set_backend(impl)
+                        fn = lambda: forward(target)  # noqa: B023 (called within this iteration only)
                     out = pooled(fn()).float()
                     reference = out if impl == "eager" else reference
                     row["max_diff"] = None if reference is None else (out - reference).abs().max().item()
@@ -570,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "checkpoint directory")
     bench.add_argument("--batch", type=int, default=None, help="images (and texts) per call")
     bench.add_argument("--tower", choices=["vision", "text", "both"], default="both")
-    bench.add_argument("--backends", default="triton,sdpa,eager", help="comma-separated, default triton,sdpa,eager")
+    bench.add_argument("--backends", default="triton,triton-graph,sdpa,eager",
+                       help="comma-separated, default triton,triton-graph,sdpa,eager (triton-graph: the triton backend "
+                            "replayed from a CUDA graph, GPU only)")
     bench.add_argument("--reps", type=int, default=3, help="timed repetitions on CPU (GPU: do_bench's median)")
     common(bench, backend=False)
     bench.set_defaults(func=cmd_bench)

@@ -288,3 +288,13 @@ def test_triton_backend_on_cpu_without_interpreter_is_a_usage_error(checkpoint, 
     assert code == 2
     assert "--backend triton" in captured.err and "TRITON_INTERPRET=1" in captured.err
     assert "Traceback" not in captured.err
+
+
+def test_bench_triton_graph_row_needs_a_gpu(checkpoint, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the row runs (benchmarks/test_bench_model.py covers the runner's timing)")
+    code = main(["bench", "--model", checkpoint, "--batch", "1", "--backends", "triton-graph,eager", "--tower", "text",
+                 "--reps", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0 and "triton-graph (the CUDA-graph runner, compile_for_inference) needs a GPU" in out
+    assert not any(line.split()[:2] == ["text", "triton-graph"] for line in out.splitlines())
