@@ -344,6 +344,7 @@ class SiglipTextModel(SiglipPreTrainedModel):
         `pooler_output` (and `last_hidden_state` if kept). Build `with_attention_mask=True` to pass masks; rows
         without one attend to every token. `cuda_graph=None` captures on CUDA and runs directly elsewhere.
         """
+        _check_no_dropout(self)
         max_len = self.config.max_position_embeddings
         seq_len = max_len if seq_len is None else seq_len
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= max_len:
@@ -404,6 +405,7 @@ class SiglipVisionModel(SiglipPreTrainedModel):
         embedding); the default, the model's dtype, takes normalised float pixels of any float dtype.
         `cuda_graph=None` captures on CUDA and runs directly elsewhere.
         """
+        _check_no_dropout(self)
         size = self.config.image_size if image_size is None else image_size
         hw = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
         if not (isinstance(hw, tuple) and len(hw) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
@@ -511,6 +513,12 @@ class SiglipForImageClassification(SiglipPreTrainedModel):
         if problem == "single_label_classification":
             return F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def _check_no_dropout(tower) -> None:
+    if tower.training and tower.config.attention_dropout > 0:
+        raise ValueError(f"compile_for_inference captures an inference forward, but this tower is in training mode "
+                         f"with attention_dropout={tower.config.attention_dropout}: call .eval() first")
 
 
 def _is_meta_init() -> bool:

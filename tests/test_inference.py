@@ -140,6 +140,10 @@ def test_runner_rejects_bad_arguments_and_inputs():
         runner(pixel_values=torch.randn(2, 3, 18, 18), input_ids=torch.zeros(2, 3))
     with pytest.raises(TypeError, match="missing inputs"):
         runner()
+    dropping = _vision(attention_dropout=0.1).train()
+    with pytest.raises(ValueError, match=r"training mode with attention_dropout=0.1: call .eval\(\) first"):
+        dropping.compile_for_inference(2)
+    dropping.eval().compile_for_inference(2)
     text = _text()
     with pytest.raises(ValueError, match="seq_len"):
         text.compile_for_inference(2, seq_len=10)
