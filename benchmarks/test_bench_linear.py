@@ -11,6 +11,10 @@ Rows per case, all timed in one process on the same inputs (bf16):
   cublas+compile  F.linear, then a torch.compile'd GELU / residual add (only with --compile-baselines)
   cublas gemm   F.linear alone: what the layer would cost if the epilogue were free (a lower bound)
 tflops counts the GEMM only (2*M*N*K); mfu is against the measured bf16 GEMM peak; ratio = cublas+eager ms / ms.
+
+The residual sites (`test_bench_residual_site`): the encoder's `h = h + out_proj(a); x = LN2(h)` (and fc2 with the
+next LayerNorm) as the model runs it (cuBLAS GEMM, then the fused add + LayerNorm kernel) against the alternative
+plan (the residual in the Triton GEMM's epilogue, then a plain LayerNorm kernel) and eager (GEMM, add, LayerNorm).
 """
 
 import functools
@@ -18,6 +22,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from siglip_fast.kernels.layer_norm import layer_norm, layer_norm_reference
 from siglip_fast.kernels.linear import linear, linear_reference
 
 from benchmarks._common import gemm_peak_tflops, peak_memory_mib, sync, time_ms
@@ -135,6 +140,31 @@ def test_bench_linear_fwd_bwd(case, benchmark, device, bench_size, report):
         tflops = flops / ms[name] / 1e9
         report("linear fwd+bwd bf16", shape, name, ms=ms[name], tflops=tflops, mfu=tflops / peak,
                ratio=ms["cublas+eager"] / ms[name], peak_mib=peak_memory_mib(fn, device))
+
+
+@pytest.mark.parametrize("case", [c for c, spec in CASES.items() if spec[-1] == "residual"])
+def test_bench_residual_site(case, benchmark, device, bench_size, report):
+    if device.type != "cuda":
+        pytest.skip(GPU_ONLY)
+    (m, k, n), (x, w, b, r), _ = _make(case, bench_size, device)
+    ln_w = 1 + 0.1 * torch.randn(n, device=device, dtype=x.dtype)
+    ln_b = 0.1 * torch.randn(n, device=device, dtype=x.dtype)
+    eps = 1e-6
+    impls = {
+        "cublas+add_ln (model)": lambda: layer_norm(F.linear(x, w, b), ln_w, ln_b, eps, residual=r),
+        "triton epilogue+ln": lambda: (lambda h: (layer_norm(h, ln_w, ln_b, eps), h))(
+            linear(x, w, b, residual=r, gemm="triton")),
+        "eager": lambda: layer_norm_reference(F.linear(x, w, b), ln_w, ln_b, eps, residual=r),
+    }
+    with torch.no_grad():
+        outs = {name: fn() for name, fn in impls.items()}  # warm-up (autotuning) and the outputs compared
+        sync(device)
+        _pedantic(benchmark, impls["cublas+add_ln (model)"], device)
+        ms = {name: time_ms(fn, device) for name, fn in impls.items()}
+    ref_y = outs["eager"][0].float()
+    for name in impls:
+        report("residual site fwd bf16", f"{case} M={m} K={k} N={n}", name, ms=ms[name],
+               ratio=ms["eager"] / ms[name], max_err=(outs[name][0].float() - ref_y).abs().max().item())
 
 
 def test_bench_linear_cpu_eager(benchmark, device, report):
