@@ -6,6 +6,8 @@ repeated wall-clock runs. Peak memory is `torch.cuda.max_memory_allocated` above
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 from typing import Callable
@@ -81,9 +83,14 @@ def sync(device: torch.device) -> None:
 
 def report(suite: str, case: str, impl: str, **figures) -> dict:
     """Record one row: suite (e.g. 'attention fwd'), case (the shape), impl (e.g. 'triton'), and its figures
-    (ms, tflops, img_per_s, mfu, peak_mib, ratio, max_err ... any subset)."""
+    (ms, tflops, img_per_s, mfu, peak_mib, ratio, max_err ... any subset). With SIGLIP_FAST_BENCH_ROWS set, the row is
+    also appended to that file as one JSON line at once, so a run cut short by a time limit keeps what it measured."""
     row = {"suite": suite, "case": case, "impl": impl, **figures}
     ROWS.append(row)
+    path = os.environ.get("SIGLIP_FAST_BENCH_ROWS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
     return row
 
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# One run on a GPU machine, sized for about 5-6 minutes on an H100 (each stage has its own time limit):
+# One run on a GPU machine, sized for about 5-6 minutes on an H100; each stage has its own time limit and the most
+# important evidence runs first:
 #   1. install, versions;
 #   2. the GPU tests (compiled kernels, bf16/fp16 error budgets, determinism, model parity through the kernels,
 #      CUDA-graph runners, torch.compile reduce-overhead);
-#   3. the op benchmarks at full size (attention, patch embedding, LayerNorm, fused linear, loss);
-#   4. the model benchmarks for the two target shapes of shared/reference/anchors.md (B/16-224 b512 and
+#   3. the model benchmarks for the two target shapes of shared/reference/anchors.md (B/16-224 b512 and
 #      So400m/14-384 b128): inference with torch.compile(transformers) in the same run, then the training step;
-#   5. the profiler breakdown of the So400m vision tower (per kernel category).
-# Logs and the JSON of every figure go to $OUT (or ./gpu-check-out); the model table and the profile come last.
+#   4. the profiler breakdown of the So400m vision tower (per kernel category);
+#   5. the op benchmarks at full size (attention, patch embedding, LayerNorm, linear, residual sites, loss).
+# Every benchmark row is appended to $OUT/rows-*.jsonl as it is measured (a stage cut by its limit keeps its rows);
+# logs and JSON go to $OUT (or ./gpu-check-out). The tables come last: ops, model, then the profile.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-check-out}
@@ -27,30 +29,38 @@ timeout 110 python -m pytest tests -q -x -p no:cacheprovider \
     2>&1 | tee "$out/tests.log" | tail -12
 tests_rc=${PIPESTATUS[0]}
 
-# 3-4. Benchmarks: few pytest-benchmark rounds (our own medians come from triton.testing.do_bench).
-bench() {  # bench NAME TIMEOUT PYTEST-ARGS...
+bench() {  # bench NAME TIMEOUT PYTEST-ARGS...: few pytest-benchmark rounds (our medians come from do_bench)
     local name=$1 limit=$2
     shift 2
-    timeout "$limit" python -m pytest benchmarks -q -p no:cacheprovider --bench-size full \
-        --bench-json "$out/bench-$name.json" --benchmark-min-rounds=3 --benchmark-max-time=0.1 \
-        --benchmark-warmup=off "$@" > "$out/bench-$name.log" 2>&1
+    SIGLIP_FAST_BENCH_ROWS="$out/rows-$name.jsonl" timeout "$limit" python -m pytest benchmarks -q \
+        -p no:cacheprovider --bench-size full --bench-json "$out/bench-$name.json" --benchmark-min-rounds=3 \
+        --benchmark-max-time=0.1 --benchmark-warmup=off "$@" > "$out/bench-$name.log" 2>&1
     echo "bench $name: exit $? ($(tail -1 "$out/bench-$name.log"))"
 }
-bench ops 70 --ignore benchmarks/test_bench_model.py --ignore benchmarks/test_bench_preprocessing.py \
-    --ignore benchmarks/test_profile_model.py
+# 3. The model level.
 bench model-inference 130 benchmarks/test_bench_model.py -k "(B/16-224 or So400m) and vision and not train" \
     --compile-baselines
 bench model-train 50 benchmarks/test_bench_model.py -k "(B/16-224 or So400m) and vision-train"
 
-# 5. Where the time goes.
+# 4. Where the time goes.
 timeout 60 python -m benchmarks.profile_model --variant so400m-patch14-384 --batch 128 --steps 3 \
     --impl triton --impl triton-graph --impl transformers-sdpa 2>&1 | grep -v USDT > "$out/profile.txt"
 
-for name in ops model-inference model-train; do
-    echo "== $name"
-    sed -n '/siglip_fast benchmark summary/,/figures written/p' "$out/bench-$name.log" | grep -v "^figures written" \
-        | grep -v "^=" | cut -c1-200
-done
+# 5. The ops.
+bench ops 80 --ignore benchmarks/test_bench_model.py --ignore benchmarks/test_bench_preprocessing.py \
+    --ignore benchmarks/test_profile_model.py
+
+python - "$out" <<'PY'
+import json, pathlib, sys
+from benchmarks._common import format_table
+out = pathlib.Path(sys.argv[1])
+for name in ("ops", "model-inference", "model-train"):
+    path = out / f"rows-{name}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    print(f"== {name}: {len(rows)} rows")
+    for line in format_table(rows) if rows else []:
+        print(line[:220])
+PY
 echo "== profile"
 cat "$out/profile.txt"
 echo "tests exit code: $tests_rc"
