@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 # (category, pattern on the kernel / operator name), first match wins.
@@ -46,10 +47,29 @@ def category(name: str) -> str:
     return "other"
 
 
-def _self_time_us(event, device_type: str) -> float:
-    if device_type == "cuda":  # renamed from self_cuda_time_total in newer torch
-        return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0))
-    return float(event.self_cpu_time_total)
+def category_totals(events, device_type: str, steps: int) -> dict[str, tuple[float, float, tuple[float, str]]]:
+    """Group profiler averages by category: {cat: (us per step, launches per step, (us, name) of the largest)}.
+
+    On CUDA only device events count (kernels, memcpy, memset): a CPU operator's self device time is the time of the
+    kernels it launched, which appear as events of their own, so counting it too would count them twice. On CPU the
+    aten operators' self CPU times count."""
+    totals: dict[str, list] = {}
+    for event in events:
+        if device_type == "cuda":
+            if event.device_type == DeviceType.CPU:
+                continue
+            us = float(event.self_device_time_total)
+        else:
+            if not event.key.startswith("aten::"):
+                continue
+            us = float(event.self_cpu_time_total)
+        if us <= 0:
+            continue
+        entry = totals.setdefault(category(event.key), [0.0, 0.0, (0.0, "")])
+        entry[0] += us / steps
+        entry[1] += event.count / steps
+        entry[2] = max(entry[2], (us / steps, event.key))
+    return {k: tuple(v) for k, v in totals.items()}
 
 
 def profile_step(fn: Callable[[], object], device: torch.device, steps: int) -> dict:
@@ -70,20 +90,9 @@ def profile_step(fn: Callable[[], object], device: torch.device, steps: int) -> 
     _sync(device)
     wall_ms = (time.perf_counter() - t0) * 1e3 / steps
 
-    totals: dict[str, list] = {}  # category -> [us per step, launches per step, (us, name) of its largest kernel]
-    for event in prof.key_averages():
-        us = _self_time_us(event, device.type)
-        if us <= 0 or (device.type == "cpu" and not event.key.startswith("aten::")):
-            continue
-        if device.type == "cuda" and event.key.startswith(("aten::", "cuda", "Memcpy", "Memset")) \
-                and not re.search(r"memcpy|memset", event.key, re.I):
-            continue  # CPU-side operators and runtime calls: only device kernels count on CUDA
-        entry = totals.setdefault(category(event.key), [0.0, 0.0, (0.0, "")])
-        entry[0] += us / steps
-        entry[1] += event.count / steps
-        entry[2] = max(entry[2], (us / steps, event.key))
+    totals = category_totals(prof.key_averages(), device.type, steps)
     kernel_ms = sum(entry[0] for entry in totals.values()) / 1e3
-    return {"categories": {k: tuple(v) for k, v in totals.items()}, "kernel_ms": kernel_ms, "wall_ms": wall_ms}
+    return {"categories": totals, "kernel_ms": kernel_ms, "wall_ms": wall_ms}
 
 
 def format_profile(name: str, result: dict, layers: int) -> list[str]:

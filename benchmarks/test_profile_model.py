@@ -29,6 +29,30 @@ def test_kernel_categories(name, expected):
     assert profile_model.category(name) == expected
 
 
+def test_cuda_totals_count_each_kernel_once():
+    """A CPU operator's self device time is its kernels' time: only the device events may count."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(key, device_type, us, count):
+        return SimpleNamespace(key=key, device_type=device_type, self_device_time_total=us, self_cpu_time_total=5.0,
+                               count=count)
+
+    events = [
+        event("siglip_fast::layer_norm", DeviceType.CPU, 40.0, 4),  # launched the kernel below
+        event("_layer_norm_fwd_kernel", DeviceType.CUDA, 40.0, 4),
+        event("aten::mm", DeviceType.CPU, 100.0, 2),
+        event("sm90_xmma_gemm_bf16bf16_bf16f32", DeviceType.CUDA, 100.0, 2),
+        event("cudaLaunchKernel", DeviceType.CPU, 0.0, 6),
+    ]
+    totals = profile_model.category_totals(events, "cuda", steps=2)
+    assert totals == {"layer_norm": (20.0, 2.0, (20.0, "_layer_norm_fwd_kernel")),
+                      "gemm": (50.0, 1.0, (50.0, "sm90_xmma_gemm_bf16bf16_bf16f32"))}
+    cpu = profile_model.category_totals(events, "cpu", steps=1)
+    assert cpu == {"gemm": (5.0, 2.0, (5.0, "aten::mm"))}
+
+
 def test_profile_step_totals():
     x = torch.randn(64, 64)
     result = profile_model.profile_step(lambda: torch.nn.functional.gelu(x @ x + 1), torch.device("cpu"), 2)
