@@ -25,6 +25,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks._common import sync
+
 # (category, pattern on the kernel / operator name), first match wins.
 CATEGORIES = [
     ("attention", re.compile(r"attention|attn|fmha|flash|softmax", re.I)),
@@ -78,16 +80,16 @@ def profile_step(fn: Callable[[], object], device: torch.device, steps: int) -> 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     fn()  # warm-up: compilation and autotuning stay out of the profile
-    _sync(device)
+    sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
             fn()
-        _sync(device)
+        sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
-    _sync(device)
+    sync(device)
     wall_ms = (time.perf_counter() - t0) * 1e3 / steps
 
     totals = category_totals(prof.key_averages(), device.type, steps)
@@ -107,14 +109,9 @@ def format_profile(name: str, result: dict, layers: int) -> list[str]:
     return lines
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def build_steps(model, twin, impls: Sequence[str], pixels: torch.Tensor, train: bool) -> dict[str, Callable]:
     """One step per implementation on the vision tower: inference (inference_mode) or forward + backward."""
-    from siglip_fast.cli import pooled
+    from siglip_fast.cli import graphed_forward, pooled
 
     def plain(module, backend=None):
         def step():
@@ -135,9 +132,8 @@ def build_steps(model, twin, impls: Sequence[str], pixels: torch.Tensor, train: 
         elif impl == "triton-graph":
             if train:
                 raise ValueError("triton-graph is an inference path; drop it with --train")
-            model.set_backend("triton")
-            runner = model.vision_model.compile_for_inference(len(pixels), pixel_dtype=pixels.dtype)
-            steps[impl] = lambda runner=runner: runner(pixel_values=pixels).pooler_output
+            run = graphed_forward(model, "vision", pixels, None)
+            steps[impl] = lambda run=run: run().pooler_output
         elif impl.startswith("transformers-sdpa"):
             if twin is None:
                 raise ValueError(f"{impl} needs transformers installed")

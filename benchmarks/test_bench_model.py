@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from benchmarks._common import TINY, gemm_peak_tflops, peak_memory_mib, sync, time_ms
-from siglip_fast.cli import pooled, random_model, transformers_twin
+from siglip_fast.cli import graphed_forward, pooled, random_model, transformers_twin
 from siglip_fast.configuration import SiglipConfig
 from siglip_fast.variants import config_for, matmul_flops
 
@@ -99,12 +99,8 @@ def _graphed_step(model, mode: str, pixels, ids):
     """The CUDA-graph runner of one tower (compile_for_inference), built on the triton backend; its peak memory row
     counts only what a call allocates (the graph's activation pool is allocated once, at capture)."""
     def factory():
-        model.set_backend("triton")
-        if mode == "text":
-            runner = model.text_model.compile_for_inference(len(ids), seq_len=ids.shape[1])
-            return lambda: runner(input_ids=ids).pooler_output
-        runner = model.vision_model.compile_for_inference(len(pixels))
-        return lambda: runner(pixel_values=pixels).pooler_output
+        run = graphed_forward(model, mode, pixels, ids)
+        return lambda: run().pooler_output
     return factory
 
 

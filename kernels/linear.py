@@ -348,9 +348,13 @@ def _choose(key: tuple, timer) -> str:
     return _CHOICES[key]
 
 
-def _dispatch(x, weight, bias, activation, residual, save_pre, gemm: str):
+def _check_gemm(gemm: str) -> None:
     if gemm not in GEMMS:
         raise ValueError(f"linear: gemm must be one of {GEMMS}, got {gemm!r}")
+
+
+def _dispatch(x, weight, bias, activation, residual, save_pre, gemm: str):
+    _check_gemm(gemm)
     if gemm == "auto":
         if x.device.type != "cuda":  # the interpreter runs (and tests) the Triton kernel; timings there mean nothing
             gemm = "triton"
@@ -394,8 +398,7 @@ def _linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
 @_linear_op.register_fake
 def _(x, weight, bias, activation, residual, save_pre, gemm):
-    if gemm not in GEMMS:
-        raise ValueError(f"linear: gemm must be one of {GEMMS}, got {gemm!r}")
+    _check_gemm(gemm)
     _check_inputs(x, weight, bias, activation, residual)
     out_shape = (*x.shape[:-1], weight.shape[0])
     out = x.new_empty(out_shape)
@@ -467,8 +470,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     fp32 inputs are multiplied in full fp32 unless torch.backends.cuda.matmul.allow_tf32 is set, as F.linear does.
     """
     _check_inputs(x, weight, bias, activation, residual)
-    if gemm not in GEMMS:
-        raise ValueError(f"linear: gemm must be one of {GEMMS}, got {gemm!r}")
+    _check_gemm(gemm)  # before the op: a bad argument is a usage error, whatever the device
     # The pre-activation is needed only by the gradients through the GEMM (x, weight, bias), not by residual's.
     save_pre = activation is not None and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))

@@ -265,8 +265,9 @@ def _format_rows(rows: list[dict], columns: list[str]) -> list[str]:
 BENCH_IMPLS = ("triton", "triton-graph", "sdpa", "eager")
 
 
-def _graphed_forward(model, tower: str, pixels: torch.Tensor, ids: torch.Tensor) -> Callable[[], object]:
-    """One tower on the triton backend, captured in a CUDA graph at this batch size (compile_for_inference)."""
+def graphed_forward(model, tower: str, pixels: torch.Tensor | None, ids: torch.Tensor | None) -> Callable[[], object]:
+    """One tower ("vision": pixels, "text": ids) of a SiglipModel on the triton backend, captured in a CUDA graph at
+    this batch size (compile_for_inference); the benchmarks build their graph rows with it too."""
     model.set_backend("triton")
     if tower == "vision":
         runner = model.vision_model.compile_for_inference(len(pixels), pixel_dtype=pixels.dtype)
@@ -338,7 +339,7 @@ def cmd_bench(args) -> int:
                     continue
                 try:
                     if impl == "triton-graph":
-                        fn = _graphed_forward(model, tower, pixels, ids)
+                        fn = graphed_forward(model, tower, pixels, ids)
                     else:
                         target = hf if impl == "transformers-sdpa" else model.set_backend(impl)
                         fn = lambda: forward(target)  # noqa: B023 (called within this iteration only)
