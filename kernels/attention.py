@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_CPU_OK = _INTERPRET  # CPU tensors accepted: under the interpreter (benchmarks.codegen also sets it to compile on CPU)
 _LOG2E = 1.4426950408889634
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_HEAD_DIM = 128
@@ -628,7 +629,7 @@ def _check_inputs(q, k, v, attention_mask, scale, *, check_values: bool = True) 
             raise TypeError(f"attention: scale must be a float or None, got {type(scale).__name__} {scale!r}")
         if not math.isfinite(scale):
             raise ValueError(f"attention: scale must be finite, got {scale!r}")
-    if q.device.type != "cuda" and not _INTERPRET:
+    if q.device.type != "cuda" and not _CPU_OK:
         raise ValueError(f"attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 set before triton "
                          f"is imported, to run them on CPU), got q on {q.device}; use attention_reference instead")
     if attention_mask is None:

@@ -273,7 +273,7 @@ def test_bad_backend_and_chunk():
 
 
 def test_triton_backend_on_cpu_without_interpreter(monkeypatch):
-    monkeypatch.setattr(sl, "_INTERPRET", False)
+    monkeypatch.setattr(sl, "_CPU_OK", False)
     x, y, t, b = _ok()
     with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors.*TRITON_INTERPRET=1.*cpu"):
         sigmoid_loss(x, y, t, b, backend="triton")
