@@ -61,32 +61,50 @@ def _configs(gpu: list[tuple[int, int, int, int]]) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in gpu]
 
 
-# forward and dq: BLOCK_M query rows owned, BLOCK_N keys per step. BLOCK_M = 16 rows serve the MAP head (Nq = 1).
+# Tiles of at least 64 rows per warpgroup run on Hopper's warpgroup MMA; 16-row query blocks serve the MAP head
+# (Nq = 1) and are pruned everywhere else. Few configs per kernel: each costs a compile (and CI's code-generation
+# gate compiles all of them) and an autotuning run.
+# forward: BLOCK_M query rows owned, BLOCK_N keys per step.
 _FWD_CONFIGS = _configs([
-    (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4), (128, 64, 8, 4),
-    (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 4),
-    (32, 64, 4, 3), (16, 64, 4, 3), (16, 128, 4, 3), (16, 32, 4, 4),
+    (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3), (16, 64, 4, 3),
 ])
-# dk/dv: BLOCK_N keys owned, BLOCK_M queries per step.
+# dk/dv: BLOCK_N keys owned (the MMA rows), BLOCK_M queries per step.
 _BWD_KV_CONFIGS = _configs([
-    (32, 128, 4, 3), (32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (64, 64, 8, 2),
-    (16, 64, 4, 3), (16, 128, 4, 3),
+    (32, 128, 8, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 3),
 ])
 # dq: BLOCK_M query rows owned, BLOCK_N keys per step.
 _BWD_Q_CONFIGS = _configs([
-    (128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3),
-    (16, 64, 4, 3), (16, 32, 4, 3),
+    (128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (16, 64, 4, 3),
 ])
 
 
 def _prune_block_m(configs, named_args, **kwargs):
-    """Drop query blocks taller than the (padded) query count: Nq = 1 keeps only BLOCK_M = 16."""
-    cap = max(16, triton.next_power_of_2(named_args["Nq"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= cap]
+    """Keep query blocks no taller than the (padded) query count, and 16-row blocks only for Nq <= 16 (the MAP
+    head's single query): a 16-row tile cannot use warpgroup MMA."""
+    nq = named_args["Nq"]
+    cap = max(16, triton.next_power_of_2(nq))
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= cap and (c.kwargs["BLOCK_M"] > 16 or nq <= 16)]
     return kept or configs
 
 
-_AUTOTUNE_KEY = ["Nq", "Nk", "HEAD_DIM", "HAS_MASK"]
+def _tail_block(count: str, block: str):
+    """Heuristic: the block size of the partial last block along `count` (0 when `block` divides it): the
+    remainder rounded up to a power of two, at least 16 (tl.dot's minimum), at most `block`. 196 keys in blocks of
+    64 leave 4: one 16-key step instead of a 64-key one."""
+    def tail(args):
+        rest = args[count] % args[block]
+        return 0 if rest == 0 else min(args[block], max(16, triton.next_power_of_2(rest)))
+    return tail
+
+
+def _bh_bucket(batch_heads: int) -> int:
+    """The batch x heads autotune bucket: a power of two, capped where the grid fills any GPU many times over."""
+    return min(triton.next_power_of_2(batch_heads), 4096)
+
+
+# Nq, Nk, the head dim and the mask fix the work per program; B·H (bucketed) fixes how many programs fill the GPU,
+# which changes the best block size: a batch-2 warm-up must not choose the config of a batch-128 run.
+_AUTOTUNE_KEY = ["Nq", "Nk", "HEAD_DIM", "HAS_MASK", "BH_BUCKET"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -142,68 +160,73 @@ def _masked_score(mask_base, stride_mn, Nk, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _hint(stride, ALIGN: tl.constexpr):
+    """`stride`, known to the compiler as a multiple of ALIGN (the launcher checked that it is one, or that its
+    dimension has size 1, where the stride is multiplied by 0): with ALIGN elements = 16 bytes, tile rows start on
+    16-byte boundaries and loads become 16-byte (async) copies instead of scalar ones. ALIGN = 1: no claim."""
+    if ALIGN > 1:
+        stride = stride // ALIGN * ALIGN
+    return stride
+
+
+@triton.jit
 def _attention_fwd_inner(
     acc0, acc1, l_i, m_i,      # running output (BLOCK_M, D0), (BLOCK_M, D1), row sum and row max (BLOCK_M,)
     q0, q1,                    # query tile split along the head dim: (BLOCK_M, D0), (BLOCK_M, D1)
-    k0_ptrs, k1_ptrs,          # key tile pointers at key 0: (BLOCK_N, D0), (BLOCK_N, D1)
-    v0_ptrs, v1_ptrs,          # value tile pointers at key 0: (BLOCK_N, D0), (BLOCK_N, D1)
-    keep_ptrs,                 # mask pointers at key 0: (BLOCK_N,)
-    masked_score, d0_ok, d1_ok, n_start, n_end, Nk, qk_scale, stride_kn, stride_vn, stride_mn,
-    BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr, PAD_D0: tl.constexpr, PAD_D1: tl.constexpr,
-    HAS_MASK: tl.constexpr, TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    k_base, v_base, mask_base,  # this (batch, head)'s keys, values and key mask, at key 0
+    offs_d0, offs_d1, d0_ok, d1_ok,  # head-dim offsets and bounds of the two blocks: (D0,), (D1,)
+    masked_score, n_start, n_end, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+    HAS_D1: tl.constexpr, PAD_D0: tl.constexpr, PAD_D1: tl.constexpr, HAS_MASK: tl.constexpr, TAIL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Online-softmax steps over keys [n_start, n_end); TAIL masks keys >= Nk (only the last, partial block)."""
-    offs_n = tl.arange(0, BLOCK_N)
-    step_k = BLOCK_N * stride_kn
-    step_v = BLOCK_N * stride_vn
-    step_m = BLOCK_N * stride_mn
-    k0_ptrs += n_start * stride_kn
-    v0_ptrs += n_start * stride_vn
-    if HAS_D1:
-        k1_ptrs += n_start * stride_kn
-        v1_ptrs += n_start * stride_vn
-    if HAS_MASK:
-        keep_ptrs += n_start * stride_mn
-    for n0 in range(n_start, n_end, BLOCK_N):
-        if TAIL:
-            n_ok = offs_n < Nk - n0
-            mask0 = n_ok[:, None] & d0_ok[None, :]
-            mask1 = n_ok[:, None] & d1_ok[None, :]
-        else:
-            mask0 = d0_ok[None, :]
-            mask1 = d1_ok[None, :]
+    """Online-softmax steps over keys [n_start, n_end) in BLOCK_N blocks. TAIL: one step over the partial last
+    block (BLOCK_N is then the tail's own, smaller block), keys >= Nk masked."""
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < Nk
+    mask0 = n_ok[:, None] & d0_ok[None, :] if TAIL else d0_ok[None, :]
+    mask1 = n_ok[:, None] & d1_ok[None, :] if TAIL else d1_ok[None, :]
+    k0_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d0[None, :] * stride_kd  # (BLOCK_N, D0)
+    v0_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d0[None, :] * stride_vd
+    k1_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d1[None, :] * stride_kd  # (BLOCK_N, D1)
+    v1_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d1[None, :] * stride_vd
+    keep_ptrs = mask_base + offs_n * stride_mn                                      # (BLOCK_N,)
+    for _ in range(n_start, n_end, BLOCK_N):
         k0 = tl.load(k0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(k0_ptrs)  # (BLOCK_N, D0)
         s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)                   # (BLOCK_M, BLOCK_N)
         if HAS_D1:
             k1 = tl.load(k1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(k1_ptrs)  # (BLOCK_N, D1)
             s = tl.dot(q1, tl.trans(k1), s, input_precision=DOT_PRECISION)
-        s = s * qk_scale                                                                # log2 domain
-        if HAS_MASK:
-            keep = (tl.load(keep_ptrs, mask=n_ok, other=1) if TAIL else tl.load(keep_ptrs)) != 0
-            s = tl.where(keep[None, :], s, masked_score)
-            keep_ptrs += step_m
-        if TAIL:
-            s = tl.where(n_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
+        if HAS_MASK or TAIL:
+            s = s * qk_scale                                                            # log2 domain
+            if HAS_MASK:
+                keep = (tl.load(keep_ptrs, mask=n_ok, other=1) if TAIL else tl.load(keep_ptrs)) != 0
+                s = tl.where(keep[None, :], s, masked_score)
+                keep_ptrs += BLOCK_N * stride_mn
+            if TAIL:
+                s = tl.where(n_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.math.exp2(s - m_new[:, None])
+        else:  # the hot loop: scale folded into one FMA per score (qk_scale > 0, so max(s)·c = max(s·c))
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            p = tl.math.exp2(s * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
-        p = p.to(v0_ptrs.dtype.element_ty)  # P in v's dtype for the PV product (bf16/fp16 tensor cores)
+        p = p.to(v_base.dtype.element_ty)  # P in v's dtype for the PV product (bf16/fp16 tensor cores)
         v0 = tl.load(v0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(v0_ptrs)
         acc0 = tl.dot(p, v0, acc0 * alpha[:, None], input_precision=DOT_PRECISION)
-        k0_ptrs += step_k
-        v0_ptrs += step_v
+        k0_ptrs += BLOCK_N * stride_kn
+        v0_ptrs += BLOCK_N * stride_vn
         if HAS_D1:
             v1 = tl.load(v1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(v1_ptrs)
             acc1 = tl.dot(p, v1, acc1 * alpha[:, None], input_precision=DOT_PRECISION)
-            k1_ptrs += step_k
-            v1_ptrs += step_v
+            k1_ptrs += BLOCK_N * stride_kn
+            v1_ptrs += BLOCK_N * stride_vn
     return acc0, acc1, l_i, m_i
 
 
 @triton.autotune(configs=_FWD_CONFIGS, key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_m})
-@triton.heuristics({"EVEN_M": lambda a: a["Nq"] % a["BLOCK_M"] == 0})
+@triton.heuristics({"EVEN_M": lambda a: a["Nq"] % a["BLOCK_M"] == 0, "TAIL_N": _tail_block("Nk", "BLOCK_N")})
 @triton.jit
 def _attention_fwd_kernel(
     Q,     # pointer to q, shape (B, Nq, H, d), any strides
@@ -217,11 +240,12 @@ def _attention_fwd_kernel(
     stride_vb, stride_vn, stride_vh, stride_vd,
     stride_mb, stride_mn,
     stride_ob, stride_on, stride_oh, stride_od,
-    qk_scale,  # scale * log2(e)
+    qk_scale,  # scale * log2(e), > 0
     H, Nq, Nk,
+    BH_BUCKET,  # next power of two of B·H (capped): an autotune key only, so a small warm-up batch tunes apart
     HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
     PAD_D0: tl.constexpr, PAD_D1: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_M: tl.constexpr,
+    ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_M: tl.constexpr, TAIL_N: tl.constexpr,
 ):
     # one program per (query block, batch, head); consecutive programs share (batch, head), so k/v stay in L2
     num_m = tl.cdiv(Nq, BLOCK_M)
@@ -230,51 +254,44 @@ def _attention_fwd_kernel(
     bh = pid // num_m
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    q_base = Q + b * stride_qb + h * stride_qh
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
-    o_base = Out + b * stride_ob + h * stride_oh
+    stride_qn = _hint(stride_qn, ALIGN)
+    stride_kn = _hint(stride_kn, ALIGN)
+    stride_vn = _hint(stride_vn, ALIGN)
+    stride_on = _hint(stride_on, ALIGN)
+    q_base = Q + b * _hint(stride_qb, ALIGN) + h * _hint(stride_qh, ALIGN)
+    k_base = K + b * _hint(stride_kb, ALIGN) + h * _hint(stride_kh, ALIGN)
+    v_base = V + b * _hint(stride_vb, ALIGN) + h * _hint(stride_vh, ALIGN)
+    o_base = Out + b * _hint(stride_ob, ALIGN) + h * _hint(stride_oh, ALIGN)
     mask_base = Mask + b * stride_mb
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d0 = tl.arange(0, BLOCK_D0)
     offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
     m_ok = offs_m < Nq
     d0_ok = offs_d0 < HEAD_DIM
     d1_ok = offs_d1 < HEAD_DIM
     q0 = _load(q_base + offs_m[:, None] * stride_qn + offs_d0[None, :] * stride_qd, m_ok, d0_ok, not EVEN_M, PAD_D0)
-    k0_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d0[None, :] * stride_kd  # (BLOCK_N, D0)
-    v0_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d0[None, :] * stride_vd
     acc0 = tl.zeros((BLOCK_M, BLOCK_D0), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_M, BLOCK_D1), dtype=tl.float32)
     if HAS_D1:
         q1 = _load(q_base + offs_m[:, None] * stride_qn + offs_d1[None, :] * stride_qd, m_ok, d1_ok,
                    not EVEN_M, PAD_D1)
-        k1_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d1[None, :] * stride_kd  # (BLOCK_N, D1)
-        v1_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d1[None, :] * stride_vd
-    else:  # unused placeholders
+    else:  # unused placeholder
         q1 = acc1.to(Q.dtype.element_ty)
-        k1_ptrs = k0_ptrs
-        v1_ptrs = v0_ptrs
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if HAS_MASK:
-        masked_score = _masked_score(mask_base, stride_mn, Nk, BLOCK_N)
-        keep_ptrs = mask_base + offs_n * stride_mn
-    else:
-        masked_score = 0.0
-        keep_ptrs = mask_base
+    masked_score = _masked_score(mask_base, stride_mn, Nk, BLOCK_N) if HAS_MASK else 0.0
 
     n_full = (Nk // BLOCK_N) * BLOCK_N
     acc0, acc1, l_i, m_i = _attention_fwd_inner(
-        acc0, acc1, l_i, m_i, q0, q1, k0_ptrs, k1_ptrs, v0_ptrs, v1_ptrs, keep_ptrs,
-        masked_score, d0_ok, d1_ok, 0, n_full, Nk, qk_scale, stride_kn, stride_vn, stride_mn,
-        BLOCK_D1, HAS_D1, PAD_D0, PAD_D1, HAS_MASK, False, DOT_PRECISION, BLOCK_N)
-    acc0, acc1, l_i, m_i = _attention_fwd_inner(  # the partial last key block, if any
-        acc0, acc1, l_i, m_i, q0, q1, k0_ptrs, k1_ptrs, v0_ptrs, v1_ptrs, keep_ptrs,
-        masked_score, d0_ok, d1_ok, n_full, Nk, Nk, qk_scale, stride_kn, stride_vn, stride_mn,
-        BLOCK_D1, HAS_D1, PAD_D0, PAD_D1, HAS_MASK, True, DOT_PRECISION, BLOCK_N)
+        acc0, acc1, l_i, m_i, q0, q1, k_base, v_base, mask_base, offs_d0, offs_d1, d0_ok, d1_ok,
+        masked_score, 0, n_full, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+        HAS_D1, PAD_D0, PAD_D1, HAS_MASK, False, DOT_PRECISION, BLOCK_N)
+    if TAIL_N > 0:  # the partial last key block, in a block of its own size (e.g. 4 keys of 196: 16, not 64)
+        acc0, acc1, l_i, m_i = _attention_fwd_inner(
+            acc0, acc1, l_i, m_i, q0, q1, k_base, v_base, mask_base, offs_d0, offs_d1, d0_ok, d1_ok,
+            masked_score, n_full, Nk, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+            HAS_D1, PAD_D0, PAD_D1, HAS_MASK, True, DOT_PRECISION, TAIL_N)
 
     inv_l = 1.0 / l_i
     o_rows = o_base + offs_m[:, None] * stride_on
@@ -292,7 +309,7 @@ def _attention_bwd_preprocess_kernel(
     stride_ob, stride_on, stride_oh, stride_od,
     stride_gb, stride_gn, stride_gh, stride_gd,
     H, Nq,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, ALIGN: tl.constexpr,
 ):
     num_m = tl.cdiv(Nq, BLOCK_M)
     pid = tl.program_id(0)
@@ -303,17 +320,79 @@ def _attention_bwd_preprocess_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM)
-    o = tl.load(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
-                mask=mask, other=0.0)
-    do = tl.load(DOut + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gn + offs_d[None, :] * stride_gd,
-                 mask=mask, other=0.0)
+    o_rows = (Out + b * _hint(stride_ob, ALIGN) + h * _hint(stride_oh, ALIGN)
+              + offs_m[:, None] * _hint(stride_on, ALIGN))
+    do_rows = (DOut + b * _hint(stride_gb, ALIGN) + h * _hint(stride_gh, ALIGN)
+               + offs_m[:, None] * _hint(stride_gn, ALIGN))
+    o = tl.load(o_rows + offs_d[None, :] * stride_od, mask=mask, other=0.0)
+    do = tl.load(do_rows + offs_d[None, :] * stride_gd, mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + bh.to(tl.int64) * Nq + offs_m, delta, mask=offs_m < Nq)
 
 
+@triton.jit
+def _attention_bwd_kv_inner(
+    dk0, dk1, dv0, dv1,        # running key/value gradients (BLOCK_N, D0), (BLOCK_N, D1) fp32
+    k0, k1, v0, v1,            # this program's key and value tiles split along the head dim
+    keep, masked_score,        # (BLOCK_N,) the key mask of these keys (unused without HAS_MASK)
+    q_base, do_base, lse_base, delta_base,  # this (batch, head)'s q, dO, lse and delta, at query 0
+    offs_d0, offs_d1, d0_ok, d1_ok,  # head-dim offsets and bounds of the two blocks: (D0,), (D1,)
+    m_start, m_end, Nq, qk_scale, stride_qn, stride_qd, stride_gn, stride_gd,
+    HAS_D1: tl.constexpr, PAD_D0: tl.constexpr, PAD_D1: tl.constexpr, HAS_MASK: tl.constexpr, TAIL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """dk/dv steps over queries [m_start, m_end) in BLOCK_M blocks, products taken transposed (keys as rows) so the
+    accumulators sit in the layout they are stored in. TAIL: one step over the partial last query block (in its own,
+    smaller block); query rows past Nq load q = dO = 0 and lse = delta = 0, so they add nothing."""
+    offs_m = m_start + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < Nq
+    mask0 = m_ok[:, None] & d0_ok[None, :] if TAIL else d0_ok[None, :]
+    mask1 = m_ok[:, None] & d1_ok[None, :] if TAIL else d1_ok[None, :]
+    q0_ptrs = q_base + offs_m[:, None] * stride_qn + offs_d0[None, :] * stride_qd  # (BLOCK_M, D0)
+    do0_ptrs = do_base + offs_m[:, None] * stride_gn + offs_d0[None, :] * stride_gd
+    q1_ptrs = q_base + offs_m[:, None] * stride_qn + offs_d1[None, :] * stride_qd  # (BLOCK_M, D1)
+    do1_ptrs = do_base + offs_m[:, None] * stride_gn + offs_d1[None, :] * stride_gd
+    lse_ptrs = lse_base + offs_m
+    delta_ptrs = delta_base + offs_m
+    for _ in range(m_start, m_end, BLOCK_M):
+        if TAIL:
+            lse = tl.load(lse_ptrs, mask=m_ok, other=0.0)                               # (BLOCK_M,)
+            delta = tl.load(delta_ptrs, mask=m_ok, other=0.0)
+        else:
+            lse = tl.load(lse_ptrs)
+            delta = tl.load(delta_ptrs)
+        q0 = tl.load(q0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(q0_ptrs)  # (BLOCK_M, D0)
+        do0 = tl.load(do0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(do0_ptrs)
+        s_t = tl.dot(k0, tl.trans(q0), input_precision=DOT_PRECISION)                 # (BLOCK_N, BLOCK_M)
+        if HAS_D1:
+            q1 = tl.load(q1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(q1_ptrs)  # (BLOCK_M, D1)
+            do1 = tl.load(do1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(do1_ptrs)
+            s_t = tl.dot(k1, tl.trans(q1), s_t, input_precision=DOT_PRECISION)
+        if HAS_MASK:
+            s_t = tl.where(keep[:, None], s_t * qk_scale, masked_score)
+            p_t = tl.math.exp2(s_t - lse[None, :])                                      # (BLOCK_N, BLOCK_M) fp32
+        else:  # one FMA per score
+            p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])
+        dv0 = tl.dot(p_t.to(do_base.dtype.element_ty), do0, dv0, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v0, tl.trans(do0), input_precision=DOT_PRECISION)               # (BLOCK_N, BLOCK_M)
+        if HAS_D1:
+            dv1 = tl.dot(p_t.to(do_base.dtype.element_ty), do1, dv1, input_precision=DOT_PRECISION)
+            dp_t = tl.dot(v1, tl.trans(do1), dp_t, input_precision=DOT_PRECISION)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q_base.dtype.element_ty)           # dL/d(scaled score)
+        dk0 = tl.dot(ds_t, q0, dk0, input_precision=DOT_PRECISION)
+        q0_ptrs += BLOCK_M * stride_qn
+        do0_ptrs += BLOCK_M * stride_gn
+        if HAS_D1:
+            dk1 = tl.dot(ds_t, q1, dk1, input_precision=DOT_PRECISION)
+            q1_ptrs += BLOCK_M * stride_qn
+            do1_ptrs += BLOCK_M * stride_gn
+        lse_ptrs += BLOCK_M
+        delta_ptrs += BLOCK_M
+    return dk0, dk1, dv0, dv1
+
+
 @triton.autotune(configs=_BWD_KV_CONFIGS, key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_m})
-@triton.heuristics({"EVEN_M": lambda a: a["Nq"] % a["BLOCK_M"] == 0,
-                    "EVEN_N": lambda a: a["Nk"] % a["BLOCK_N"] == 0})
+@triton.heuristics({"EVEN_N": lambda a: a["Nk"] % a["BLOCK_N"] == 0, "TAIL_M": _tail_block("Nq", "BLOCK_M")})
 @triton.jit
 def _attention_bwd_kv_kernel(
     Q, K, V,   # pointers to q (B, Nq, H, d), k and v (B, Nk, H, d), any strides
@@ -331,26 +410,29 @@ def _attention_bwd_kv_kernel(
     stride_dvb, stride_dvn, stride_dvh, stride_dvd,
     scale, qk_scale,
     H, Nq, Nk,
+    BH_BUCKET,  # autotune key only (see the forward)
     HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
     PAD_D0: tl.constexpr, PAD_D1: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+    ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr, TAIL_M: tl.constexpr,
 ):
     # one program per (key block, batch, head): it owns dk, dv of BLOCK_N keys and walks every query block.
-    # Products are taken transposed (keys as rows) so the accumulators sit in the layout they are stored in.
     num_n = tl.cdiv(Nk, BLOCK_N)
     pid = tl.program_id(0)
     pid_n = pid % num_n
     bh = pid // num_n
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    q_base = Q + b * stride_qb + h * stride_qh
-    do_base = DOut + b * stride_gb + h * stride_gh
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
+    stride_qn = _hint(stride_qn, ALIGN)
+    stride_kn = _hint(stride_kn, ALIGN)
+    stride_vn = _hint(stride_vn, ALIGN)
+    stride_gn = _hint(stride_gn, ALIGN)
+    q_base = Q + b * _hint(stride_qb, ALIGN) + h * _hint(stride_qh, ALIGN)
+    do_base = DOut + b * _hint(stride_gb, ALIGN) + h * _hint(stride_gh, ALIGN)
+    k_base = K + b * _hint(stride_kb, ALIGN) + h * _hint(stride_kh, ALIGN)
+    v_base = V + b * _hint(stride_vb, ALIGN) + h * _hint(stride_vh, ALIGN)
     mask_base = Mask + b * stride_mb
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
     offs_d0 = tl.arange(0, BLOCK_D0)
     offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
     n_ok = offs_n < Nk
@@ -358,8 +440,6 @@ def _attention_bwd_kv_kernel(
     d1_ok = offs_d1 < HEAD_DIM
     k0 = _load(k_base + offs_n[:, None] * stride_kn + offs_d0[None, :] * stride_kd, n_ok, d0_ok, not EVEN_N, PAD_D0)
     v0 = _load(v_base + offs_n[:, None] * stride_vn + offs_d0[None, :] * stride_vd, n_ok, d0_ok, not EVEN_N, PAD_D0)
-    q0_ptrs = q_base + offs_m[:, None] * stride_qn + offs_d0[None, :] * stride_qd  # (BLOCK_M, D0)
-    do0_ptrs = do_base + offs_m[:, None] * stride_gn + offs_d0[None, :] * stride_gd
     dk0 = tl.zeros((BLOCK_N, BLOCK_D0), dtype=tl.float32)
     dv0 = tl.zeros((BLOCK_N, BLOCK_D0), dtype=tl.float32)
     dk1 = tl.zeros((BLOCK_N, BLOCK_D1), dtype=tl.float32)
@@ -369,66 +449,34 @@ def _attention_bwd_kv_kernel(
                    not EVEN_N, PAD_D1)
         v1 = _load(v_base + offs_n[:, None] * stride_vn + offs_d1[None, :] * stride_vd, n_ok, d1_ok,
                    not EVEN_N, PAD_D1)
-        q1_ptrs = q_base + offs_m[:, None] * stride_qn + offs_d1[None, :] * stride_qd  # (BLOCK_M, D1)
-        do1_ptrs = do_base + offs_m[:, None] * stride_gn + offs_d1[None, :] * stride_gd
     else:  # unused placeholders
         k1 = dk1.to(K.dtype.element_ty)
         v1 = dv1.to(V.dtype.element_ty)
-        q1_ptrs = q0_ptrs
-        do1_ptrs = do0_ptrs
-    lse_ptrs = Lse + bh.to(tl.int64) * Nq + offs_m
-    delta_ptrs = Delta + bh.to(tl.int64) * Nq + offs_m
     if HAS_MASK:
         masked_score = _masked_score(mask_base, stride_mn, Nk, BLOCK_N)
         keep = _load_vec(mask_base + offs_n * stride_mn, n_ok, not EVEN_N, 1) != 0  # (BLOCK_N,)
+    else:
+        masked_score = 0.0
+        keep = n_ok
+    lse_base = Lse + bh.to(tl.int64) * Nq
+    delta_base = Delta + bh.to(tl.int64) * Nq
 
-    # Query rows past Nq load q = dO = 0 and lse = delta = 0: p stays finite and dO = 0 gives them no weight.
-    # Key rows past Nk are never stored.
-    step_q = BLOCK_M * stride_qn
-    step_g = BLOCK_M * stride_gn
-    MASK0: tl.constexpr = PAD_D0 or not EVEN_M
-    MASK1: tl.constexpr = PAD_D1 or not EVEN_M
-    for m0 in range(0, Nq, BLOCK_M):
-        if EVEN_M:
-            mask0 = d0_ok[None, :]
-            mask1 = d1_ok[None, :]
-            lse = tl.load(lse_ptrs)                                                      # (BLOCK_M,)
-            delta = tl.load(delta_ptrs)
-        else:
-            m_ok = offs_m < Nq - m0
-            mask0 = m_ok[:, None] & d0_ok[None, :]
-            mask1 = m_ok[:, None] & d1_ok[None, :]
-            lse = tl.load(lse_ptrs, mask=m_ok, other=0.0)
-            delta = tl.load(delta_ptrs, mask=m_ok, other=0.0)
-        q0 = tl.load(q0_ptrs, mask=mask0, other=0.0) if MASK0 else tl.load(q0_ptrs)    # (BLOCK_M, D0)
-        do0 = tl.load(do0_ptrs, mask=mask0, other=0.0) if MASK0 else tl.load(do0_ptrs)
-        s_t = tl.dot(k0, tl.trans(q0), input_precision=DOT_PRECISION)                 # (BLOCK_N, BLOCK_M)
-        if HAS_D1:
-            q1 = tl.load(q1_ptrs, mask=mask1, other=0.0) if MASK1 else tl.load(q1_ptrs)  # (BLOCK_M, D1)
-            do1 = tl.load(do1_ptrs, mask=mask1, other=0.0) if MASK1 else tl.load(do1_ptrs)
-            s_t = tl.dot(k1, tl.trans(q1), s_t, input_precision=DOT_PRECISION)
-        s_t = s_t * qk_scale
-        if HAS_MASK:
-            s_t = tl.where(keep[:, None], s_t, masked_score)
-        p_t = tl.math.exp2(s_t - lse[None, :])                                          # (BLOCK_N, BLOCK_M) fp32
-        dv0 = tl.dot(p_t.to(DOut.dtype.element_ty), do0, dv0, input_precision=DOT_PRECISION)
-        dp_t = tl.dot(v0, tl.trans(do0), input_precision=DOT_PRECISION)               # (BLOCK_N, BLOCK_M)
-        if HAS_D1:
-            dv1 = tl.dot(p_t.to(DOut.dtype.element_ty), do1, dv1, input_precision=DOT_PRECISION)
-            dp_t = tl.dot(v1, tl.trans(do1), dp_t, input_precision=DOT_PRECISION)
-        ds_t = (p_t * (dp_t - delta[None, :])).to(Q.dtype.element_ty)                # dL/d(scaled score)
-        dk0 = tl.dot(ds_t, q0, dk0, input_precision=DOT_PRECISION)
-        q0_ptrs += step_q
-        do0_ptrs += step_g
-        if HAS_D1:
-            dk1 = tl.dot(ds_t, q1, dk1, input_precision=DOT_PRECISION)
-            q1_ptrs += step_q
-            do1_ptrs += step_g
-        lse_ptrs += BLOCK_M
-        delta_ptrs += BLOCK_M
+    m_full = (Nq // BLOCK_M) * BLOCK_M
+    dk0, dk1, dv0, dv1 = _attention_bwd_kv_inner(
+        dk0, dk1, dv0, dv1, k0, k1, v0, v1, keep, masked_score, q_base, do_base, lse_base, delta_base,
+        offs_d0, offs_d1, d0_ok, d1_ok, 0, m_full, Nq, qk_scale, stride_qn, stride_qd, stride_gn, stride_gd,
+        HAS_D1, PAD_D0, PAD_D1, HAS_MASK, False, DOT_PRECISION, BLOCK_M)
+    if TAIL_M > 0:  # the partial last query block, in a block of its own size
+        dk0, dk1, dv0, dv1 = _attention_bwd_kv_inner(
+            dk0, dk1, dv0, dv1, k0, k1, v0, v1, keep, masked_score, q_base, do_base, lse_base, delta_base,
+            offs_d0, offs_d1, d0_ok, d1_ok, m_full, Nq, Nq, qk_scale, stride_qn, stride_qd, stride_gn, stride_gd,
+            HAS_D1, PAD_D0, PAD_D1, HAS_MASK, True, DOT_PRECISION, TAIL_M)
 
-    dk_rows = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn
-    dv_rows = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn
+    # key rows past Nk are never stored
+    dk_rows = (DK + b * _hint(stride_dkb, ALIGN) + h * _hint(stride_dkh, ALIGN)
+               + offs_n[:, None] * _hint(stride_dkn, ALIGN))
+    dv_rows = (DV + b * _hint(stride_dvb, ALIGN) + h * _hint(stride_dvh, ALIGN)
+               + offs_n[:, None] * _hint(stride_dvn, ALIGN))
     _store(dk_rows + offs_d0[None, :] * stride_dkd, dk0 * scale, n_ok, d0_ok, not EVEN_N, PAD_D0)
     _store(dv_rows + offs_d0[None, :] * stride_dvd, dv0, n_ok, d0_ok, not EVEN_N, PAD_D0)
     if HAS_D1:
@@ -441,33 +489,24 @@ def _attention_bwd_q_inner(
     dq0, dq1,                  # running query gradient (BLOCK_M, D0), (BLOCK_M, D1)
     q0, q1, do0, do1,          # query and output-gradient tiles split along the head dim
     lse, delta,                # (BLOCK_M,) fp32
-    k0_ptrs, k1_ptrs,          # key tile pointers at key 0: (BLOCK_N, D0), (BLOCK_N, D1)
-    v0_ptrs, v1_ptrs,          # value tile pointers at key 0
-    keep_ptrs,                 # mask pointers at key 0: (BLOCK_N,)
-    masked_score, d0_ok, d1_ok, n_start, n_end, Nk, qk_scale, stride_kn, stride_vn, stride_mn,
-    BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr, PAD_D0: tl.constexpr, PAD_D1: tl.constexpr,
-    HAS_MASK: tl.constexpr, TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    k_base, v_base, mask_base,  # this (batch, head)'s keys, values and key mask, at key 0
+    offs_d0, offs_d1, d0_ok, d1_ok,  # head-dim offsets and bounds of the two blocks: (D0,), (D1,)
+    masked_score, n_start, n_end, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+    HAS_D1: tl.constexpr, PAD_D0: tl.constexpr, PAD_D1: tl.constexpr, HAS_MASK: tl.constexpr, TAIL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """dq steps over keys [n_start, n_end); TAIL masks keys >= Nk (only the last, partial block)."""
-    offs_n = tl.arange(0, BLOCK_N)
-    step_k = BLOCK_N * stride_kn
-    step_v = BLOCK_N * stride_vn
-    step_m = BLOCK_N * stride_mn
-    k0_ptrs += n_start * stride_kn
-    v0_ptrs += n_start * stride_vn
-    if HAS_D1:
-        k1_ptrs += n_start * stride_kn
-        v1_ptrs += n_start * stride_vn
-    if HAS_MASK:
-        keep_ptrs += n_start * stride_mn
-    for n0 in range(n_start, n_end, BLOCK_N):
-        if TAIL:
-            n_ok = offs_n < Nk - n0
-            mask0 = n_ok[:, None] & d0_ok[None, :]
-            mask1 = n_ok[:, None] & d1_ok[None, :]
-        else:
-            mask0 = d0_ok[None, :]
-            mask1 = d1_ok[None, :]
+    """dq steps over keys [n_start, n_end) in BLOCK_N blocks. TAIL: one step over the partial last block (in its
+    own, smaller block), keys >= Nk masked."""
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < Nk
+    mask0 = n_ok[:, None] & d0_ok[None, :] if TAIL else d0_ok[None, :]
+    mask1 = n_ok[:, None] & d1_ok[None, :] if TAIL else d1_ok[None, :]
+    k0_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d0[None, :] * stride_kd  # (BLOCK_N, D0)
+    v0_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d0[None, :] * stride_vd
+    k1_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d1[None, :] * stride_kd  # (BLOCK_N, D1)
+    v1_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d1[None, :] * stride_vd
+    keep_ptrs = mask_base + offs_n * stride_mn                                      # (BLOCK_N,)
+    for _ in range(n_start, n_end, BLOCK_N):
         k0 = tl.load(k0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(k0_ptrs)  # (BLOCK_N, D0)
         v0 = tl.load(v0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(v0_ptrs)
         s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)                   # (BLOCK_M, BLOCK_N)
@@ -477,27 +516,30 @@ def _attention_bwd_q_inner(
             v1 = tl.load(v1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(v1_ptrs)
             s = tl.dot(q1, tl.trans(k1), s, input_precision=DOT_PRECISION)
             dp = tl.dot(do1, tl.trans(v1), dp, input_precision=DOT_PRECISION)
-        s = s * qk_scale
-        if HAS_MASK:
-            keep = (tl.load(keep_ptrs, mask=n_ok, other=1) if TAIL else tl.load(keep_ptrs)) != 0
-            s = tl.where(keep[None, :], s, masked_score)
-            keep_ptrs += step_m
-        if TAIL:
-            s = tl.where(n_ok[None, :], s, float("-inf"))
-        p = tl.math.exp2(s - lse[:, None])
-        ds = (p * (dp - delta[:, None])).to(k0_ptrs.dtype.element_ty)                  # dL/d(scaled score)
+        if HAS_MASK or TAIL:
+            s = s * qk_scale
+            if HAS_MASK:
+                keep = (tl.load(keep_ptrs, mask=n_ok, other=1) if TAIL else tl.load(keep_ptrs)) != 0
+                s = tl.where(keep[None, :], s, masked_score)
+                keep_ptrs += BLOCK_N * stride_mn
+            if TAIL:
+                s = tl.where(n_ok[None, :], s, float("-inf"))
+            p = tl.math.exp2(s - lse[:, None])
+        else:  # one FMA per score
+            p = tl.math.exp2(s * qk_scale - lse[:, None])
+        ds = (p * (dp - delta[:, None])).to(k_base.dtype.element_ty)                   # dL/d(scaled score)
         dq0 = tl.dot(ds, k0, dq0, input_precision=DOT_PRECISION)
-        k0_ptrs += step_k
-        v0_ptrs += step_v
+        k0_ptrs += BLOCK_N * stride_kn
+        v0_ptrs += BLOCK_N * stride_vn
         if HAS_D1:
             dq1 = tl.dot(ds, k1, dq1, input_precision=DOT_PRECISION)
-            k1_ptrs += step_k
-            v1_ptrs += step_v
+            k1_ptrs += BLOCK_N * stride_kn
+            v1_ptrs += BLOCK_N * stride_vn
     return dq0, dq1
 
 
 @triton.autotune(configs=_BWD_Q_CONFIGS, key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_m})
-@triton.heuristics({"EVEN_M": lambda a: a["Nq"] % a["BLOCK_M"] == 0})
+@triton.heuristics({"EVEN_M": lambda a: a["Nq"] % a["BLOCK_M"] == 0, "TAIL_N": _tail_block("Nk", "BLOCK_N")})
 @triton.jit
 def _attention_bwd_q_kernel(
     Q, K, V,   # pointers to q (B, Nq, H, d), k and v (B, Nk, H, d), any strides
@@ -514,9 +556,10 @@ def _attention_bwd_q_kernel(
     stride_dqb, stride_dqn, stride_dqh, stride_dqd,
     scale, qk_scale,
     H, Nq, Nk,
+    BH_BUCKET,  # autotune key only (see the forward)
     HEAD_DIM: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, HAS_D1: tl.constexpr,
     PAD_D0: tl.constexpr, PAD_D1: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_M: tl.constexpr,
+    ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_M: tl.constexpr, TAIL_N: tl.constexpr,
 ):
     # one program per (query block, batch, head): it owns dq of BLOCK_M queries and walks every key block.
     num_m = tl.cdiv(Nq, BLOCK_M)
@@ -525,14 +568,18 @@ def _attention_bwd_q_kernel(
     bh = pid // num_m
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    q_base = Q + b * stride_qb + h * stride_qh
-    do_base = DOut + b * stride_gb + h * stride_gh
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
+    stride_qn = _hint(stride_qn, ALIGN)
+    stride_kn = _hint(stride_kn, ALIGN)
+    stride_vn = _hint(stride_vn, ALIGN)
+    stride_gn = _hint(stride_gn, ALIGN)
+    stride_dqn = _hint(stride_dqn, ALIGN)
+    q_base = Q + b * _hint(stride_qb, ALIGN) + h * _hint(stride_qh, ALIGN)
+    do_base = DOut + b * _hint(stride_gb, ALIGN) + h * _hint(stride_gh, ALIGN)
+    k_base = K + b * _hint(stride_kb, ALIGN) + h * _hint(stride_kh, ALIGN)
+    v_base = V + b * _hint(stride_vb, ALIGN) + h * _hint(stride_vh, ALIGN)
     mask_base = Mask + b * stride_mb
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d0 = tl.arange(0, BLOCK_D0)
     offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
     m_ok = offs_m < Nq
@@ -541,8 +588,6 @@ def _attention_bwd_q_kernel(
     q0 = _load(q_base + offs_m[:, None] * stride_qn + offs_d0[None, :] * stride_qd, m_ok, d0_ok, not EVEN_M, PAD_D0)
     do0 = _load(do_base + offs_m[:, None] * stride_gn + offs_d0[None, :] * stride_gd, m_ok, d0_ok,
                 not EVEN_M, PAD_D0)
-    k0_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d0[None, :] * stride_kd  # (BLOCK_N, D0)
-    v0_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d0[None, :] * stride_vd
     dq0 = tl.zeros((BLOCK_M, BLOCK_D0), dtype=tl.float32)
     dq1 = tl.zeros((BLOCK_M, BLOCK_D1), dtype=tl.float32)
     if HAS_D1:
@@ -550,33 +595,25 @@ def _attention_bwd_q_kernel(
                    not EVEN_M, PAD_D1)
         do1 = _load(do_base + offs_m[:, None] * stride_gn + offs_d1[None, :] * stride_gd, m_ok, d1_ok,
                     not EVEN_M, PAD_D1)
-        k1_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d1[None, :] * stride_kd  # (BLOCK_N, D1)
-        v1_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d1[None, :] * stride_vd
     else:  # unused placeholders
         q1 = dq1.to(Q.dtype.element_ty)
         do1 = dq1.to(DOut.dtype.element_ty)
-        k1_ptrs = k0_ptrs
-        v1_ptrs = v0_ptrs
     lse = _load_vec(Lse + bh.to(tl.int64) * Nq + offs_m, m_ok, not EVEN_M, 0.0)      # (BLOCK_M,)
     delta = _load_vec(Delta + bh.to(tl.int64) * Nq + offs_m, m_ok, not EVEN_M, 0.0)
-    if HAS_MASK:
-        masked_score = _masked_score(mask_base, stride_mn, Nk, BLOCK_N)
-        keep_ptrs = mask_base + offs_n * stride_mn
-    else:
-        masked_score = 0.0
-        keep_ptrs = mask_base
+    masked_score = _masked_score(mask_base, stride_mn, Nk, BLOCK_N) if HAS_MASK else 0.0
 
     n_full = (Nk // BLOCK_N) * BLOCK_N
     dq0, dq1 = _attention_bwd_q_inner(
-        dq0, dq1, q0, q1, do0, do1, lse, delta, k0_ptrs, k1_ptrs, v0_ptrs, v1_ptrs, keep_ptrs,
-        masked_score, d0_ok, d1_ok, 0, n_full, Nk, qk_scale, stride_kn, stride_vn, stride_mn,
-        BLOCK_D1, HAS_D1, PAD_D0, PAD_D1, HAS_MASK, False, DOT_PRECISION, BLOCK_N)
-    dq0, dq1 = _attention_bwd_q_inner(  # the partial last key block, if any
-        dq0, dq1, q0, q1, do0, do1, lse, delta, k0_ptrs, k1_ptrs, v0_ptrs, v1_ptrs, keep_ptrs,
-        masked_score, d0_ok, d1_ok, n_full, Nk, Nk, qk_scale, stride_kn, stride_vn, stride_mn,
-        BLOCK_D1, HAS_D1, PAD_D0, PAD_D1, HAS_MASK, True, DOT_PRECISION, BLOCK_N)
+        dq0, dq1, q0, q1, do0, do1, lse, delta, k_base, v_base, mask_base, offs_d0, offs_d1, d0_ok, d1_ok,
+        masked_score, 0, n_full, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+        HAS_D1, PAD_D0, PAD_D1, HAS_MASK, False, DOT_PRECISION, BLOCK_N)
+    if TAIL_N > 0:  # the partial last key block, in a block of its own size
+        dq0, dq1 = _attention_bwd_q_inner(
+            dq0, dq1, q0, q1, do0, do1, lse, delta, k_base, v_base, mask_base, offs_d0, offs_d1, d0_ok, d1_ok,
+            masked_score, n_full, Nk, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
+            HAS_D1, PAD_D0, PAD_D1, HAS_MASK, True, DOT_PRECISION, TAIL_N)
 
-    dq_rows = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn
+    dq_rows = DQ + b * _hint(stride_dqb, ALIGN) + h * _hint(stride_dqh, ALIGN) + offs_m[:, None] * stride_dqn
     _store(dq_rows + offs_d0[None, :] * stride_dqd, dq0 * scale, m_ok, d0_ok, not EVEN_M, PAD_D0)
     if HAS_D1:
         _store(dq_rows + offs_d1[None, :] * stride_dqd, dq1 * scale, m_ok, d1_ok, not EVEN_M, PAD_D1)
@@ -619,16 +656,15 @@ def _check_inputs(q, k, v, attention_mask, scale, *, check_values: bool = True) 
         raise ValueError(f"attention: k must have shape (B={B}, Nk, H={H}, d={d}) to match q, got {_describe(k)}")
     if v.shape != k.shape:
         raise ValueError(f"attention: v must have k's shape {tuple(k.shape)}, got {_describe(v)}")
-    if d % 8 != 0 or not 8 <= d <= _MAX_HEAD_DIM:
-        raise ValueError(f"attention: head dim d must be a multiple of 8 in [8, {_MAX_HEAD_DIM}], got d={d} "
-                         f"(q: {_describe(q)})")
+    if not 1 <= d <= _MAX_HEAD_DIM:
+        raise ValueError(f"attention: head dim d must be in [1, {_MAX_HEAD_DIM}], got d={d} (q: {_describe(q)})")
     if k.shape[1] == 0:
         raise ValueError(f"attention: k and v need at least one key (Nk >= 1), got {_describe(k)}")
     if scale is not None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):
             raise TypeError(f"attention: scale must be a float or None, got {type(scale).__name__} {scale!r}")
-        if not math.isfinite(scale):
-            raise ValueError(f"attention: scale must be finite, got {scale!r}")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"attention: scale must be a finite positive number, got {scale!r}")
     if q.device.type != "cuda" and not _CPU_OK:
         raise ValueError(f"attention: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 set before triton "
                          f"is imported, to run them on CPU), got q on {q.device}; use attention_reference instead")
@@ -662,6 +698,27 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
+def _align(*tensors: torch.Tensor) -> int:
+    """The kernels' ALIGN: the elements in 16 bytes when every tensor starts on a 16-byte boundary, has a unit
+    stride along d and strides that are multiples of that count (dims of size 1 excepted: their stride is multiplied
+    by 0), else 1. With it the compiler may use 16-byte (async) copies; without it, e.g. for q/k/v views of a fused
+    QKV output with d = 72 (head stride 72 is not a multiple of 16, the most triton infers by itself), every load is
+    a scalar one. See `_hint`."""
+    vec = 16 // tensors[0].element_size()
+    for t in tensors:
+        if t.data_ptr() % 16 or (t.shape[-1] > 1 and t.stride(-1) != 1):
+            return 1
+        if any(st % vec for st, n in zip(t.stride()[:-1], t.shape[:-1], strict=True) if n > 1):
+            return 1
+    return vec
+
+
+def _upcast_for_interpreter(dtype: torch.dtype) -> bool:
+    """The Triton interpreter computes bf16 `tl.dot` wrongly (numpy has no bf16): there the kernels run in fp32 and
+    the results are rounded back, so interpreted bf16 calls are correct rather than garbage."""
+    return _INTERPRET and dtype == torch.bfloat16
+
+
 def _check_out(name: str, t: torch.Tensor | None, shape, dtype, device) -> None:
     if t is not None and (tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device):
         raise ValueError(f"attention: {name} must have shape {tuple(shape)}, dtype {dtype}, device {device}, "
@@ -681,15 +738,18 @@ def _attention_fwd(q, k, v, attention_mask=None, scale=None, *, out=None, lse=No
     lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device) if lse is None else lse  # (B, H, Nq)
     if out.numel() == 0:
         return out, lse
+    if _upcast_for_interpreter(q.dtype):
+        out32, _ = _attention_fwd(q.float(), k.float(), v.float(), attention_mask, scale, lse=lse)
+        return out.copy_(out32), lse
     d0, d1 = _head_dim_blocks(d)
     mask, mask_strides, has_mask = _kernel_mask(attention_mask, q)
     grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]) * B * H,)
     _attention_fwd_kernel[grid](
         q, k, v, mask, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
-        scale * _LOG2E, H, Nq, Nk,
+        scale * _LOG2E, H, Nq, Nk, _bh_bucket(B * H),
         HEAD_DIM=d, BLOCK_D0=d0, BLOCK_D1=max(d1, 16), HAS_D1=d1 > 0, PAD_D0=d0 > d, PAD_D1=d0 + d1 > d,
-        HAS_MASK=has_mask, DOT_PRECISION=_dot_precision(q.dtype),
+        HAS_MASK=has_mask, DOT_PRECISION=_dot_precision(q.dtype), ALIGN=_align(q, k, v, out),
     )
     return out, lse
 
@@ -712,25 +772,30 @@ def _attention_bwd(grad_out, q, k, v, out, lse, attention_mask=None, scale=None,
     dv = torch.empty((B, Nk, H, d), dtype=v.dtype, device=v.device) if dv is None else dv  # (B, Nk, H, d)
     if dq.numel() == 0:
         return dq, dk.zero_(), dv.zero_()
+    if _upcast_for_interpreter(q.dtype):
+        grads = _attention_bwd(grad_out.float(), q.float(), k.float(), v.float(), out.float(), lse, attention_mask,
+                               scale)
+        return tuple(t.copy_(g) for t, g in zip((dq, dk, dv), grads, strict=True))
     d0, d1 = _head_dim_blocks(d)
     mask, mask_strides, has_mask = _kernel_mask(attention_mask, q)
     delta = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)  # (B, H, Nq) rowsum(dO * O)
     pre_block_m = 16 if _INTERPRET else 64
     _attention_bwd_preprocess_kernel[(triton.cdiv(Nq, pre_block_m) * B * H,)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), H, Nq,
-        HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d), BLOCK_M=pre_block_m,
+        HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_M=pre_block_m, ALIGN=_align(out, grad_out),
     )
     common = dict(HEAD_DIM=d, BLOCK_D0=d0, BLOCK_D1=max(d1, 16), HAS_D1=d1 > 0, PAD_D0=d0 > d, PAD_D1=d0 + d1 > d,
-                  HAS_MASK=has_mask, DOT_PRECISION=_dot_precision(q.dtype))
+                  HAS_MASK=has_mask, DOT_PRECISION=_dot_precision(q.dtype),
+                  ALIGN=_align(q, k, v, grad_out, dq, dk, dv))
     _attention_bwd_kv_kernel[lambda meta: (triton.cdiv(Nk, meta["BLOCK_N"]) * B * H,)](
         q, k, v, mask, grad_out, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *grad_out.stride(), *dk.stride(), *dv.stride(),
-        scale, scale * _LOG2E, H, Nq, Nk, **common,
+        scale, scale * _LOG2E, H, Nq, Nk, _bh_bucket(B * H), **common,
     )
     _attention_bwd_q_kernel[lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]) * B * H,)](
         q, k, v, mask, grad_out, lse, delta, dq,
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *grad_out.stride(), *dq.stride(),
-        scale, scale * _LOG2E, H, Nq, Nk, **common,
+        scale, scale * _LOG2E, H, Nq, Nk, _bh_bucket(B * H), **common,
     )
     return dq, dk, dv
 

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from siglip_fast.kernels.attention import _attention_bwd, _attention_fwd, attention, attention_reference
+from siglip_fast.kernels.attention import _align, _attention_bwd, _attention_fwd, attention, attention_reference
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="bf16/fp16 error budgets and determinism need a CUDA GPU")
@@ -27,6 +27,8 @@ SHAPES = [
     (1, 129, 129, 1, 80),  # d = 64 + 16 (exact split); 4 full blocks + a 1-row tail
     (3, 1, 37, 2, 64),     # MAP head: one query (probe) over the tokens
     (2, 32, 64, 1, 96),    # cross-attention, d = 64 + 32; Nq, Nk multiples of the block (no row masks)
+    (2, 19, 50, 2, 12),    # d = 12 (not a multiple of 8: one padded 16 block, scalar loads), 18-key tail
+    (1, 9, 23, 1, 36),     # d = 36 (32 + 4, the remainder padded to 16)
     (1, 5, 11, 2, 8),      # d = 8 < 16: one block padded to 16
     (1, 9, 40, 1, 104),    # d = 104: no split saves anything, one block padded to 128
 ]
@@ -192,8 +194,6 @@ def _bad_inputs():
     cases.append(("batch differs", (q, k[:1], v[:1]), {}, ValueError, r"k must have shape \(B=2"))
     cases.append(("heads differ", (q, k[:, :, :1], v[:, :, :1]), {}, ValueError, r"H=2"))
     cases.append(("v length differs", (q, k, v[:, :3]), {}, ValueError, "v must have k's shape"))
-    q36, k36, v36 = qkv(d=36)
-    cases.append(("d not a multiple of 8", (q36, k36, v36), {}, ValueError, "d=36"))
     q136, k136, v136 = qkv(d=136)
     cases.append(("d above 128", (q136, k136, v136), {}, ValueError, "d=136"))
     q0, k0, v0 = qkv(Nk=0)
@@ -212,7 +212,9 @@ def _bad_inputs():
     cases.append(("mask not a tensor", (q, k, v), {"attention_mask": [[1] * 7] * 2}, TypeError,
                   "attention_mask must be a torch.Tensor"))
     cases.append(("scale a string", (q, k, v), {"scale": "0.1"}, TypeError, "scale must be a float or None"))
-    cases.append(("scale nan", (q, k, v), {"scale": float("nan")}, ValueError, "scale must be finite"))
+    cases.append(("scale nan", (q, k, v), {"scale": float("nan")}, ValueError, "scale must be a finite positive"))
+    cases.append(("scale zero", (q, k, v), {"scale": 0.0}, ValueError, "scale must be a finite positive"))
+    cases.append(("scale negative", (q, k, v), {"scale": -0.1}, ValueError, "scale must be a finite positive"))
     return cases
 
 
@@ -220,6 +222,45 @@ def _bad_inputs():
 def test_bad_input(args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         attention(*args, **kwargs)
+
+
+def test_alignment_claim():
+    """ALIGN (16-byte vectors) is claimed for views of a fused QKV output at d = 72 (head stride 72 is a multiple of
+    8 elements, not of 16), never for a base pointer off a 16-byte boundary or a head dim with a non-unit stride."""
+    qkv = torch.randn(2, 9, 3, 4, 72, dtype=torch.bfloat16)  # (B, N, 3, H, d)
+    assert _align(*qkv.unbind(2)) == 8
+    assert _align(*qkv.float().unbind(2)) == 4
+    flat = torch.randn(2 * 9 * 4 * 72 + 1, dtype=torch.bfloat16)
+    shifted = flat[1:].view(2, 9, 4, 72)  # 2 bytes past a 16-byte boundary
+    assert _align(shifted) == 1
+    assert _align(qkv.unbind(2)[0].transpose(1, 3)) == 1  # stride_d != 1
+    assert _align(torch.randn(2, 9, 4, 12, dtype=torch.bfloat16)) == 1  # head stride 12: not a multiple of 8
+
+
+def test_unaligned_views_match_reference(device):
+    """Inputs 2 bytes / 4 bytes off a 16-byte boundary take the unaligned path (ALIGN = 1) and stay exact."""
+    B, N, H, d = 2, 21, 2, 72
+    flat = torch.randn(3 * B * N * H * d + 1, device=device)
+    q, k, v = (flat[1 + i * B * N * H * d:1 + (i + 1) * B * N * H * d].view(B, N, H, d) for i in range(3))
+    assert _align(q, k, v) == 1
+    grad_out = torch.randn(B, N, H, d, device=device)
+    out, _, grads = _kernel_poisoned(q, k, v, grad_out)
+    ref, ref_grads = _reference(q, k, v, grad_out)
+    _assert_outputs_close(out, grads, ref, ref_grads)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's bf16 path (on a GPU bf16 runs compiled)")
+def test_interpreted_bf16_is_computed_correctly():
+    """The interpreter's bf16 tl.dot is wrong: interpreted bf16 calls run in fp32 and round back, so the result is
+    the fp32 kernel's rounded to bf16 (within one bf16 ulp of the float64 reference), not garbage."""
+    B, Nq, Nk, H, d = 2, 13, 29, 2, 72
+    q, k, v = _qkv(B, Nq, Nk, H, d, "cpu", torch.bfloat16)
+    grad_out = torch.randn(B, Nq, H, d, dtype=torch.bfloat16)
+    out, _, grads = _kernel_poisoned(q, k, v, grad_out)
+    assert out.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in grads)
+    ref, ref_grads = _reference(q, k, v, grad_out)
+    for name, x, r in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), strict=True):
+        torch.testing.assert_close(x.double(), r, atol=1e-2, rtol=1e-2, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_bad_output_buffer():
