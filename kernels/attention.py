@@ -24,6 +24,20 @@ block padded to a power of two (>= 16), handled as two dot products that share t
     96     64 + 32       96                 1.00x (1.33x)
     other  next power of two (the split would not save anything: 24, 56, 104, 112, 120 pad as one block)
 
+Alignment. Hopper loads a tile row with 16-byte (async) copies only when the compiler can prove 16-byte alignment:
+triton specialises integer arguments divisible by 16, and So400m's head stride 72 is not, so every load of a q/k/v
+view of the fused QKV output compiled to scalar 16-bit accesses. The launchers check the real alignment (base
+pointers on 16-byte boundaries, unit stride along d, every other stride a multiple of 16 bytes) and pass ALIGN (the
+elements in 16 bytes, else 1); the kernels then rewrite each stride as `stride // ALIGN * ALIGN`, which the compiler
+knows is a multiple of ALIGN. Unaligned inputs (odd head dims, offset views) take the same code with ALIGN = 1.
+
+Blocks. A program owns BLOCK_M query rows (forward, dq) or BLOCK_N keys (dk/dv) and steps over the other side in full
+blocks, then over the partial last block in a block of its own size (the remainder rounded up to a power of two,
+at least 16): 196 keys in blocks of 64 take three 64-key steps and one 16-key step, not four 64-key steps. The hot
+loop (no mask, full blocks) applies the softmax scale inside one FMA per score. The autotuners key on the token
+counts, the head dim, the mask and a power-of-two bucket of B·H, so a small warm-up batch does not pick the
+config of a large one.
+
 Masking. `attention_mask` (B, Nk) marks the keys to attend to (True / nonzero), transformers' convention. A masked
 key's score is replaced by a large finite negative number (-1e30 in the log2 domain), never -inf, so its weight is
 exactly 0 whenever the row attends to at least one key. transformers' eager path adds finfo(dtype).min instead,
@@ -855,7 +869,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attention_ma
     """Fused non-causal multi-head attention.
 
     q: (B, Nq, H, d); k, v: (B, Nk, H, d), any strides (e.g. views of one fused QKV projection); float32, bfloat16
-    or float16; d a multiple of 8 up to 128. attention_mask: optional (B, Nk), bool or 0/1 integer/float, True/1 =
+    or float16; any head dim d up to 128 (16-byte vector loads when d is a multiple of 8). attention_mask: optional (B, Nk), bool or 0/1 integer/float, True/1 =
     attend to that key (transformers' convention); masked keys are excluded for every query, and a batch row with no
     attended key averages all keys uniformly, as transformers' eager path does. scale defaults to d**-0.5.
     Returns a new contiguous (B, Nq, H, d) tensor in q's dtype. Differentiable in q, k and v.
