@@ -869,9 +869,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attention_ma
     """Fused non-causal multi-head attention.
 
     q: (B, Nq, H, d); k, v: (B, Nk, H, d), any strides (e.g. views of one fused QKV projection); float32, bfloat16
-    or float16; any head dim d up to 128 (16-byte vector loads when d is a multiple of 8). attention_mask: optional (B, Nk), bool or 0/1 integer/float, True/1 =
-    attend to that key (transformers' convention); masked keys are excluded for every query, and a batch row with no
-    attended key averages all keys uniformly, as transformers' eager path does. scale defaults to d**-0.5.
+    or float16; any head dim d up to 128 (16-byte vector loads when d is a multiple of 8). attention_mask: optional
+    (B, Nk), bool or 0/1 integer/float, True/1 = attend to that key (transformers' convention); masked keys are
+    excluded for every query, and a batch row with no attended key averages all keys uniformly, as transformers'
+    eager path does. scale: a positive float, default d**-0.5.
     Returns a new contiguous (B, Nq, H, d) tensor in q's dtype. Differentiable in q, k and v.
     """
     _check_inputs(q, k, v, attention_mask, scale, check_values=False)

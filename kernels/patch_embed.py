@@ -299,11 +299,24 @@ def _check_kernel_device(pixel_values: torch.Tensor, weight: torch.Tensor) -> No
                      f"triton is imported), got pixel_values on {dev}")
 
 
+def _upcast_for_interpreter(weight: torch.Tensor) -> bool:
+    """The Triton interpreter computes bf16 `tl.dot` wrongly (numpy has no bf16): there the kernels run in fp32 and
+    the results are rounded back, so interpreted bf16 calls are correct rather than garbage."""
+    return _INTERPRET and weight.dtype == torch.bfloat16
+
+
+def _fp32(pixel_values: torch.Tensor) -> torch.Tensor:
+    return pixel_values.float() if pixel_values.dtype == torch.bfloat16 else pixel_values
+
+
 def patch_embed_fwd(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                     position_embedding: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Launch the forward kernel; returns (B, N, D) in weight's dtype."""
     gh, gw, N = _check_inputs(pixel_values, weight, bias, position_embedding, patch_size)
     _check_kernel_device(pixel_values, weight)
+    if _upcast_for_interpreter(weight):
+        return patch_embed_fwd(_fp32(pixel_values), weight.float(), bias.float(), position_embedding.float(),
+                               patch_size).to(weight.dtype)
     B, C = pixel_values.shape[:2]
     D, p = weight.shape[0], patch_size
     M, K = B * N, C * p * p
@@ -339,6 +352,9 @@ def patch_embed_bwd_input(grad_out: torch.Tensor, pixel_values: torch.Tensor, we
     N, K = gh * gw, C * p * p
     _check_grad(grad_out, pixel_values, weight, N)
     _check_kernel_device(pixel_values, weight)
+    if _upcast_for_interpreter(weight):
+        return patch_embed_bwd_input(grad_out.float(), _fp32(pixel_values), weight.float(),
+                                     patch_size).to(pixel_values.dtype)
     out = torch.empty_like(pixel_values)  # (B, C, H, W), pixel_values' layout
     if gh * p < H:  # the bottom rows the conv never sees
         out[:, :, gh * p:, :].zero_()
@@ -378,6 +394,9 @@ def patch_embed_bwd_weight(grad_out: torch.Tensor, pixel_values: torch.Tensor, w
     M = B * N
     _check_grad(grad_out, pixel_values, weight, N)
     _check_kernel_device(pixel_values, weight)
+    if _upcast_for_interpreter(weight):
+        return patch_embed_bwd_weight(grad_out.float(), _fp32(pixel_values), weight.float(),
+                                      patch_size).to(weight.dtype)
     if M == 0:
         return torch.zeros(weight.shape, device=weight.device, dtype=weight.dtype)
     bm, bd, bk = _BWD_BLOCKS["BLOCK_M"], _BWD_BLOCKS["BLOCK_D"], _BWD_BLOCKS["BLOCK_K"]

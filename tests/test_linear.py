@@ -342,6 +342,16 @@ def test_fp32_is_ieee_unless_tf32_allowed(device):
     torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's bf16 path (on a GPU bf16 runs compiled)")
+@pytest.mark.parametrize("variant", ["bias_gelu", "gelu_residual"])
+def test_interpreted_bf16_is_computed_correctly(variant):
+    """The interpreter's bf16 tl.dot is wrong: interpreted bf16 calls run in fp32 and round back (bf16 rounding of
+    O(1) values: within 3e-2 of the float64 reference), instead of returning garbage."""
+    spec = VARIANTS[variant]
+    inputs = _inputs((3, 5), 40, 24, "cpu", torch.bfloat16, bias=spec["bias"], residual=spec["residual"])
+    _check_all(inputs, spec["activation"], dict(atol=3e-2, rtol=3e-2))
+
+
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_deterministic(dtype, device):

@@ -212,6 +212,27 @@ def test_kernel_rejects_fp64_weights(device):
 GPU_SHAPES = [(4, 3, 224, 224, 16, 768), (2, 3, 384, 384, 14, 1152), (3, 3, 30, 27, 5, 72)]
 
 
+@pytest.mark.skipif(CUDA, reason="the interpreter's bf16 path (on a GPU bf16 runs compiled)")
+@pytest.mark.parametrize("pixels", ["uint8", "float32"])
+def test_interpreted_bf16_is_computed_correctly(pixels):
+    """The interpreter's bf16 tl.dot is wrong: interpreted bf16 calls run in fp32 and round back (within bf16
+    rounding of the float64 reference), output and every gradient, instead of returning garbage."""
+    x, w, b, pos, p = _make((2, 3, 30, 23, 7, 24), pixels, "cpu", dtype=torch.bfloat16)
+    if x.is_floating_point():
+        x = x.detach().to(torch.bfloat16).requires_grad_()
+    leaves = [t for t in (x, w, b, pos) if t.requires_grad]
+    out = patch_embed(x, w, b, pos, p)
+    assert out.dtype == torch.bfloat16
+    x64, w64, b64, pos64 = _fp64_copies(x, w, b, pos)
+    ref = patch_embed_reference(x64, w64, b64, pos64, p)
+    torch.testing.assert_close(out.double(), ref, atol=5e-2, rtol=2e-2)
+    grad = torch.randn_like(out)
+    ref_leaves = [t for t in (x64, w64, b64, pos64) if t.requires_grad]
+    for name, g, r in zip(("x", "w", "b", "pos")[-len(leaves):], _grads(out, grad, leaves),
+                          _grads(ref, grad.double(), ref_leaves), strict=True):
+        torch.testing.assert_close(g.double(), r, atol=5e-2, rtol=2e-2, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
 @pytest.mark.skipif(not CUDA, reason="bf16/fp16 error budget needs a GPU (the interpreter's bf16 tl.dot is wrong)")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("pixels", ["float32", "uint8"])
