@@ -30,8 +30,8 @@ import os
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+
+from ._triton import tl, triton
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _CPU_OK = _INTERPRET  # CPU tensors accepted: under the interpreter (benchmarks.codegen also sets it to compile on CPU)

@@ -37,8 +37,8 @@ import os
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+
+from ._triton import tl, triton
 
 __all__ = ["sigmoid_loss", "sigmoid_loss_blockwise", "sigmoid_loss_reference"]
 
