@@ -76,6 +76,35 @@ def gemm_peak_tflops(device: torch.device) -> float | None:
     return GEMM_PEAK["tflops"]
 
 
+def copy_peak_tbps(device: torch.device) -> float | None:
+    """The measured device copy rate (1 GiB copied: read + write bytes counted), the roofline's bandwidth ceiling;
+    measured once per session."""
+    if device.type != "cuda":
+        return None
+    if "tbps" not in GEMM_PEAK:
+        a = torch.empty(2**29, device=device, dtype=torch.bfloat16)  # 1 GiB
+        b = torch.empty_like(a)
+        ms = time_ms(lambda: b.copy_(a), device)
+        GEMM_PEAK["tbps"] = 2 * 2**30 / ms / 1e9
+        del a, b
+    return GEMM_PEAK["tbps"]
+
+
+def roofline(flops: float, nbytes: float, ms: float | None) -> dict:
+    """The roofline figures of one timed row: its work (GFLOP) and ideal traffic (MB: every input read once,
+    every output written once), the time the card's measured ceilings allow (max of FLOPs / GEMM rate and bytes /
+    copy rate, both measured in this run), which of the two bounds it, and the efficiency (roofline time / time).
+    Off CUDA only the work and traffic are given."""
+    out = {"gflop": flops / 1e9, "mbytes": nbytes / 1e6}
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    peak_f, peak_b = gemm_peak_tflops(device), copy_peak_tbps(device)
+    if peak_f is None or peak_b is None or not ms:
+        return out
+    compute_ms, memory_ms = flops / peak_f / 1e9, nbytes / peak_b / 1e9
+    roof = max(compute_ms, memory_ms)
+    return {**out, "roof_ms": roof, "bound": "compute" if compute_ms >= memory_ms else "memory", "roof_eff": roof / ms}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -83,8 +112,11 @@ def sync(device: torch.device) -> None:
 
 def report(suite: str, case: str, impl: str, **figures) -> dict:
     """Record one row: suite (e.g. 'attention fwd'), case (the shape), impl (e.g. 'triton'), and its figures
-    (ms, tflops, img_per_s, mfu, peak_mib, ratio, max_err ... any subset). With SIGLIP_FAST_BENCH_ROWS set, the row is
-    also appended to that file as one JSON line at once, so a run cut short by a time limit keeps what it measured."""
+    (ms, tflops, img_per_s, mfu, peak_mib, ratio, max_err ... any subset). `flops` and `bytes` (the row's work and
+    ideal traffic) become the roofline columns (see `roofline`). With SIGLIP_FAST_BENCH_ROWS set, the row is also
+    appended to that file as one JSON line at once, so a run cut short by a time limit keeps what it measured."""
+    if "flops" in figures or "bytes" in figures:
+        figures.update(roofline(figures.pop("flops", 0.0), figures.pop("bytes", 0.0), figures.get("ms")))
     row = {"suite": suite, "case": case, "impl": impl, **figures}
     ROWS.append(row)
     path = os.environ.get("SIGLIP_FAST_BENCH_ROWS")

@@ -59,6 +59,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not rows:
         return
     terminalreporter.write_sep("=", "siglip_fast benchmark summary")
+    if _common.GEMM_PEAK:
+        terminalreporter.write_line(f"ceilings measured in this run: bf16 GEMM 8192^3 "
+                                    f"{_common.GEMM_PEAK.get('tflops', 0):.0f} TFLOP/s, device copy "
+                                    f"{_common.GEMM_PEAK.get('tbps', 0):.2f} TB/s (roof_ms = max(FLOPs / GEMM rate, "
+                                    "ideal bytes / copy rate); roof_eff = roof_ms / ms)")
     for line in _common.format_table(rows):
         terminalreporter.write_line(line)
     meta = {
@@ -69,6 +74,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         "torch": torch.__version__,
         "triton": _common.triton_version(),
         "gemm_peak_tflops": _common.GEMM_PEAK.get("tflops"),
+        "copy_peak_tbps": _common.GEMM_PEAK.get("tbps"),
     }
     path = config.getoption("--bench-json")
     with open(path, "w") as f:

@@ -93,6 +93,9 @@ def test_attention(case, mode, device, bench_size, compile_baselines, report, be
         return lambda: torch.autograd.grad(f(q, k, v), (q, k, v), grad_out)
 
     flops = 4 * B * H * Nq * Nk * d * (3.5 if backward else 1.0)
+    # ideal traffic: q, k, v read and out written once; the backward also reads out and dO, writes dq, dk, dv
+    elt = torch.finfo(dtype).bits // 8
+    nbytes = elt * H * d * B * (2 * Nq + 2 * Nk + ((3 * Nq + 2 * Nk) + (Nq + 2 * Nk) if backward else 0))
     suite = f"attention {mode}"
     label = f"{name} B={B} H={H} Nq={Nq} Nk={Nk} d={d} {str(dtype).removeprefix('torch.')}"
     times, peaks, skipped = {}, {}, {}
@@ -113,7 +116,7 @@ def test_attention(case, mode, device, bench_size, compile_baselines, report, be
     for impl, ms in times.items():
         tflops = flops / ms / 1e9
         report(suite, label, impl, ms=ms, tflops=tflops, mfu=tflops / peak if peak else None,
-               ratio=best_sdpa / ms if best_sdpa else None, peak_mib=peaks[impl])
+               ratio=best_sdpa / ms if best_sdpa else None, peak_mib=peaks[impl], flops=flops, bytes=nbytes)
     for impl, why in skipped.items():
         report(suite, label, impl, note=f"skipped: {why}")
     if device.type != "cuda":

@@ -98,5 +98,6 @@ def test_bench_add_layer_norm(benchmark, device, bench_size, report, compile_bas
 
     gbps = _ideal_bytes(n, D, dtype, mode) / (ms * 1e-3) / 1e9
     case = f"{model} {n}x{D} {str(dtype).removeprefix('torch.')}"
-    report(f"add+layer_norm {mode}", case, impl, ms=ms, gb_per_s=gbps, ratio=eager_ms / ms, peak_mib=peak)
+    report(f"add+layer_norm {mode}", case, impl, ms=ms, gb_per_s=gbps, ratio=eager_ms / ms, peak_mib=peak,
+           flops=0.0, bytes=_ideal_bytes(n, D, dtype, mode))
     assert ms > 0 and gbps > 0

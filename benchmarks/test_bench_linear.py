@@ -111,7 +111,8 @@ def test_bench_linear_fwd(case, benchmark, device, bench_size, report, compile_b
         for name, fn in impls.items():
             tflops = flops / ms[name] / 1e9
             report("linear fwd bf16", shape, name, ms=ms[name], tflops=tflops, mfu=tflops / peak,
-                   ratio=ms["cublas+eager"] / ms[name], peak_mib=peak_memory_mib(fn, device))
+                   ratio=ms["cublas+eager"] / ms[name], peak_mib=peak_memory_mib(fn, device), flops=flops,
+                   bytes=sum(t.numel() * t.element_size() for t in inputs if t is not None) + m * n * 2)
 
 
 @pytest.mark.parametrize("case", TRAIN_CASES)
@@ -139,7 +140,8 @@ def test_bench_linear_fwd_bwd(case, benchmark, device, bench_size, report):
     for name, fn in impls.items():
         tflops = flops / ms[name] / 1e9
         report("linear fwd+bwd bf16", shape, name, ms=ms[name], tflops=tflops, mfu=tflops / peak,
-               ratio=ms["cublas+eager"] / ms[name], peak_mib=peak_memory_mib(fn, device))
+               ratio=ms["cublas+eager"] / ms[name], peak_mib=peak_memory_mib(fn, device), flops=flops,
+               bytes=2 * sum(t.numel() * t.element_size() for t in leaves) + 3 * m * n * 2)  # in+grads, out, g
 
 
 @pytest.mark.parametrize("case", [c for c, spec in CASES.items() if spec[-1] == "residual"])

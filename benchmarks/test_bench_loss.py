@@ -88,7 +88,8 @@ def test_bench_loss_gpu(benchmark, device, bench_size, report, compile_baselines
             base = rows[1][1] if len(rows) > 1 else None
             for impl, ms, mem in rows:
                 report(SUITE, case, impl, ms=ms, tflops=flops / ms / 1e9, peak_mib=mem,
-                       ratio=None if base is None else base / ms)
+                       ratio=None if base is None else base / ms, flops=flops,
+                       bytes=4 * n * d * x.element_size())  # ideal: x, y read once; dx, dy written once
     benchmark.extra_info.update(case=case, impl="fused")
     fused = _fwd_bwd(sigmoid_loss, x, y, t, b, backend="triton")
     benchmark(lambda: (fused(), sync(device)))

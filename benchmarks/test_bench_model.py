@@ -135,6 +135,12 @@ def test_bench_model(shape, mode, benchmark, device, bench_size, report, compile
     flops = matmul_flops(config, images=0 if mode == "text" else images, texts=len(ids) if mode in ("text", "dual")
                          else 0, backward=mode == "vision-train")
 
+    # ideal traffic: the weights read once (and their gradients written once in training), inputs read once
+    weight_bytes = sum(p.numel() * p.element_size() for p in _module(model, mode).parameters())
+    input_bytes = (pixels.numel() * pixels.element_size() if mode != "text" else 0) + (
+        ids.numel() * ids.element_size() if mode in ("text", "dual") else 0)
+    nbytes = weight_bytes * (2 if mode == "vision-train" else 1) + input_bytes
+
     impls = {}  # name -> factory of the step to time (called inside the row's try: a failing build is its error)
     for backend in (["triton"] if device.type == "cuda" else []) + ["sdpa", "eager"]:
         impls[backend] = _siglip_fast_step(model, mode, backend, pixels, ids)
@@ -178,5 +184,5 @@ def test_bench_model(shape, mode, benchmark, device, bench_size, report, compile
         max_err = (r["out"] - eager["out"]).abs().max().item() if "out" in eager else None
         report("model", case, name, ms=r["ms"], **{unit: n_items * 1e3 / r["ms"]}, tflops=tflops,
                mfu=tflops / peak if peak else None, peak_mib=r["peak_mib"],
-               ratio=eager["ms"] / r["ms"] if "ms" in eager else None, max_err=max_err)
+               ratio=eager["ms"] / r["ms"] if "ms" in eager else None, max_err=max_err, flops=flops, bytes=nbytes)
     assert "ms" in eager, f"the eager reference failed: {eager.get('error')}"

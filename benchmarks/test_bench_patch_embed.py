@@ -88,7 +88,8 @@ def test_bench_patch_embed(case, impl, pixels, benchmark, device, bench_size, co
     B, N, D, K = x.shape[0], pos.shape[0], w.shape[0], w[0].numel()
     report("patch_embed fwd", f"{case} {pixels}", impl, ms=ms,
            tflops=2 * B * N * D * K / ms / 1e9, gb_per_s=_ideal_bytes(*args) / ms / 1e6,
-           ratio=_EAGER_MS[key] / ms, img_per_s=B / ms * 1e3, peak_mib=peak)
+           ratio=_EAGER_MS[key] / ms, img_per_s=B / ms * 1e3, peak_mib=peak, flops=2 * B * N * D * K,
+           bytes=_ideal_bytes(*args))
 
 
 def _train_step(impl, args):
