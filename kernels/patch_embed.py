@@ -55,20 +55,19 @@ def _fwd_configs() -> list[triton.Config]:
 
 # Output is written with plain stores, once per element: no reset_to_zero/restore_value needed while autotuning.
 # Keyed on M = B·N rounded up to a power of two, not M itself: every batch size would otherwise re-tune.
-@triton.autotune(configs=_fwd_configs(), key=["M_BUCKET", "D", "K"])
+@triton.autotune(configs=_fwd_configs(), key=["M_BUCKET", "D", "K_PAD"])
 @triton.jit
 def _patch_embed_fwd_kernel(
     x_ptr,  # pixels, shape (B, C, H, W), any strides, float or uint8
-    w_ptr,  # conv weight, shape (D, C, P, P), any strides
+    w_ptr,  # conv weight with each patch row padded from P to P_PAD columns, shape (D, C * P * P_PAD), contiguous
     b_ptr,  # bias, shape (D,)
     pos_ptr,  # position embedding, shape (N, D)
     out_ptr,  # output, shape (B * N, D) = (M, D)
-    M, N, D, K, GRID_W,
+    M, N, D, K_PAD, GRID_W,
     M_BUCKET,  # next power of two of M: the autotuning key only
     stride_xb, stride_xc, stride_xh, stride_xw,
-    stride_wd, stride_wc, stride_wh, stride_ww,
     stride_b, stride_pn, stride_pd, stride_om, stride_od,
-    P: tl.constexpr, IS_UINT8: tl.constexpr, IEEE: tl.constexpr,
+    P: tl.constexpr, P_PAD: tl.constexpr, IS_UINT8: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # N tiles vary fastest: neighbouring programs share a pixel tile (L2 hits), the weight is small and stays in L2.
@@ -87,22 +86,26 @@ def _patch_embed_fwd_kernel(
     gx = tok % GRID_W
     x_row = (img.to(tl.int64) * stride_xb + (gy * P).to(tl.int64) * stride_xh
              + (gx * P).to(tl.int64) * stride_xw)  # (BLOCK_M,) top-left pixel of each patch
-    w_col = offs_n.to(tl.int64) * stride_wd  # (BLOCK_N,)
+    w_col = offs_n.to(tl.int64) * K_PAD  # (BLOCK_N,)
 
+    # k runs over (patch row r = c * P + ky, column kx < P_PAD): kx = k % P_PAD with P_PAD a power of two, so the
+    # compiler sees runs of P_PAD contiguous pixels (vector loads where the patch's pixel rows are 16-byte aligned,
+    # e.g. p = 16) and contiguous, 16-byte aligned weight rows; columns kx >= P are masked (and zero in the weight).
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(0, K_PAD, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        c = offs_k // (P * P)
-        ky = (offs_k % (P * P)) // P
-        kx = offs_k % P
+        mask_k = offs_k < K_PAD
+        r = offs_k // P_PAD
+        kx = offs_k % P_PAD
+        c = r // P
+        ky = r % P
         x_k = c.to(tl.int64) * stride_xc + ky.to(tl.int64) * stride_xh + kx.to(tl.int64) * stride_xw  # (BLOCK_K,)
-        w_k = c.to(tl.int64) * stride_wc + ky.to(tl.int64) * stride_wh + kx.to(tl.int64) * stride_ww  # (BLOCK_K,)
-        x = tl.load(x_ptr + x_row[:, None] + x_k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0)
+        x = tl.load(x_ptr + x_row[:, None] + x_k[None, :], mask=mask_m[:, None] & (mask_k & (kx < P))[None, :],
+                    other=0)
         if IS_UINT8:
             x = (x.to(tl.float32) - 127.5) / 127.5
         x = x.to(w_ptr.dtype.element_ty)  # (BLOCK_M, BLOCK_K)
-        w = tl.load(w_ptr + w_k[:, None] + w_col[None, :], mask=mask_k[:, None] & mask_n[None, :], other=0)
+        w = tl.load(w_ptr + offs_k[:, None] + w_col[None, :], mask=mask_k[:, None] & mask_n[None, :], other=0)
         if IEEE:
             acc = tl.dot(x, w, acc, input_precision="ieee")
         else:
@@ -319,17 +322,22 @@ def patch_embed_fwd(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torc
                                patch_size).to(weight.dtype)
     B, C = pixel_values.shape[:2]
     D, p = weight.shape[0], patch_size
-    M, K = B * N, C * p * p
+    M = B * N
     out = torch.empty((B, N, D), device=weight.device, dtype=weight.dtype)  # (B, N, D)
     if M == 0:
         return out
+    p_pad = triton.next_power_of_2(p)
+    # (D, C, p, p) -> (D, C * p, p_pad), contiguous: each patch row padded with zero columns to a power of two (a copy
+    # of ~1.5 MB for So400m's p = 14; a free view when p is a power of two and the weight is contiguous)
+    w_rows = weight.reshape(D, C * p, p)
+    w_pad = F.pad(w_rows, (0, p_pad - p)) if p_pad != p else w_rows.contiguous()
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(D, meta["BLOCK_N"]),)
     _patch_embed_fwd_kernel[grid](
-        pixel_values, weight, bias, position_embedding, out,
-        M, N, D, K, gw, triton.next_power_of_2(M),
-        *pixel_values.stride(), *weight.stride(),
+        pixel_values, w_pad, bias, position_embedding, out,
+        M, N, D, C * p * p_pad, gw, triton.next_power_of_2(M),
+        *pixel_values.stride(),
         bias.stride(0), *position_embedding.stride(), out.stride(1), out.stride(2),
-        P=p, IS_UINT8=pixel_values.dtype == torch.uint8, IEEE=weight.dtype == torch.float32,
+        P=p, P_PAD=p_pad, IS_UINT8=pixel_values.dtype == torch.uint8, IEEE=weight.dtype == torch.float32,
     )
     return out
 

@@ -31,6 +31,9 @@ SHAPES = [
 PIXELS = ["float32", "channels_last", "float64", "uint8"]
 # So400m's patch 14 (K = 588, 44 px cropped to 42), fewer combinations: the interpreter is slow on its long K loop.
 CASES = [(s, px) for s in SHAPES for px in PIXELS] + [((1, 3, 44, 44, 14, 40), px) for px in ("channels_last", "uint8")]
+# Patch rows are padded to a power of two inside the forward: p = 16 needs none (the weight is used as a view),
+# p = 33 pads to 64 columns, wider than a K block (a patch row spans several K steps).
+CASES += [((2, 3, 35, 33, 16, 24), "float32"), ((1, 1, 33, 34, 33, 8), "uint8")]
 
 
 def _make(shape, pixels, device, dtype=torch.float32, requires_grad=True):
