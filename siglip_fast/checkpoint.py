@@ -93,6 +93,17 @@ def parse_device(device: Any, what: str = "device") -> torch.device:
     return dev
 
 
+def _device_spec(device: Any) -> Any:
+    """A comparable form of a device_map value, before checking that the device exists."""
+    try:
+        dev = torch.device(f"cuda:{device}" if isinstance(device, int) and not isinstance(device, bool) else device)
+    except (RuntimeError, TypeError, ValueError):
+        return repr(device)
+    if dev.type == "cuda" and dev.index is None:  # 'cuda' is the current CUDA device
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return dev
+
+
 def _device_from_map(device_map: Any) -> torch.device:
     """transformers' `device_map`, for a model that lives on one device: 'auto', a device, or a dict whose values
     all name the same device (`{"": 0}`)."""
@@ -104,12 +115,13 @@ def _device_from_map(device_map: Any) -> torch.device:
         if "disk" in device_map.values():
             raise ValueError("device_map offloads to 'disk': siglip_fast supports only single-device placement "
                              "(pass device=... or device_map={'': device})")
-        devices = {name: parse_device(d, f"device_map[{name!r}]") for name, d in device_map.items()}
-        if len(set(devices.values())) > 1:
-            placed = ", ".join(f"{name!r}: {d}" for name, d in devices.items())
+        specs = {name: _device_spec(d) for name, d in device_map.items()}
+        if len(set(specs.values())) > 1:
+            placed = ", ".join(f"{name!r}: {d!r}" for name, d in device_map.items())
             raise ValueError(f"device_map splits the model across devices ({placed}): siglip_fast supports only "
                              "single-device placement (pass device=... or device_map={'': device})")
-        return next(iter(devices.values()))
+        name, device = next(iter(device_map.items()))
+        return parse_device(device, f"device_map[{name!r}]")
     if isinstance(device_map, str) and device_map in ("balanced", "balanced_low_0", "sequential"):
         raise ValueError(f"device_map={device_map!r} spreads a model over devices: siglip_fast supports only "
                          "single-device placement ('auto', a device, or {'': device})")
