@@ -464,9 +464,13 @@ class PretrainedMixin:
                 f"{k}: checkpoint {tuple(a)}, model {tuple(b)}" for k, a, b in mismatched))
         if errors:
             source_name = "the state_dict" if directory is None else str(pretrained_model_name_or_path)
-            hint = ("pass ignore_mismatched_sizes=True to re-initialise mis-shaped weights, or "
-                    "output_loading_info=True to load leniently and get the lists")
-            raise ValueError("\n".join([f"cannot load {source_name} into {cls.__name__}:", *errors, f"  ({hint})"]))
+            hints = []
+            if mismatched and not ignore_mismatched_sizes:
+                hints.append("ignore_mismatched_sizes=True re-initialises mis-shaped weights")
+            if len(errors) > len(hints):
+                hints.append("output_loading_info=True loads leniently (as transformers) and returns the lists")
+            raise ValueError("\n".join([f"cannot load {source_name} into {cls.__name__}:", *errors,
+                                        f"  ({'; '.join(hints)})"]))
 
         fresh = missing + sorted(mismatched_names)
         fallback_dtype = next((t.dtype for t in loaded.values() if t.is_floating_point()), torch.get_default_dtype())
@@ -531,9 +535,12 @@ def _initialise(model: torch.nn.Module, names: list[str], device: torch.device, 
     for name in names:
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
-        param = getattr(module, attr)
-        setattr(module, attr, torch.nn.Parameter(torch.empty(param.shape, device=device, dtype=dtype),
-                                                 requires_grad=param.requires_grad))
+        old = getattr(module, attr)
+        if attr in module._buffers:  # a persistent buffer: zeros (SigLIP has none; kept general)
+            module.register_buffer(attr, torch.zeros(old.shape, device=device, dtype=old.dtype))
+            continue
+        setattr(module, attr, torch.nn.Parameter(torch.empty(old.shape, device=device, dtype=dtype),
+                                                 requires_grad=old.requires_grad))
     model.init_weights()
 
 
