@@ -311,7 +311,7 @@ def _apply_config_kwargs(config, kwargs: dict[str, Any]) -> dict[str, Any]:
 
     fields = _config_fields(config)
     unused = {}
-    for key, value in kwargs.items():
+    for key, value in sorted(kwargs.items(), key=lambda kv: kv[0] == "label2id"):  # id2label= resets label2id
         if key not in fields:
             unused[key] = value
             continue

@@ -263,3 +263,11 @@ def test_saved_config_keeps_keyword_fields(checkpoint, tmp_path):
     assert saved["output_hidden_states"] is True and saved["initializer_factor"] == 0.5
     theirs = transformers.SiglipModel.from_pretrained(tmp_path)
     assert theirs.config.output_hidden_states is True and theirs.config.initializer_factor == 0.5
+
+
+def test_labels_given_as_keywords(checkpoint):
+    _, path_a = checkpoint
+    with pytest.warns(UserWarning, match="classifier"):
+        model = sf.SiglipForImageClassification.from_pretrained(
+            path_a, label2id={"cat": 0, "dog": 1, "eel": 2}, id2label={0: "cat", 1: "dog", 2: "eel"})
+    assert model.config.num_labels == 3 and model.config.label2id == {"cat": 0, "dog": 1, "eel": 2}

@@ -221,3 +221,23 @@ def test_unavailable_device_fails_up_front(two_models, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"device='cuda:3': this machine has 1 CUDA device"):
         sf.SiglipModel.from_pretrained(tmp_path, device="cuda:3")
+
+
+def test_save_over_the_checkpoint_the_model_was_loaded_from(two_models, tmp_path):
+    """Loading reads tensors from the files (safetensors / mmap'd .bin); saving back into the same directory replaces
+    the files instead of writing into them, so neither the saved checkpoint nor the live model is corrupted."""
+    path_a, state_a, _ = two_models
+    _copy_config(path_a, tmp_path)
+    torch.save(state_a, tmp_path / "pytorch_model.bin")  # read with mmap=True
+    model = sf.SiglipModel.from_pretrained(tmp_path)
+    with torch.no_grad():
+        model.logit_bias.fill_(7.0)
+    model.save_pretrained(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    again = sf.SiglipModel.from_pretrained(tmp_path)
+    _assert_weights(again, model)
+    assert again.logit_bias.item() == 7.0
+    for name, p in model.named_parameters():
+        if name != "logit_bias":
+            assert torch.equal(p, state_a[name]), name
+
