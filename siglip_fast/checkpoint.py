@@ -185,6 +185,22 @@ def resolve_pretrained_dir(path_or_id: str | os.PathLike, *, allow_patterns: Seq
     return directory
 
 
+_SAFE_FILES = ["config.json", SAFE_WEIGHTS, SAFE_INDEX, "*.safetensors"]
+_TORCH_FILES = ["config.json", TORCH_WEIGHTS, TORCH_INDEX, "*.bin"]
+
+
+def _resolve_model_dir(path_or_id, use_safetensors: bool | None, **kwargs) -> str:
+    """resolve_pretrained_dir for a model: from a hub repo, fetch the config and the weights of one format only —
+    safetensors, or the .bin files when the repo has none (or first, with use_safetensors=False) — as transformers."""
+    if isinstance(path_or_id, (str, os.PathLike)) and os.path.isdir(path_or_id):
+        return resolve_pretrained_dir(path_or_id, **kwargs)
+    first, second = (_SAFE_FILES, _TORCH_FILES) if use_safetensors is not False else (_TORCH_FILES, _SAFE_FILES)
+    directory = resolve_pretrained_dir(path_or_id, allow_patterns=first, **kwargs)
+    if use_safetensors or any(os.path.isfile(os.path.join(directory, name)) for name in first[1:3]):
+        return directory
+    return resolve_pretrained_dir(path_or_id, allow_patterns=second, **kwargs)
+
+
 def read_json_file(path: str | os.PathLike, what: str = "file") -> dict[str, Any]:
     """A JSON object from a file, or a ValueError naming the file (not UTF-8, not JSON, not an object)."""
     with open(path, "rb") as f:
@@ -395,9 +411,9 @@ class PretrainedMixin:
         what = f"{cls.__name__}.from_pretrained"
         directory = None
         if pretrained_model_name_or_path is not None:
-            directory = resolve_pretrained_dir(
-                pretrained_model_name_or_path, what=what, revision=revision, subfolder=subfolder, cache_dir=cache_dir,
-                token=token, local_files_only=local_files_only, force_download=force_download)
+            directory = _resolve_model_dir(
+                pretrained_model_name_or_path, use_safetensors, what=what, revision=revision, subfolder=subfolder,
+                cache_dir=cache_dir, token=token, local_files_only=local_files_only, force_download=force_download)
         if isinstance(config, (str, os.PathLike)):
             config = cls.config_class.from_pretrained(config)
         elif config is None:

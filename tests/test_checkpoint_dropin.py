@@ -271,3 +271,40 @@ def test_labels_given_as_keywords(checkpoint):
         model = sf.SiglipForImageClassification.from_pretrained(
             path_a, label2id={"cat": 0, "dog": 1, "eel": 2}, id2label={0: "cat", 1: "dog", 2: "eel"})
     assert model.config.num_labels == 3 and model.config.label2id == {"cat": 0, "dog": 1, "eel": 2}
+
+
+def test_hub_fetches_the_weights_of_one_format(checkpoint, tmp_path, monkeypatch):
+    """From a hub repo holding both formats only safetensors are fetched; the .bin files only when there are no
+    safetensors or use_safetensors=False (transformers' choice), so a checkpoint is not downloaded twice."""
+    import fnmatch
+    import shutil
+
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    theirs, path = checkpoint
+    state = load_file(os.path.join(path, "model.safetensors"))
+    repos = {"org/both": tmp_path / "both", "org/bin-only": tmp_path / "bin-only"}
+    for repo in repos.values():
+        _copy_config(path, repo)
+        torch.save(state, repo / "pytorch_model.bin")
+    save_file(state, repos["org/both"] / "model.safetensors")
+    fetched = []
+
+    def fake_snapshot_download(repo_id, allow_patterns, local_files_only=False, **kwargs):
+        snapshot = tmp_path / "cache" / repo_id.replace("/", "--")
+        os.makedirs(snapshot, exist_ok=True)
+        for name in os.listdir(repos[repo_id]):
+            if any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                shutil.copy(repos[repo_id] / name, snapshot / name)
+                fetched.append((repo_id, name))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    _equal_to(sf.SiglipModel.from_pretrained("org/both"), theirs)
+    assert sorted(fetched) == [("org/both", "config.json"), ("org/both", "model.safetensors")]
+    fetched.clear()
+    _equal_to(sf.SiglipModel.from_pretrained("org/bin-only"), theirs)
+    assert sorted(n for _, n in fetched) == ["config.json", "config.json", "pytorch_model.bin"]
+    fetched.clear()
+    with pytest.raises(ValueError, match="use_safetensors=True but"):
+        sf.SiglipModel.from_pretrained("org/bin-only", use_safetensors=True)
+    assert "pytorch_model.bin" not in [n for _, n in fetched]
