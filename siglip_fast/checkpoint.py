@@ -345,7 +345,7 @@ def _apply_config_kwargs(config, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 _FROM_PRETRAINED_ARGS = (
-    "pretrained_model_name_or_path", "dtype", "torch_dtype", "device", "device_map", "backend",
+    "pretrained_model_name_or_path", "path_or_id", "dtype", "torch_dtype", "device", "device_map", "backend",
     "attn_implementation", "config", "state_dict", "output_loading_info", "ignore_mismatched_sizes", "subfolder",
     "use_safetensors", "revision", "cache_dir", "token", "local_files_only", "force_download", "low_cpu_mem_usage",
     "trust_remote_code",
@@ -383,6 +383,8 @@ class PretrainedMixin:
         `from_pretrained(None, config=cfg, state_dict=sd)` loads from a state dict. Other keyword arguments are
         config fields (`num_labels=3`, `output_hidden_states=True`, ...) set on the config read from the checkpoint.
         """
+        if "path_or_id" in config_kwargs and pretrained_model_name_or_path is None:  # design.md's name
+            pretrained_model_name_or_path = config_kwargs.pop("path_or_id")
         if state_dict is not None and pretrained_model_name_or_path is not None:
             raise ValueError("pass a checkpoint path or state_dict, not both")
         if state_dict is None and pretrained_model_name_or_path is None:

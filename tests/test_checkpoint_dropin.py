@@ -132,6 +132,7 @@ def test_state_dict_config_and_keyword_path(checkpoint):
     model = sf.SiglipModel.from_pretrained(None, config=config, state_dict=state)
     _equal_to(model, theirs)
     _equal_to(sf.SiglipModel.from_pretrained(pretrained_model_name_or_path=path), theirs)
+    _equal_to(sf.SiglipModel.from_pretrained(path_or_id=path), theirs)  # design.md's name
     _equal_to(sf.SiglipModel.from_pretrained(path, config=config), theirs)
     _equal_to(sf.SiglipModel.from_pretrained(path, config=str(path)), theirs)
     vision = sf.SiglipVisionModel.from_pretrained(None, config=config.vision_config, state_dict=state)
@@ -172,7 +173,8 @@ def test_config_fields_as_keyword_arguments(checkpoint):
     with pytest.raises(TypeError, match=r"config field\(s\) num_labels given together with config="):
         sf.SiglipModel.from_pretrained(path, config=config, num_labels=3)
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) foo, unknown_flag; it accepts "
-                                        r"pretrained_model_name_or_path, dtype, .*, and the SiglipConfig fields"):
+                                        r"pretrained_model_name_or_path, path_or_id, dtype, .*, and the "
+                                        r"SiglipConfig fields"):
         sf.SiglipModel.from_pretrained(path, foo=1, unknown_flag=True)
     with pytest.raises(ValueError, match="divisible"):  # a config field that breaks the config is checked
         sf.SiglipVisionModel.from_pretrained(path, num_attention_heads=5)
