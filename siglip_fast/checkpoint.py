@@ -1,19 +1,26 @@
 """Checkpoint I/O: read and write the files transformers reads and writes, strictly.
 
 Reading accepts `model.safetensors`, sharded `model.safetensors.index.json`, and `pytorch_model.bin` (+ its index),
-loaded with `weights_only=True`; keys of a full SiglipModel, of a tower with its `vision_model.`/`text_model.` prefix
-(transformers v4 and the hub) or without it (transformers v5). The model is built on the meta device and each tensor
-is read straight into its final dtype and device, so a checkpoint is never held twice in memory. Anything missing,
-unexpected or of the wrong shape is listed in one ValueError.
+loaded with `weights_only=True`, chosen in transformers' order (a single file before an index, safetensors before
+pickles); keys of a full SiglipModel, of a tower with its `vision_model.`/`text_model.` prefix (transformers v4 and
+the hub) or without it (transformers v5). The model is built on the meta device and each tensor is read straight
+into its final dtype and device, so a checkpoint is never held twice in memory. Anything missing, unexpected or of
+the wrong shape is listed in one ValueError, unless the caller asks for transformers' lenient loading.
+
+Writing is atomic: the weights and config.json go to temporary files in the target directory and are moved into
+place with `os.replace` (weights first); weight files of other formats or shard layouts left by an older
+checkpoint are then removed, so every loader reads exactly what was saved.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
+import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,6 +30,9 @@ SAFE_INDEX = "model.safetensors.index.json"
 TORCH_WEIGHTS = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 _CHECKPOINT_FILES = ["config.json", "*.safetensors", "*.json", "*.bin", "*.model", "*.txt"]
+# Weight files an older checkpoint may have left in a directory we save into (transformers' shard naming).
+_STALE_WEIGHTS = re.compile(r"(model\.safetensors\.index\.json|model-\d{5}-of-\d{5}\.safetensors|pytorch_model\.bin"
+                            r"|pytorch_model\.bin\.index\.json|pytorch_model-\d{5}-of-\d{5}\.bin)")
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -30,6 +40,9 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "float64": torch.float64,
 }
+# Config fields every transformers PreTrainedConfig has that a caller may set through from_pretrained(**kwargs).
+_GENERIC_CONFIG_FIELDS = ("output_hidden_states", "output_attentions", "return_dict")
+_LABEL_FIELDS = ("num_labels", "id2label", "label2id", "problem_type")
 
 
 def parse_dtype(dtype: Any) -> torch.dtype | None:
@@ -45,21 +58,98 @@ def parse_dtype(dtype: Any) -> torch.dtype | None:
     raise ValueError(f"dtype must be None, 'auto', a torch floating dtype or one of {sorted(_DTYPES)}, got {dtype!r}")
 
 
+def parse_device(device: Any, what: str = "device") -> torch.device:
+    """A device to load onto, checked up front: it must name a device this machine has (None → CPU).
+
+    An int is a CUDA index (transformers' `device_map=0`). Raises ValueError naming the device otherwise.
+    """
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise TypeError(f"{what} must be a str, an int or a torch.device, got {type(device).__name__}")
+    spec = f"cuda:{device}" if isinstance(device, int) else device
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{what}={device!r} is not a valid device; expected e.g. 'cpu', 'cuda', 'cuda:1' or a "
+                         "CUDA index") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "meta":
+        raise ValueError(f"{what}='meta' holds no data: a checkpoint cannot be loaded onto it")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what}={device!r}: CUDA is not available on this machine (torch {torch.__version__}, "
+                             f"built with CUDA {torch.version.cuda}); load with device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{what}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(indices 0..{torch.cuda.device_count() - 1})")
+        return dev
+    try:
+        torch.empty(0, device=dev)
+    except Exception as e:  # noqa: BLE001 - any backend's way of saying it is not there
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{what}={device!r}: the device is not available on this machine ({reason})") from None
+    return dev
+
+
+def _device_spec(device: Any) -> Any:
+    """A comparable form of a device_map value, before checking that the device exists."""
+    try:
+        dev = torch.device(f"cuda:{device}" if isinstance(device, int) and not isinstance(device, bool) else device)
+    except (RuntimeError, TypeError, ValueError):
+        return repr(device)
+    if dev.type == "cuda" and dev.index is None:  # 'cuda' is the current CUDA device
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return dev
+
+
+def _device_from_map(device_map: Any) -> torch.device:
+    """transformers' `device_map`, for a model that lives on one device: 'auto', a device, or a dict whose values
+    all name the same device (`{"": 0}`)."""
+    if isinstance(device_map, str) and device_map == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if isinstance(device_map, Mapping):
+        if not device_map:
+            raise ValueError("device_map is an empty dict: map '' to a device, e.g. device_map={'': 0}")
+        if "disk" in device_map.values():
+            raise ValueError("device_map offloads to 'disk': siglip_fast supports only single-device placement "
+                             "(pass device=... or device_map={'': device})")
+        specs = {name: _device_spec(d) for name, d in device_map.items()}
+        if len(set(specs.values())) > 1:
+            placed = ", ".join(f"{name!r}: {d!r}" for name, d in device_map.items())
+            raise ValueError(f"device_map splits the model across devices ({placed}): siglip_fast supports only "
+                             "single-device placement (pass device=... or device_map={'': device})")
+        name, device = next(iter(device_map.items()))
+        return parse_device(device, f"device_map[{name!r}]")
+    if isinstance(device_map, str) and device_map in ("balanced", "balanced_low_0", "sequential"):
+        raise ValueError(f"device_map={device_map!r} spreads a model over devices: siglip_fast supports only "
+                         "single-device placement ('auto', a device, or {'': device})")
+    return parse_device(device_map, "device_map")
+
+
 class CheckpointNotFoundError(FileNotFoundError, ValueError):
     """A checkpoint directory or hub id that cannot be found (both a FileNotFoundError and a ValueError)."""
 
 
 def resolve_pretrained_dir(path_or_id: str | os.PathLike, *, allow_patterns: Sequence[str] = _CHECKPOINT_FILES,
-                           what: str = "from_pretrained", revision: str | None = None) -> str:
+                           what: str = "from_pretrained", revision: str | None = None, subfolder: str = "",
+                           cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
+                           local_files_only: bool = False, force_download: bool = False) -> str:
     """A local directory as is; otherwise a hub id fetched with huggingface_hub (its local cache first when offline).
 
-    Shared by the models, the tokenizer, the image processor and the processor.
+    `subfolder` selects a directory inside either; `revision`, `cache_dir`, `token`, `local_files_only` and
+    `force_download` go to huggingface_hub. Shared by the models, the tokenizer, the image processor and the processor.
     """
     if not isinstance(path_or_id, (str, os.PathLike)):
         raise TypeError(f"{what}: path_or_id must be a str or os.PathLike, got {type(path_or_id).__name__}")
     path = os.fspath(path_or_id)
+    subfolder = os.fspath(subfolder or "")
     if os.path.isdir(path):
-        return path
+        directory = os.path.join(path, subfolder) if subfolder else path
+        if not os.path.isdir(directory):
+            raise CheckpointNotFoundError(f"{what}: {path!r} has no subfolder {subfolder!r}")
+        return directory
     looks_like_id = re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", path) is not None and not path.startswith((".", "-"))
     if not looks_like_id or os.path.exists(path):
         raise CheckpointNotFoundError(
@@ -73,36 +163,112 @@ def resolve_pretrained_dir(path_or_id: str | os.PathLike, *, allow_patterns: Seq
             f"{what}: {path!r} is not a local directory, and huggingface_hub is not installed to fetch it as a hub "
             "id (pip install 'siglip_fast[hub]', or pass a local directory)"
         ) from None
+    patterns = [f"{subfolder.strip('/')}/{p}" for p in allow_patterns] if subfolder else list(allow_patterns)
+    hub_kwargs = dict(allow_patterns=patterns, revision=revision, cache_dir=cache_dir, token=token)
     try:
-        return snapshot_download(path, allow_patterns=list(allow_patterns), revision=revision)
+        snapshot = snapshot_download(path, local_files_only=local_files_only, force_download=force_download,
+                                     **hub_kwargs)
     except Exception as online_error:  # noqa: BLE001 - fall back to the local cache, then report both
+        if local_files_only:
+            raise CheckpointNotFoundError(
+                f"{what}: {path!r} is not in the local hub cache (local_files_only=True): {online_error}"
+            ) from online_error
         try:
-            return snapshot_download(path, allow_patterns=list(allow_patterns), revision=revision,
-                                     local_files_only=True)
+            snapshot = snapshot_download(path, local_files_only=True, **hub_kwargs)
         except Exception:  # noqa: BLE001
             raise CheckpointNotFoundError(
                 f"{what}: could not fetch {path!r} from the hub nor find it in the local cache: {online_error}"
             ) from online_error
+    directory = os.path.join(snapshot, subfolder) if subfolder else snapshot
+    if not os.path.isdir(directory):
+        raise CheckpointNotFoundError(f"{what}: hub repo {path!r} has no subfolder {subfolder!r}")
+    return directory
 
 
-def _weight_files(directory: str) -> list[str]:
-    for index_name in (SAFE_INDEX, TORCH_INDEX):
-        index_path = os.path.join(directory, index_name)
-        if os.path.isfile(index_path):
-            with open(index_path, encoding="utf-8") as f:
-                weight_map = json.load(f).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise ValueError(f"{index_path} has no weight_map")
-            return [os.path.join(directory, name) for name in sorted(set(weight_map.values()))]
-    for name in (SAFE_WEIGHTS, TORCH_WEIGHTS):
-        if os.path.isfile(os.path.join(directory, name)):
-            return [os.path.join(directory, name)]
+_SAFE_FILES = ["config.json", SAFE_WEIGHTS, SAFE_INDEX, "*.safetensors"]
+_TORCH_FILES = ["config.json", TORCH_WEIGHTS, TORCH_INDEX, "*.bin"]
+
+
+def _resolve_model_dir(path_or_id, use_safetensors: bool | None, **kwargs) -> str:
+    """resolve_pretrained_dir for a model: from a hub repo, fetch the config and the weights of one format only —
+    safetensors, or the .bin files when the repo has none (or first, with use_safetensors=False) — as transformers."""
+    if isinstance(path_or_id, (str, os.PathLike)) and os.path.isdir(path_or_id):
+        return resolve_pretrained_dir(path_or_id, **kwargs)
+    first, second = (_SAFE_FILES, _TORCH_FILES) if use_safetensors is not False else (_TORCH_FILES, _SAFE_FILES)
+    directory = resolve_pretrained_dir(path_or_id, allow_patterns=first, **kwargs)
+    if use_safetensors or any(os.path.isfile(os.path.join(directory, name)) for name in first[1:3]):
+        return directory
+    return resolve_pretrained_dir(path_or_id, allow_patterns=second, **kwargs)
+
+
+def read_json_file(path: str | os.PathLike, what: str = "file") -> dict[str, Any]:
+    """A JSON object from a file, or a ValueError naming the file (not UTF-8, not JSON, not an object)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {os.fspath(path)} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {os.fspath(path)} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {os.fspath(path)} must hold a JSON object, got a JSON {type(data).__name__}")
+    return data
+
+
+def _index_shards(directory: str, index_path: str) -> list[str]:
+    """The shard files an index names, each checked to lie inside `directory` and to exist."""
+    index = read_json_file(index_path, "checkpoint index")
+    if "weight_map" not in index:
+        raise ValueError(f"checkpoint index {index_path} has no 'weight_map' field (tensor name → shard file)")
+    weight_map = index["weight_map"]
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"checkpoint index {index_path}: field 'weight_map' must be a non-empty object mapping "
+                         f"tensor names to shard files, got {type(weight_map).__name__} {str(weight_map)[:80]}")
+    shards = []
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"checkpoint index {index_path}: weight_map[{key!r}] must be a shard file name, "
+                             f"got {name!r}")
+        norm = os.path.normpath(name)
+        if os.path.isabs(name) or os.path.splitdrive(name)[0] or norm == os.pardir \
+                or norm.startswith(os.pardir + os.sep) or norm.startswith(os.pardir + "/"):
+            raise ValueError(f"checkpoint index {index_path}: weight_map[{key!r}] = {name!r} resolves outside the "
+                             f"checkpoint directory {directory}; refused")
+        if norm not in shards:
+            shards.append(norm)
+    paths = [os.path.join(directory, name) for name in sorted(shards)]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ValueError(f"checkpoint index {index_path} names shard {os.path.relpath(path, directory)}, "
+                             f"which is not in {directory}")
+    return paths
+
+
+def _weight_files(directory: str, use_safetensors: bool | None = None) -> list[str]:
+    """The files to read, in transformers' order: model.safetensors, its index, pytorch_model.bin, its index.
+
+    A single file wins over an index (a stale index never shadows the file save_pretrained wrote).
+    use_safetensors=True reads only safetensors; False prefers the .bin files (falling back to safetensors).
+    """
+    safe, torch_ = [(SAFE_WEIGHTS, False), (SAFE_INDEX, True)], [(TORCH_WEIGHTS, False), (TORCH_INDEX, True)]
+    order = {None: safe + torch_, True: safe, False: torch_ + safe}[use_safetensors]
+    for name, is_index in order:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return _index_shards(directory, path) if is_index else [path]
+    if use_safetensors:
+        others = [n for n in (TORCH_WEIGHTS, TORCH_INDEX) if os.path.isfile(os.path.join(directory, n))]
+        raise ValueError(f"use_safetensors=True but {directory} has no {SAFE_WEIGHTS} nor {SAFE_INDEX}"
+                         + (f" (it has {', '.join(others)}: pass use_safetensors=None or False)" if others else ""))
     raise ValueError(
         f"no weights in {directory}: expected {SAFE_WEIGHTS}, {SAFE_INDEX}, {TORCH_WEIGHTS} or {TORCH_INDEX}"
     )
 
 
-def _iter_tensors(path: str, device: torch.device):
+def _iter_tensors(path: str, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (key, tensor) from one weight file, each read straight onto `device`."""
     if path.endswith(".safetensors"):
         from safetensors import safe_open
@@ -120,7 +286,16 @@ def _iter_tensors(path: str, device: torch.device):
             state = torch.load(path, map_location=device, weights_only=True, mmap=True)
         except Exception as e:
             raise ValueError(f"could not read {path} (loaded with weights_only=True): {e}") from e
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
         yield from state.items()
+
+
+def _iter_state_dict(state_dict: Mapping, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    for key, tensor in state_dict.items():
+        if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state_dict must map str keys to tensors, got {key!r}: {type(tensor).__name__}")
+        yield key, tensor.to(device)
 
 
 def _map_key(key: str, expected: set[str], prefix: str | None, ignorable: tuple[str, ...]) -> str | None:
@@ -136,21 +311,89 @@ def _map_key(key: str, expected: set[str], prefix: str | None, ignorable: tuple[
     return key  # unexpected: reported by the caller
 
 
+def _config_fields(config) -> list[str]:
+    """The keyword arguments from_pretrained sets on a config: its fields, the keys its file carried, and the
+    PreTrainedConfig fields transformers callers set (output switches; labels on a SiglipConfig)."""
+    fields = set(config._defaults) | set(config._extra_keys) | set(_GENERIC_CONFIG_FIELDS)
+    if hasattr(config, "id2label"):
+        fields |= set(_LABEL_FIELDS)
+    return sorted(fields)
+
+
+def _apply_config_kwargs(config, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Set the config fields named in kwargs, as transformers' `from_pretrained(path, num_labels=3)` does; return
+    the kwargs that are not config fields. A dict given for a sub-config updates that sub-config."""
+    from .configuration import _SiglipBaseConfig
+
+    fields = _config_fields(config)
+    unused = {}
+    for key, value in sorted(kwargs.items(), key=lambda kv: kv[0] == "label2id"):  # id2label= resets label2id
+        if key not in fields:
+            unused[key] = value
+            continue
+        current = getattr(config, key, None)
+        if isinstance(current, _SiglipBaseConfig) and isinstance(value, dict):
+            value = type(current).from_dict({**current.to_dict(), **value})
+        if key == "label2id":
+            config._label2id = dict(value)
+        elif key in config._defaults or key in _LABEL_FIELDS:
+            setattr(config, key, value)
+        else:
+            config.set_extra(key, value)
+    config.validate()
+    return unused
+
+
+_FROM_PRETRAINED_ARGS = (
+    "pretrained_model_name_or_path", "path_or_id", "dtype", "torch_dtype", "device", "device_map", "backend",
+    "attn_implementation", "config", "state_dict", "output_loading_info", "ignore_mismatched_sizes", "subfolder",
+    "use_safetensors", "revision", "cache_dir", "token", "local_files_only", "force_download", "low_cpu_mem_usage",
+    "trust_remote_code",
+)
+
+
 class PretrainedMixin:
     """from_pretrained / save_pretrained for the model classes (which set config_class and base_model_prefix)."""
 
     base_model_prefix: str | None = None
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, *, dtype=None, device=None, backend: str = "auto",
-                        config=None, torch_dtype=None, attn_implementation: str | None = None):
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, *, dtype=None,
+                        device=None, backend: str = "auto", config=None, state_dict: Mapping | None = None,
+                        output_loading_info: bool = False, ignore_mismatched_sizes: bool = False, device_map=None,
+                        torch_dtype=None, attn_implementation: str | None = None, subfolder: str = "",
+                        use_safetensors: bool | None = None, revision: str | None = None, cache_dir=None,
+                        token: str | bool | None = None, local_files_only: bool = False,
+                        force_download: bool = False, low_cpu_mem_usage: bool | None = None,
+                        trust_remote_code: bool | None = None, **config_kwargs):
         """Load a transformers SigLIP checkpoint (local directory, or hub id with huggingface_hub installed).
 
         dtype: None/'auto' keeps the stored dtype (transformers v5's default); else a torch dtype or its name.
-        device: where the weights are read to (default CPU). backend: see `siglip_fast.ops`.
-        `torch_dtype` is accepted as an alias of `dtype`, and `attn_implementation` ("eager" or "sdpa") as an alias
-        of `backend`, so transformers call sites keep working.
+        device / device_map: where the weights are read to (default CPU), checked up front; `device_map` may be
+        'auto' (the current CUDA device, else CPU), a device, or a dict placing the whole model on one device.
+        backend: see `siglip_fast.ops`. `torch_dtype` is an alias of `dtype`, `attn_implementation` ("eager" or
+        "sdpa") of `backend`, so transformers call sites keep working.
+
+        Strict by default: any missing, unexpected or mis-shaped key is an error listing them all.
+        `ignore_mismatched_sizes=True` re-initialises mis-shaped weights (e.g. a classifier with another
+        `num_labels`); `output_loading_info=True` loads as transformers does — missing weights freshly initialised,
+        unexpected ones ignored — and returns `(model, {"missing_keys", "unexpected_keys", "mismatched_keys",
+        "error_msgs"})`. Every re-initialised weight is also named in a warning.
+
+        `from_pretrained(None, config=cfg, state_dict=sd)` loads from a state dict. Other keyword arguments are
+        config fields (`num_labels=3`, `output_hidden_states=True`, ...) set on the config read from the checkpoint.
         """
+        if "path_or_id" in config_kwargs and pretrained_model_name_or_path is None:  # design.md's name
+            pretrained_model_name_or_path = config_kwargs.pop("path_or_id")
+        if state_dict is not None and pretrained_model_name_or_path is not None:
+            raise ValueError("pass a checkpoint path or state_dict, not both")
+        if state_dict is None and pretrained_model_name_or_path is None:
+            raise ValueError(f"{cls.__name__}.from_pretrained needs a checkpoint directory, a hub id, or "
+                             "state_dict= with config=")
+        if state_dict is not None and not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of tensors, got {type(state_dict).__name__}")
+        if use_safetensors not in (None, True, False):
+            raise TypeError(f"use_safetensors must be None, True or False, got {use_safetensors!r}")
         if attn_implementation is not None:
             if attn_implementation not in ("eager", "sdpa"):
                 raise ValueError(f"attn_implementation {attn_implementation!r} has no siglip_fast equivalent; use "
@@ -163,12 +406,34 @@ class PretrainedMixin:
                 raise ValueError("pass dtype or torch_dtype, not both")
             dtype = torch_dtype
         dtype = parse_dtype(dtype)
-        device = torch.device(device if device is not None else "cpu")
-        directory = resolve_pretrained_dir(path_or_id, what=f"{cls.__name__}.from_pretrained")
-        if config is None:
+        if device is not None and device_map is not None:
+            raise ValueError("pass device or device_map, not both")
+        device = _device_from_map(device_map) if device_map is not None else parse_device(device)
+
+        what = f"{cls.__name__}.from_pretrained"
+        directory = None
+        if pretrained_model_name_or_path is not None:
+            directory = _resolve_model_dir(
+                pretrained_model_name_or_path, use_safetensors, what=what, revision=revision, subfolder=subfolder,
+                cache_dir=cache_dir, token=token, local_files_only=local_files_only, force_download=force_download)
+        if isinstance(config, (str, os.PathLike)):
+            config = cls.config_class.from_pretrained(config)
+        elif config is None:
+            if directory is None:
+                raise ValueError(f"{what}(None, state_dict=...) needs config=")
             config = cls.config_class.from_pretrained(directory)
-        elif not isinstance(config, cls.config_class):
-            raise TypeError(f"config must be a {cls.config_class.__name__}, got {type(config).__name__}")
+        elif isinstance(config, cls.config_class):
+            config = copy.deepcopy(config)  # the caller's config is not changed by loading
+            if config_kwargs:  # transformers passes them to the model's __init__, which refuses them
+                raise TypeError(f"{what}: config field(s) {', '.join(sorted(config_kwargs))} given together with "
+                                "config=: set them on the config object instead")
+        else:
+            raise TypeError(f"config must be a {cls.config_class.__name__} or a path, got {type(config).__name__}")
+        unknown = _apply_config_kwargs(config, config_kwargs)
+        if unknown:
+            raise TypeError(f"{what} got unexpected keyword argument(s) {', '.join(sorted(unknown))}; it accepts "
+                            f"{', '.join(_FROM_PRETRAINED_ARGS)}, and the {type(config).__name__} fields "
+                            f"{', '.join(_config_fields(config))}")
 
         with torch.device("meta"):
             model = cls(config, backend=backend)
@@ -179,67 +444,130 @@ class PretrainedMixin:
             "SiglipTextModel": ("vision_model.", "logit_scale", "logit_bias"),
             "SiglipForImageClassification": ("text_model.", "logit_scale", "logit_bias"),
         }.get(cls.__name__, ())
+        if state_dict is not None:
+            source = _iter_state_dict(state_dict, device)
+        else:
+            files = _weight_files(directory, use_safetensors)
+            source = (item for file in files for item in _iter_tensors(file, device))
         loaded: dict[str, torch.Tensor] = {}
-        unexpected, mismatched, seen_mismatched = [], [], set()
-        for file in _weight_files(directory):
-            for key, tensor in _iter_tensors(file, device):
-                name = _map_key(key, expected.keys(), cls.base_model_prefix, ignorable)
-                if name is None:
-                    continue
-                if name not in expected:
-                    unexpected.append(key)
-                    continue
-                if tuple(tensor.shape) != tuple(expected[name].shape):
-                    mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)}, model {tuple(expected[name].shape)}")
-                    seen_mismatched.add(name)
-                    continue
-                if dtype is not None and tensor.is_floating_point():
-                    tensor = tensor.to(dtype)
-                loaded[name] = tensor
-        missing = [k for k in expected if k not in loaded and k not in seen_mismatched]
+        unexpected, ignored, mismatched = [], [], []
+        for key, tensor in source:
+            name = _map_key(key, expected.keys(), cls.base_model_prefix, ignorable)
+            if name is None:
+                if not key.endswith("position_ids"):
+                    ignored.append(key)
+                continue
+            if name not in expected:
+                unexpected.append(key)
+                continue
+            if tuple(tensor.shape) != tuple(expected[name].shape):
+                mismatched.append((name, tensor.shape, expected[name].shape))
+                continue
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            loaded[name] = tensor
+        mismatched_names = {m[0] for m in mismatched}
+        missing = [k for k in expected if k not in loaded and k not in mismatched_names]
         # A classifier is new when a SiglipModel checkpoint is fine-tuned for classification (as in transformers).
-        new_classifier = [k for k in missing if k.startswith("classifier.")]
-        if new_classifier and cls.__name__ == "SiglipForImageClassification":
-            missing = [k for k in missing if not k.startswith("classifier.")]
-        if missing or unexpected or mismatched:
-            lines = [f"cannot load {path_or_id!s} into {cls.__name__}:"]
-            if missing:
-                lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
-            if unexpected:
-                lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-            if mismatched:
-                lines.append(f"  shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
-            raise ValueError("\n".join(lines))
+        allowed_missing = [k for k in missing if k.startswith("classifier.")] \
+            if cls.__name__ == "SiglipForImageClassification" else []
+        errors = []
+        if missing != allowed_missing and not output_loading_info:
+            strict_missing = [k for k in missing if k not in allowed_missing]
+            errors.append(f"  missing keys ({len(strict_missing)}): {', '.join(strict_missing)}")
+        if unexpected and not output_loading_info:
+            errors.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        if mismatched and not ignore_mismatched_sizes:
+            errors.append(f"  shape mismatches ({len(mismatched)}): " + "; ".join(
+                f"{k}: checkpoint {tuple(a)}, model {tuple(b)}" for k, a, b in mismatched))
+        if errors:
+            source_name = "the state_dict" if directory is None else str(pretrained_model_name_or_path)
+            hints = []
+            if mismatched and not ignore_mismatched_sizes:
+                hints.append("ignore_mismatched_sizes=True re-initialises mis-shaped weights")
+            if len(errors) > len(hints):
+                hints.append("output_loading_info=True loads leniently (as transformers) and returns the lists")
+            raise ValueError("\n".join([f"cannot load {source_name} into {cls.__name__}:", *errors,
+                                        f"  ({'; '.join(hints)})"]))
+
+        fresh = missing + sorted(mismatched_names)
+        fallback_dtype = next((t.dtype for t in loaded.values() if t.is_floating_point()), torch.get_default_dtype())
+        _initialise(model, fresh, device, dtype or fallback_dtype)
         model.load_state_dict(loaded, strict=False, assign=True)
-        _materialise_rest(model, device, dtype or next(iter(loaded.values())).dtype)
-        if new_classifier:
-            warnings.warn(f"{cls.__name__}: {', '.join(new_classifier)} not in the checkpoint; initialised randomly "
-                          "(train it before use)", stacklevel=2)
-            with torch.no_grad():
-                model.classifier.weight.normal_(std=config.vision_config.hidden_size**-0.5 * config.initializer_factor)
-                model.classifier.bias.zero_()
-        return model.eval()
+        _materialise_buffers(model, device)
+        if fresh:
+            shapes = {k: f" (checkpoint {tuple(a)}, model {tuple(b)})" for k, a, b in mismatched}
+            warnings.warn(f"{cls.__name__}: {', '.join(k + shapes.get(k, '') for k in fresh)} not loaded from the "
+                          "checkpoint; initialised randomly (train before use)", stacklevel=2)
+        model.eval()
+        if output_loading_info:
+            return model, {"missing_keys": set(missing), "unexpected_keys": set(unexpected) | set(ignored),
+                           "mismatched_keys": set(mismatched), "error_msgs": []}
+        return model
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write config.json and model.safetensors as transformers does (towers keep their key prefix, which both
-        transformers v4 and v5 load)."""
+        transformers v4 and v5 load), atomically: a failure leaves the previous checkpoint as it was.
+
+        Both files are written under temporary names in `save_directory` and moved into place with os.replace,
+        weights first; then the weight files of other formats or shardings an older checkpoint left there
+        (`model.safetensors.index.json`, `model-0000x-of-0000y.safetensors`, `pytorch_model*.bin[.index.json]`) are
+        removed, so every loader reads what was saved. The model's config is not changed.
+        """
         from safetensors.torch import save_file
 
+        save_directory = os.fspath(save_directory)
         os.makedirs(save_directory, exist_ok=True)
-        self.config.set_extra("architectures", [type(self).__name__])
-        self.config.dtype = str(self.dtype).removeprefix("torch.")
-        self.config.save_pretrained(save_directory)
+        config = copy.deepcopy(self.config)
+        config.set_extra("architectures", [type(self).__name__])
+        config.dtype = str(self.dtype).removeprefix("torch.")
         prefix = f"{self.base_model_prefix}." if self.base_model_prefix else ""
         state = {prefix + k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(save_directory, SAFE_WEIGHTS), metadata={"format": "pt"})
+        from .configuration import CONFIG_NAME
+
+        tag = f"{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+        weights_tmp = os.path.join(save_directory, f".{SAFE_WEIGHTS}.{tag}")
+        config_tmp = os.path.join(save_directory, f".{CONFIG_NAME}.{tag}")
+        try:
+            save_file(state, weights_tmp, metadata={"format": "pt"})
+            with open(config_tmp, "w", encoding="utf-8") as f:
+                f.write(config.to_json_string())
+            os.replace(weights_tmp, os.path.join(save_directory, SAFE_WEIGHTS))
+            os.replace(config_tmp, os.path.join(save_directory, CONFIG_NAME))
+        finally:
+            for tmp in (weights_tmp, config_tmp):
+                if os.path.lexists(tmp):
+                    os.remove(tmp)
+        for name in os.listdir(save_directory):
+            path = os.path.join(save_directory, name)
+            if _STALE_WEIGHTS.fullmatch(name) and os.path.isfile(path):
+                os.remove(path)
 
 
-def _materialise_rest(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """Give real storage to what the checkpoint does not hold: position_ids buffers, a new classifier."""
+def _initialise(model: torch.nn.Module, names: list[str], device: torch.device, dtype: torch.dtype) -> None:
+    """Give the parameters `names` real storage and the model's own random initialisation (transformers'
+    `_init_weights`), leaving everything else alone: the other parameters are still on the meta device, where the
+    initialisers do nothing."""
+    if not names:
+        return
+    for name in names:
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        old = getattr(module, attr)
+        if attr in module._buffers:  # a persistent buffer: zeros (SigLIP has none; kept general)
+            module.register_buffer(attr, torch.zeros(old.shape, device=device, dtype=old.dtype))
+            continue
+        setattr(module, attr, torch.nn.Parameter(torch.empty(old.shape, device=device, dtype=dtype),
+                                                 requires_grad=old.requires_grad))
+    model.init_weights()
+
+
+def _materialise_buffers(model: torch.nn.Module, device: torch.device) -> None:
+    """Give real storage to the buffers no checkpoint holds (position_ids)."""
     for module in model.modules():
         for name, buf in list(module.named_buffers(recurse=False)):
             if buf.is_meta and name == "position_ids":
                 module.register_buffer(name, torch.arange(buf.shape[-1], device=device)[None], persistent=False)
-        for name, param in list(module.named_parameters(recurse=False)):
-            if param.is_meta:
-                setattr(module, name, torch.nn.Parameter(torch.empty(param.shape, device=device, dtype=dtype)))
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise RuntimeError(f"internal error: {', '.join(leftover)} left on the meta device after loading")

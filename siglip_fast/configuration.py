@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import uuid
 from typing import Any
 
 CONFIG_NAME = "config.json"
@@ -104,9 +105,17 @@ class _SiglipBaseConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write `config.json` atomically (a temporary file in the directory, then os.replace)."""
         os.makedirs(save_directory, exist_ok=True)
-        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
+        path = os.path.join(save_directory, CONFIG_NAME)
+        tmp = os.path.join(save_directory, f".{CONFIG_NAME}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(self.to_json_string())
+            os.replace(tmp, path)
+        finally:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
@@ -126,12 +135,16 @@ class _SiglipBaseConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike):
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not valid JSON: {e}") from None
-        return cls.from_dict(data)
+        """Read a config file; every error (not UTF-8, not JSON, not an object, a bad field) names the file."""
+        from .checkpoint import read_json_file
+
+        data = read_json_file(path, "config file")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as e:
+            if type(e) not in (TypeError, ValueError):
+                raise
+            raise type(e)(f"config file {os.fspath(path)}: {e}") from e
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
