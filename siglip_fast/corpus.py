@@ -562,6 +562,10 @@ def load_embeddings(path: str | os.PathLike):
             raise ValueError(f"{path}: the run is incomplete ({done} of {manifest['num_shards']} shards); rerun the "
                              f"same embed command to finish it")
         k = manifest["num_shards"]
+        missing = [s for s in range(k) if not _shard_complete(path, s)]
+        if missing:
+            raise ValueError(f"{path}: incomplete: shard(s) {missing[:10]} of {k} are missing; rerun the same embed "
+                             f"command to rewrite them")
         npys = [_shard_paths(path, s)[0] for s in range(k)]
         jsons = [_shard_paths(path, s)[1] for s in range(k)]
         array = ShardedEmbeddings(npys, manifest["shard_rows"], manifest["dim"])
