@@ -77,7 +77,8 @@ class Item(NamedTuple):
 
 @dataclasses.dataclass
 class CorpusResult:
-    """What one process of the job did (`rows`/`skipped` are totals of the whole run on rank 0 at the end)."""
+    """What one process of the job did: `rows`/`skipped` are the totals of the whole run (rank 0; 0 on other ranks),
+    `seconds` the whole call; the shard lists and `rows_written` are this rank's."""
 
     out: str
     rows: int
@@ -89,13 +90,14 @@ class CorpusResult:
     seconds: float
     rank: int = 0
     world_size: int = 1
-    input_wait_s: float = 0.0
+    input_wait_s: float = 0.0  # time this rank's loop waited for decoded batches
+    rows_written: int = 0  # rows this rank embedded in this call
+    loop_seconds: float = 0.0  # this rank's embedding loop (from the first batch requested to the last shard written)
 
     @property
     def rows_per_s(self) -> float:
-        return self.rows_written / self.seconds if self.seconds > 0 else 0.0
-
-    rows_written: int = 0
+        """This rank's embedding rate over its loop (model loading and listing excluded)."""
+        return self.rows_written / self.loop_seconds if self.loop_seconds > 0 else 0.0
 
 
 def _short_error(e: BaseException) -> str:
@@ -359,6 +361,16 @@ def _collate(samples):
     elif ok:
         batch["texts"] = [p for _, p in ok]
     return batch
+
+
+def decode_loader(positions: list[tuple[int, Item]], batches: list[list[int]], image_processor, *, workers: int,
+                  pin_memory: bool = False, uint8: bool = True) -> torch.utils.data.DataLoader:
+    """The job's input pipeline: batches (lists of positions into `positions`, (index, Item) pairs) decoded and
+    resized in `workers` processes (0: in this one), in order; each batch a dict with `kind`, `index` (the decoded
+    items), `pixels` (uint8 (n, 3, H, W)) or `texts`, and `failed` ((index, reason) pairs). Also benchmarked."""
+    return torch.utils.data.DataLoader(
+        _Decode(positions, image_processor, uint8), batch_sampler=batches, num_workers=workers if batches else 0,
+        collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=4 if workers and batches else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -875,9 +887,7 @@ def _run(inputs, out, single, model_path, files, texts, tar, fields, shard_size,
         per_rank = (os.cpu_count() or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         workers = max(1, min(8, per_rank - 1))
     cuda = device.type == "cuda"
-    loader = torch.utils.data.DataLoader(
-        _Decode(positions, image_processor, uint8), batch_sampler=batches, num_workers=workers if batches else 0,
-        collate_fn=_collate, pin_memory=cuda, prefetch_factor=4 if workers and batches else None)
+    loader = decode_loader(positions, batches, image_processor, workers=workers, pin_memory=cuda, uint8=uint8)
     encoder = _Encoder(model, processor, device, dtype, batch_size, cuda if cuda_graph is None else cuda_graph)
 
     bar = _Progress(len(positions), rank, world, stream) if progress else None
@@ -946,7 +956,7 @@ def _run(inputs, out, single, model_path, files, texts, tar, fields, shard_size,
     return CorpusResult(out=out, rows=total_rows, skipped=total_skipped, items=manifest["inputs"]["count"],
                         shards=num_shards, shards_written=written, shards_reused=reused,
                         seconds=time.perf_counter() - t_start, rank=rank, world_size=world, input_wait_s=wait_s,
-                        rows_written=rows_written)
+                        rows_written=rows_written, loop_seconds=seconds)
 
 
 def _finalize(out_dir: str, manifest: dict, single: bool, out: str, stream) -> tuple[int, int]:
