@@ -16,6 +16,7 @@ import argparse
 import os
 import statistics
 import sys
+import textwrap
 import time
 from typing import Callable, Sequence
 
@@ -489,16 +490,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed = sub.add_parser(
         "embed", help="L2-normalised embeddings of a corpus of images and/or texts (sharded, resumable, torchrun)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Embed images (files; folders walked recursively; --files lists), WebDataset-style .tar shards "
-                    "and/or texts (--texts: one per line, blank lines ignored) as float32 L2-normalised rows: images "
-                    "in input order, then texts.\n\n"
-                    "--out DIR: shards of --shard-size input items (shard-NNNNN.npy + .json naming each row's source "
-                    "and the skipped items) and manifest.json; rerunning the same command skips complete shards and "
-                    "redoes the missing ones; a different model, dtype, --field, shard size or input listing is "
-                    "refused. --out FILE.npy: one .npy plus FILE.json (written only when the run succeeds).\n\n"
-                    "Several processes: torchrun --nproc-per-node N -m siglip_fast embed ... (each rank takes whole "
-                    "shards, on cuda:LOCAL_RANK; NCCL on GPUs, gloo on CPU). Unreadable inputs are skipped and "
-                    "listed, never fatal. Read the result with siglip_fast.load_embeddings(OUT).")
+        description="\n\n".join(textwrap.fill(p, 100) for p in (
+            "Embed images (files; folders walked recursively; --files lists), WebDataset-style .tar shards and/or "
+            "texts (--texts: one per line, blank lines ignored) as float32 L2-normalised rows: images in input "
+            "order, then texts.",
+            "--out DIR: shards of --shard-size input items (shard-NNNNN.npy + .json naming each row's source and the "
+            "skipped items) and manifest.json; rerunning the same command skips complete shards and redoes the "
+            "missing ones; a different model, dtype, --field, shard size or input listing is refused. "
+            "--out FILE.npy: one .npy plus FILE.json (written only when the run succeeds).",
+            "Several processes: torchrun --nproc-per-node N -m siglip_fast embed ... (each rank takes whole shards, "
+            "on cuda:LOCAL_RANK; NCCL on GPUs, gloo on CPU). Unreadable inputs are skipped and listed, never fatal. "
+            "Read the result with siglip_fast.load_embeddings(OUT).")))
     embed.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or .tar shards")
     embed.add_argument("--model", required=True, help="checkpoint directory (or hub id) with the processor files")
     embed.add_argument("--out", required=True, help="a directory (sharded output) or a file name ending in .npy")

@@ -803,7 +803,8 @@ def embed_corpus(inputs: Sequence[str] = (), out: str = "embeddings", *, model: 
     """Embed a corpus (see the module doc); returns this process's `CorpusResult`. Call it the same way on every
     rank under torchrun (the CLI does). `out` ending in .npy: one file (+ .json); otherwise a sharded directory.
     `workers`: decoding processes per rank (0 decodes in this process; default min(8, cores per rank - 1)).
-    `cuda_graph` (default: on CUDA) replays the towers from CUDA graphs."""
+    `cuda_graph` (default: on CUDA) runs the towers through `compile_for_inference` runners: replayed from CUDA
+    graphs on a GPU; True on CPU runs the same static-batch runners without a graph (a test of that path)."""
     stream = stream or sys.stderr
     t_start = time.perf_counter()
     for name, value, low in (("shard_size", shard_size, 1), ("batch_size", batch_size, 1)):

@@ -324,3 +324,20 @@ def test_memory_stays_flat_as_the_input_grows(wide_checkpoint, tmp_path):
 
 def test_package_exports_the_job():
     assert siglip_fast.embed_corpus is corpus.embed_corpus and siglip_fast.load_embeddings is corpus.load_embeddings
+
+
+def test_the_static_batch_runners_give_the_same_rows(checkpoint, corpus_dir, reference, tmp_path):  # noqa: F811
+    """cuda_graph=True routes both towers through compile_for_inference (the GPU path; on CPU the same static-batch
+    runner without a graph): chunking, padding of the last batch, uint8 pixels and the text runner."""
+    texts = tmp_path / "t.txt"
+    texts.write_text("a cat\na red car on the grass\nthe dog\n")
+    out = str(tmp_path / "runner.npy")
+    result = embed_corpus([corpus_dir], out, texts=[str(texts)], model=checkpoint, batch_size=4, workers=0,
+                          cuda_graph=True, **RUN)
+    assert result.rows == 25
+    array, rows = load_embeddings(out)
+    _same(array[:22], reference[0], rows[:22], reference[1])
+    plain = str(tmp_path / "plain.npy")
+    embed_corpus(texts=[str(texts)], out=plain, model=checkpoint, batch_size=4, workers=0, **RUN)
+    np.testing.assert_allclose(np.asarray(array[22:]), np.load(plain), rtol=0, atol=1e-6)
+    assert [r["source"] for r in rows[22:]] == ["a cat", "a red car on the grass", "the dog"]
