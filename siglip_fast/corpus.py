@@ -138,11 +138,17 @@ def _compressed_reason(path: str) -> str | None:
     return None
 
 
+class _Member(NamedTuple):
+    name: str
+    offset: int
+    size: int
+
+
 def scan_tar(path: str, fields: Sequence[str]) -> tuple[list[Item], list[Item]]:
     """A WebDataset-style tar -> (image items, text items), one per sample and field, in tar order. A sample is the
     members sharing a key (the member path up to the first '.' of its file name); the image field is the sample's
     first member with an image extension, a text field the member with that extension."""
-    samples: dict[str, dict[str, tinfo]] = {}
+    samples: dict[str, dict[str, _Member]] = {}
     order: list[str] = []
     broken = None
     reason = _compressed_reason(path)
@@ -161,7 +167,7 @@ def scan_tar(path: str, fields: Sequence[str]) -> tuple[list[Item], list[Item]]:
                 if key not in samples:
                     samples[key] = {}
                     order.append(key)
-                samples[key][ext.lower()] = tinfo(m.name, m.offset_data, m.size)
+                samples[key][ext.lower()] = _Member(m.name, m.offset_data, m.size)
     except (tarfile.TarError, OSError, EOFError) as e:
         broken = f"not a readable tar{' after ' + str(len(order)) + ' samples' if order else ''}: {_short_error(e)}"
     images, texts = [], []
@@ -187,12 +193,6 @@ def scan_tar(path: str, fields: Sequence[str]) -> tuple[list[Item], list[Item]]:
         (images if "image" in fields else texts).append(
             Item("image" if "image" in fields else "text", path, reason=broken))
     return images, texts
-
-
-class tinfo(NamedTuple):
-    name: str
-    offset: int
-    size: int
 
 
 def _is_tar_name(path: str) -> bool:
@@ -230,7 +230,6 @@ def collect_inputs(inputs: Sequence[str] = (), *, files: Sequence[str] = (), tex
     """The job's deterministic listing (see the module doc). A missing path given directly is a CorpusError; a
     missing path inside a file list is a skipped item (reported)."""
     fields = _parse_fields(fields)
-    text_fields = [f for f in fields if f != "image"]
     images: list[Item] = []
     tar_texts: list[Item] = []
 
@@ -262,8 +261,6 @@ def collect_inputs(inputs: Sequence[str] = (), *, files: Sequence[str] = (), tex
         for line in _read_lines(list_file, "--files"):
             entry = line.strip()
             add(entry if os.path.isabs(entry) else os.path.join(base, entry), listed=True)
-    if tar_texts and not text_fields:  # cannot happen: scan_tar only makes text items for text fields
-        raise AssertionError
     text_items = list(tar_texts)
     for path in texts:
         text_items += [Item("text", t) for t in _read_lines(path, "--texts")]

@@ -125,7 +125,10 @@ def test_two_ranks_under_torchrun_equal_a_single_process_run(checkpoint, corpus_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[rank 0/2]" in result.stderr and "[rank 1/2]" in result.stderr  # a progress line per rank
+    for rank in (0, 1):  # a progress line (rows/s, ETA) and a summary per rank
+        lines = [line for line in result.stderr.splitlines() if line.startswith(f"[rank {rank}/2]")]
+        assert any("rows/s" in line and "ETA" in line for line in lines), result.stderr[-2000:]
+        assert any("done:" in line and "shard(s) written" in line for line in lines)
     # shards 0, 2, 4, 6 from rank 0 and 1, 3, 5 from rank 1; the result reads as one run in input order
     array, rows = load_embeddings(out)
     _same(array, reference[0], rows, reference[1])
