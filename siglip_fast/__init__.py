@@ -5,6 +5,7 @@ run as fused Triton kernels, plus a memory-bounded, multi-GPU sigmoid loss for t
 """
 
 from .configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from .corpus import embed_corpus, load_embeddings
 from .image_processing import BatchFeature, SiglipImageProcessor
 from .loss import SigmoidLoss, sigmoid_loss
 from .modeling import (
@@ -39,5 +40,7 @@ __all__ = [
     "SiglipVisionModel",
     "VARIANTS",
     "config_for",
+    "embed_corpus",
+    "load_embeddings",
     "sigmoid_loss",
 ]

@@ -2,8 +2,8 @@
 
 - `bench`: random weights of a named shape (or a checkpoint), every backend side by side with transformers, the
   fused path checked against the eager reference first.
-- `embed`: L2-normalised image and/or text embeddings of many inputs, saved with `np.save` plus a JSON listing of
-  the rows; images are decoded in worker threads while the model runs, unreadable files are skipped and reported.
+- `embed`: L2-normalised image and/or text embeddings of a corpus: an argument layer over
+  `siglip_fast.corpus.embed_corpus` (sharded, resumable output; torchrun ranks; decoding in worker processes).
 - `classify`: SigLIP zero-shot classification of one image (independent sigmoid probabilities per label).
 
 Usage errors (bad paths, unknown model names, bad dtype or device) exit with status 2 and a one-line message on
@@ -13,24 +13,27 @@ stderr, without a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
+import textwrap
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import torch
 
+from .corpus import DEFAULT_SHARD_SIZE
 from .variants import VARIANTS, canonical_name, config_for, is_variant, matmul_flops
 
 PROG = "siglip-fast"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEFAULT_TEMPLATE = "This is a photo of {}."
 CPU_BENCH_LAYERS = 1
+# max |pooled - eager's| allowed, relative to max(1, max |eager's pooled output|), per dtype: fp32 as design.md's
+# kernel-path parity (1e-4); bf16/fp16 a few dozen roundings of their unit (2^-8, 2^-11) through the layers
+MAX_DIFF_BUDGET = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
+CPU_WARN_FLOP = 1e12  # one forward above this on CPU is a GPU-sized run: warn with the estimated time
+CPU_FLOPS = 1e11  # a rough CPU fp32 matmul rate for that estimate
 
 
 class CLIError(Exception):
@@ -175,40 +178,6 @@ def _tokenize(processor, model, texts: list[str], device: torch.device) -> dict:
     return {k: v.to(device) for k, v in enc.items()}
 
 
-class _Progress:
-    """tqdm when installed, else a plain one-line counter on stderr."""
-
-    def __init__(self, total: int, desc: str, unit: str):
-        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            self._bar = None
-        else:
-            self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True)
-        self._draw()
-
-    def update(self, n: int) -> None:
-        self.n += n
-        if self._bar is not None:
-            self._bar.update(n)
-        else:
-            self._draw()
-
-    def _draw(self) -> None:
-        if self._bar is None:
-            pct = 100.0 * self.n / self.total if self.total else 100.0
-            sys.stderr.write(f"\r{self.desc}: {self.n}/{self.total} {self.unit} ({pct:.0f}%)")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        else:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # bench
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,25 +210,18 @@ def _short_error(e: BaseException) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def _format_rows(rows: list[dict], columns: list[str]) -> list[str]:
-    def fmt(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            if v == 0:
-                return "0"
-            if abs(v) >= 100:
-                return f"{v:,.0f}"
-            return f"{v:.3g}" if abs(v) >= 1e-3 else f"{v:.1e}"
-        return str(v)
-
-    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)), "  ".join("-" * w for w in widths)]
-    for r, row in zip(rows, cells, strict=True):
-        line = "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-        lines.append(line + (f"  {r['error']}" if r.get("error") else ""))
-    return lines
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if v == 0:
+            return "0"
+        if abs(v) >= 100:
+            return f"{v:.0f}" if abs(v) < 1e6 else f"{v:.3g}"
+        return f"{v:.3g}" if abs(v) >= 1e-3 else f"{v:.1e}"
+    return str(v)
 
 
 BENCH_IMPLS = ("triton", "triton-graph", "sdpa", "eager")
@@ -326,6 +288,27 @@ def cmd_bench(args) -> int:
     }
     selected = ["vision", "text"] if args.tower == "both" else [args.tower]
 
+    budget = MAX_DIFF_BUDGET[str(dtype).removeprefix("torch.")]
+    if device.type == "cpu":
+        per_call = {t: towers[t][2] for t in selected}
+        worst = max(per_call.values())
+        if worst >= CPU_WARN_FLOP:
+            calls = len(impls) * (args.reps + 2)
+            total = sum(per_call.values()) * calls
+            print(f"  warning: a GPU-sized run on CPU: {worst / 1e12:,.1f} TFLOP per forward (batch {batch}); at "
+                  f"~{CPU_FLOPS / 1e9:.0f} GFLOP/s that is ~{_duration(worst / CPU_FLOPS)} per call and "
+                  f"~{_duration(total / CPU_FLOPS)} for the whole run. Use --batch 2, a smaller --model, or a GPU.")
+    print(f"  running: {', '.join(selected)} x {', '.join(impls)}; "
+          f"{'do_bench medians' if device.type == 'cuda' else f'median of {args.reps} wall-clock run(s)'}; "
+          f"max_diff budget vs eager: {budget:g} x max(1, max|eager|) ({str(dtype).removeprefix('torch.')})")
+    widths = {"tower": 6, "impl": 22, "ms": 10, "items/s": 10, "TFLOP/s": 8, "vs_eager": 8, "peak_MiB": 9,
+              "max_diff": 9}
+    header = "  ".join(c.ljust(w) for c, w in widths.items()).rstrip()
+    print()
+    print(header)
+    print("  ".join("-" * w for w in widths.values()))
+    sys.stdout.flush()
+
     rows = []
     with torch.inference_mode():
         for tower in selected:
@@ -334,8 +317,10 @@ def cmd_bench(args) -> int:
             for impl in impls:
                 row = {"tower": tower, "impl": impl + (" (interpreted)" if impl == "triton" and interpreted else "")}
                 rows.append(row)
+                print(f"  ... {tower} {row['impl']}", file=sys.stderr, flush=True)
                 if impl == "transformers-sdpa" and hf is None:
                     row["error"] = hf_error
+                    _print_row(row, widths)
                     continue
                 try:
                     if impl == "triton-graph":
@@ -345,22 +330,45 @@ def cmd_bench(args) -> int:
                         fn = lambda: forward(target)  # noqa: B023 (called within this iteration only)
                     out = pooled(fn()).float()
                     reference = out if impl == "eager" else reference
-                    row["max_diff"] = None if reference is None else (out - reference).abs().max().item()
+                    if reference is not None:
+                        row["max_diff"] = diff = (out - reference).abs().max().item()
+                        allowed = budget * max(1.0, reference.abs().max().item())
+                        if not diff <= allowed:  # also NaN
+                            row["over_budget"] = allowed
                     slow = impl == "triton" and interpreted  # the call above was the warm-up
                     ms = time_ms(fn, device, reps=1 if slow else args.reps, warmup=0)
                     eager_ms = ms if impl == "eager" else eager_ms
-                    row.update({"ms": ms, unit: batch * 1e3 / ms, "TFLOP/s": flops / ms / 1e9,
+                    row.update({"ms": ms, "items/s": batch * 1e3 / ms, "TFLOP/s": flops / ms / 1e9,
                                 "vs_eager": (eager_ms / ms) if eager_ms else None,
                                 "peak_MiB": peak_mib(fn, device)})
                 except Exception as e:  # a kernel failure is one row's error, not the end of the run
                     row["error"] = _short_error(e)
-    columns = ["tower", "impl", "ms", "img/s", "texts/s", "TFLOP/s", "vs_eager", "peak_MiB", "max_diff"]
-    columns = [c for c in columns if any(c in r for r in rows) or c in ("tower", "impl", "ms")]
-    print()
-    for line in _format_rows(rows, columns):
-        print(line)
-    print("\nmax_diff: max |pooled output - eager backend's| on the same weights and inputs; vs_eager: eager ms / ms.")
+                _print_row(row, widths)
+    print("\nitems/s: img/s (vision) or texts/s (text); max_diff: max |pooled output - eager backend's| on the same "
+          "weights and inputs; vs_eager: eager ms / ms.")
+    over = [r for r in rows if "over_budget" in r]
+    if over:
+        print(f"error: {len(over)} row(s) over the {str(dtype).removeprefix('torch.')} error budget "
+              f"({', '.join(r['tower'] + ' ' + r['impl'] for r in over)}): their outputs are wrong", file=sys.stderr)
+        return 1
     return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _print_row(row: dict, widths: dict) -> None:
+    line = "  ".join(_fmt(row.get(c)).ljust(w) for c, w in widths.items()).rstrip()
+    if "over_budget" in row:
+        line += f"  OVER BUDGET (allowed {row['over_budget']:.2g})"
+    if row.get("error"):
+        line += f"  {row['error']}"
+    print(line, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -368,153 +376,29 @@ def cmd_bench(args) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def collect_images(inputs: Sequence[str]) -> list[str]:
-    """Files as given (any extension), directories walked (sorted) for image extensions; a missing path is an
-    error before anything runs."""
-    paths = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = []
-            for root, dirs, files in os.walk(item):
-                dirs.sort()
-                found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
-            paths += found
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            raise CLIError(f"{item!r}: no such file or directory")
-    return paths
-
-
-def _read_texts(path: str) -> list[str]:
-    if not os.path.isfile(path):
-        raise CLIError(f"--texts: {path!r}: no such file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CLIError(f"--texts {path}: cannot read it as UTF-8 text: {e}") from None
-    return [line for line in lines if line.strip()]
-
-
-def _decode(path: str, image_processor, uint8: bool):
-    """One image file -> its (3, H, W) model input (uint8 pixels when the model normalises them itself)."""
-    from .image_processing import load_image
-
-    image = load_image(path)
-    return image_processor([image], return_uint8=uint8, num_workers=1)["pixel_values"][0]
-
-
-def _embed_images(model, processor, paths, args, device, dtype, skipped: list) -> tuple[list, list]:
-    """Decode in worker threads (a window of 2 batches ahead) while the model runs on the current batch."""
-    import numpy as np
-
-    image_processor = processor.image_processor
-    uint8 = image_processor.is_siglip_normalization()
-    embeddings, done = [], []
-    progress = _Progress(len(paths), "embedding images", "img")
-    batch_px, batch_paths = [], []
-
-    def run_batch():
-        x = torch.from_numpy(np.stack(batch_px)).to(device)
-        x = x if x.dtype == torch.uint8 else x.to(dtype)
-        with torch.inference_mode():
-            features = pooled(model.get_image_features(pixel_values=x)).float()
-        embeddings.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
-        done.extend(batch_paths)
-        progress.update(len(batch_paths))
-        batch_px.clear()
-        batch_paths.clear()
-
-    workers = args.workers or min(8, os.cpu_count() or 1)
-    pending: deque = deque()
-    remaining = iter(paths)
-    with ThreadPoolExecutor(workers) as pool:
-        def fill():
-            while len(pending) < 2 * args.batch:
-                path = next(remaining, None)
-                if path is None:
-                    return
-                pending.append((path, pool.submit(_decode, path, image_processor, uint8)))
-
-        fill()
-        while pending:
-            path, future = pending.popleft()
-            fill()
-            try:
-                pixels = future.result()
-            except Exception as e:  # unreadable, truncated, not an image: skip it, report it at the end
-                skipped.append({"path": path, "error": _short_error(e)})
-                progress.update(1)
-                continue
-            batch_px.append(pixels)
-            batch_paths.append(path)
-            if len(batch_px) == args.batch:
-                run_batch()
-        if batch_px:
-            run_batch()
-    progress.close()
-    return embeddings, done
-
-
-def _embed_texts(model, processor, texts, args, device) -> list:
-    embeddings = []
-    progress = _Progress(len(texts), "embedding texts", "text")
-    for start in range(0, len(texts), args.batch):
-        chunk = texts[start:start + args.batch]
-        enc = _tokenize(processor, model, chunk, device)
-        with torch.inference_mode():
-            features = pooled(model.get_text_features(**enc)).float()
-        embeddings.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
-        progress.update(len(chunk))
-    progress.close()
-    return embeddings
-
-
 def cmd_embed(args) -> int:
-    import numpy as np
+    """A thin layer over siglip_fast.corpus.embed_corpus (the job: sharding, resuming, torchrun ranks)."""
+    from .corpus import CorpusError, embed_corpus
 
     if args.batch < 1:
         raise CLIError(f"--batch must be >= 1, got {args.batch}")
-    if args.workers is not None and args.workers < 1:
-        raise CLIError(f"--workers must be >= 1, got {args.workers}")
-    device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
-    paths = collect_images(args.inputs)
-    texts = _read_texts(args.texts) if args.texts else []
-    if not paths and not texts:
-        raise CLIError("nothing to embed: give image files or directories (with image files in them) and/or --texts")
-    out = args.out if args.out.endswith(".npy") else args.out + ".npy"
-    out_dir = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(out_dir):
-        raise CLIError(f"--out: directory {out_dir!r} does not exist")
-    model = _load_model(args.model, device, dtype, args.backend)
-    processor = _load_processor(args.model)
-
-    skipped: list[dict] = []
-    parts, rows = [], []
-    if paths:
-        embeddings, done = _embed_images(model, processor, paths, args, device, dtype, skipped)
-        parts += embeddings
-        rows += [{"type": "image", "source": p} for p in done]
-    if texts:
-        parts += _embed_texts(model, processor, texts, args, device)
-        rows += [{"type": "text", "source": t} for t in texts]
-    dim = model.config.text_config.projection_size
-    matrix = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, dim), np.float32)
-    np.save(out, matrix)
-    listing = out[: -len(".npy")] + ".json"
-    with open(listing, "w", encoding="utf-8") as f:
-        json.dump({"model": args.model, "shape": list(matrix.shape), "rows": rows, "skipped": skipped}, f, indent=1,
-                  ensure_ascii=False)
-        f.write("\n")
-    print(f"wrote {matrix.shape[0]} embeddings of dim {matrix.shape[1]} to {out} (rows listed in {listing})")
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
-        for s in skipped:
-            print(f"  {s['path']}: {s['error']}", file=sys.stderr)
-    if not rows:
-        print("error: no input could be embedded", file=sys.stderr)
+    if args.workers is not None and args.workers < 0:
+        raise CLIError(f"--workers must be >= 0, got {args.workers}")
+    if args.shard_size < 1:
+        raise CLIError(f"--shard-size must be >= 1, got {args.shard_size}")
+    if not args.inputs and not args.files and not args.texts:
+        raise CLIError("nothing to embed: give image files, directories or tar shards, --files lists and/or --texts")
+    out = args.out
+    try:
+        result = embed_corpus(args.inputs, out, model=args.model, files=args.files or (), texts=args.texts or (),
+                              tar=args.tar, fields=args.field, shard_size=args.shard_size, batch_size=args.batch,
+                              workers=args.workers, device=args.device, dtype=args.dtype, backend=args.backend,
+                              cuda_graph=False if args.no_cuda_graph else None)
+    except CorpusError as e:
+        raise CLIError(str(e)) from None
+    if result.rank == 0 and result.rows == 0:
+        print("error: no input could be embedded" + (f"; {out} was left as it was" if out.endswith(".npy") else ""),
+              file=sys.stderr)
         return 1
     return 0
 
@@ -540,6 +424,8 @@ def cmd_classify(args) -> int:
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
+    if os.path.isdir(args.image):
+        raise CLIError(f"{args.image!r} is a directory; classify takes one image file")
     if not os.path.isfile(args.image):
         raise CLIError(f"{args.image!r}: no such file")
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
@@ -547,6 +433,11 @@ def cmd_classify(args) -> int:
         raise CLIError(f"--labels: expected comma-separated labels, got {args.labels!r}")
     if "{}" not in args.template:
         raise CLIError(f"--template must contain '{{}}' where the label goes, got {args.template!r}")
+    try:
+        args.template.format("label")
+    except (ValueError, IndexError, KeyError) as e:
+        raise CLIError(f"--template {args.template!r} is not a valid format string ({e}); write a literal brace as "
+                       f"'{{{{' or '}}}}', and '{{}}' where the label goes") from None
     try:
         image = load_image(args.image)
     except (ValueError, OSError) as e:
@@ -566,6 +457,9 @@ def cmd_classify(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="siglip_fast: benchmark, embed and classify with SigLIP.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,embed,classify}")
 
     def common(p, *, backend: bool = True):
@@ -593,17 +487,42 @@ def build_parser() -> argparse.ArgumentParser:
     common(bench, backend=False)
     bench.set_defaults(func=cmd_bench)
 
-    embed = sub.add_parser("embed", help="L2-normalised embeddings of images and/or texts",
-                           description="Embed images (files, or directories walked for image files) and/or texts "
-                                       "(--texts: one per line, blank lines ignored). Writes OUT (.npy, float32, "
-                                       "L2-normalised rows: images first, then texts) and OUT with .json listing "
-                                       "each row's source and the skipped files.")
-    embed.add_argument("inputs", nargs="*", metavar="IMAGES_OR_DIR", help="image files or directories")
+    embed = sub.add_parser(
+        "embed", help="L2-normalised embeddings of a corpus of images and/or texts (sharded, resumable, torchrun)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="\n\n".join(textwrap.fill(p, 100) for p in (
+            "Embed images (files; folders walked recursively; --files lists), WebDataset-style .tar shards and/or "
+            "texts (--texts: one per line, blank lines ignored) as float32 L2-normalised rows: images in input "
+            "order, then texts.",
+            "--out DIR: shards of --shard-size input items (shard-NNNNN.npy + .json naming each row's source and the "
+            "skipped items) and manifest.json; rerunning the same command skips complete shards and redoes the "
+            "missing ones; a different model, dtype, --field, shard size or input listing is refused. "
+            "--out FILE.npy: one .npy plus FILE.json (written only when the run succeeds).",
+            "Several processes: torchrun --nproc-per-node N -m siglip_fast embed ... (each rank takes whole shards, "
+            "on cuda:LOCAL_RANK; NCCL on GPUs, gloo on CPU). Unreadable inputs are skipped and listed, never fatal. "
+            "Read the result with siglip_fast.load_embeddings(OUT).")))
+    embed.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or .tar shards")
     embed.add_argument("--model", required=True, help="checkpoint directory (or hub id) with the processor files")
-    embed.add_argument("--out", required=True, help="output .npy file")
-    embed.add_argument("--texts", default=None, help="a UTF-8 file with one text per line")
-    embed.add_argument("--batch", type=int, default=32)
-    embed.add_argument("--workers", type=int, default=None, help="image decoding threads (default min(8, cores))")
+    embed.add_argument("--out", required=True, help="a directory (sharded output) or a file name ending in .npy")
+    embed.add_argument("--files", action="append", default=None, metavar="LIST",
+                       help="a UTF-8 file listing inputs, one path per line (relative paths are relative to the list "
+                            "file's folder; missing entries are skipped and reported); repeatable")
+    embed.add_argument("--texts", action="append", default=None, metavar="FILE",
+                       help="a UTF-8 file with one text per line; repeatable")
+    embed.add_argument("--tar", action="store_true",
+                       help="treat every input file as a WebDataset tar shard (files ending .tar are anyway)")
+    embed.add_argument("--field", default="image",
+                       help="what to embed of each tar sample: 'image' (its image member, any image format; default), "
+                            "a text member's extension such as 'txt' (the caption, embedded as a text), or both "
+                            "comma-separated, e.g. 'image,txt'")
+    embed.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                       help=f"input items per shard (default {DEFAULT_SHARD_SIZE:,})")
+    embed.add_argument("--batch", type=int, default=32, help="rows per model call (default 32)")
+    embed.add_argument("--workers", type=int, default=None,
+                       help="decoding processes per rank (0: decode in the main process; default min(8, cores per "
+                            "rank - 1))")
+    embed.add_argument("--no-cuda-graph", action="store_true",
+                       help="run the towers directly instead of replaying them from CUDA graphs (GPU)")
     common(embed)
     embed.set_defaults(func=cmd_embed)
 

@@ -86,14 +86,19 @@ def test_embed_images_skips_corrupt_files_and_matches_the_model(checkpoint, imag
                  "--backend", "eager", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 0
-    assert "skipped 1 unreadable file" in err and "c_broken.png" in err
+    assert "skipped 2 unreadable or unusable input(s)" in err and "c_broken.png" in err and "notes.txt" in err
     emb = np.load(out)
     listing = json.loads((tmp_path / "emb.json").read_text())
     expected_paths = [os.path.join(images, n) for n in ("a.png", "b.jpg", "d_gray.png")] + [
         os.path.join(images, "sub", "e.jpeg")]
     assert [r["source"] for r in listing["rows"]] == expected_paths
     assert all(r["type"] == "image" for r in listing["rows"])
-    assert [s["path"] for s in listing["skipped"]] == [os.path.join(images, "c_broken.png")]
+    # the corrupt image and the text file found in the folder: both reported with their reason
+    assert [s["source"] for s in listing["skipped"]] == [os.path.join(images, n) for n in ("c_broken.png",
+                                                                                            "notes.txt")]
+    assert "could not be decoded" in listing["skipped"][0]["reason"]
+    assert "not an image or .tar file" in listing["skipped"][1]["reason"]
+    assert not os.path.exists(str(out) + ".parts")  # the working shards are gone once the file is assembled
     assert emb.dtype == np.float32 and emb.shape == (4, 32)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=0, atol=1e-6)
 
@@ -129,7 +134,7 @@ def test_embed_texts_matches_the_model(checkpoint, tmp_path, capsys):
 def test_embed_images_and_texts_in_one_matrix(checkpoint, images, tmp_path, capsys):
     texts_file = tmp_path / "t.txt"
     texts_file.write_text("a dog\n", encoding="utf-8")
-    out = tmp_path / "both"  # .npy is appended
+    out = tmp_path / "both.npy"
     code = main(["embed", os.path.join(images, "a.png"), "--texts", str(texts_file), "--model", checkpoint,
                  "--out", str(out), "--backend", "eager", "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
@@ -232,6 +237,13 @@ def test_bench_without_triton_interpreter_says_why(checkpoint, capsys, monkeypat
     (["embed", "{images}", "--model", "{ckpt}", "--out", "{tmp}/no/such/dir/e.npy"], "does not exist"),
     (["embed", "--texts", "{missing}", "--model", "{ckpt}", "--out", "{tmp}/e.npy"], "--texts"),
     (["embed", "--model", "{ckpt}", "--out", "{tmp}/e.npy"], "nothing to embed"),
+    (["embed", "{images}/sub", "--model", "{ckpt}", "--out", "{images}/a.png"], "is a file"),
+    (["embed", "{images}/sub", "--model", "{ckpt}", "--out", "{tmp}/e.npy", "--shard-size", "0"], "--shard-size"),
+    (["embed", "{images}/sub", "--model", "{ckpt}", "--out", "{tmp}/e.npy", "--field", "jpg"], "image extension"),
+    (["embed", "--files", "{images}", "--model", "{ckpt}", "--out", "{tmp}/e.npy"], "is a directory"),
+    (["classify", "{images}", "--model", "{ckpt}", "--labels", "a,b"], "is a directory"),
+    (["classify", "{images}/a.png", "--model", "{ckpt}", "--labels", "a", "--template", "{{}}{{"],
+     "not a valid format"),
     (["classify", "{missing}", "--model", "{ckpt}", "--labels", "a,b"], "no such file"),
     (["classify", "{images}/c_broken.png", "--model", "{ckpt}", "--labels", "a,b"], "could not be decoded"),
     (["classify", "{images}/a.png", "--model", "{ckpt}", "--labels", " , "], "--labels"),
@@ -298,3 +310,65 @@ def test_bench_triton_graph_row_needs_a_gpu(checkpoint, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "triton-graph (the CUDA-graph runner, compile_for_inference) needs a GPU" in out
     assert not any(line.split()[:2] == ["text", "triton-graph"] for line in out.splitlines())
+
+
+def test_embed_failure_leaves_earlier_outputs_untouched(checkpoint, images, tmp_path, capsys):
+    """Every input unreadable: exit 1, and an existing OUT.npy / OUT.json keep their content (outputs are written
+    to temporary names and renamed only on success); nothing else is left behind."""
+    out = tmp_path / "emb.npy"
+    np.save(out, np.arange(6, dtype=np.float32).reshape(2, 3))
+    (tmp_path / "emb.json").write_text('{"rows": ["earlier"]}')
+    before = sorted(os.listdir(tmp_path))
+    code = main(["embed", os.path.join(images, "c_broken.png"), "--model", checkpoint, "--out", str(out),
+                 "--backend", "eager", "--device", "cpu", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no input could be embedded" in err and "c_broken.png" in err
+    np.testing.assert_array_equal(np.load(out), np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert (tmp_path / "emb.json").read_text() == '{"rows": ["earlier"]}'
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    from siglip_fast import __version__
+
+    assert __version__ in capsys.readouterr().out
+
+
+def test_bench_flags_a_max_diff_over_the_budget_and_exits_nonzero(checkpoint, capsys, monkeypatch):
+    """A backend whose output is wrong (here: sdpa's LayerNorm shifted by 0.5) is marked and the run exits 1."""
+    real_layer_norm = siglip_ops.layer_norm
+
+    def shifted(*args, backend, **kwargs):
+        out = real_layer_norm(*args, backend=backend, **kwargs)
+        if backend != "sdpa":
+            return out
+        return tuple(o + 0.5 for o in out) if isinstance(out, tuple) else out + 0.5
+
+    monkeypatch.setattr(siglip_ops, "layer_norm", shifted)
+    code = main(["bench", "--model", checkpoint, "--batch", "2", "--backends", "sdpa,eager", "--reps", "1",
+                 "--device", "cpu", "--tower", "vision"])
+    captured = capsys.readouterr()
+    assert code == 1
+    sdpa = next(line for line in captured.out.splitlines() if line.split()[:2] == ["vision", "sdpa"])
+    eager = next(line for line in captured.out.splitlines() if line.split()[:2] == ["vision", "eager"])
+    assert "OVER BUDGET" in sdpa and "OVER BUDGET" not in eager
+    assert "over the float32 error budget" in captured.err and "vision sdpa" in captured.err
+
+
+def test_bench_says_what_runs_streams_rows_and_warns_on_gpu_sized_cpu_runs(checkpoint, capsys, monkeypatch):
+    import siglip_fast.cli as cli
+
+    monkeypatch.setattr(cli, "CPU_WARN_FLOP", 1.0)  # the tiny model stands in for a GPU-sized one
+    code = main(["bench", "--model", checkpoint, "--batch", "1", "--backends", "eager", "--reps", "1",
+                 "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "warning: a GPU-sized run on CPU" in captured.out
+    assert "running: vision, text x eager" in captured.out
+    assert "... vision eager" in captured.err and "... text eager" in captured.err
+    lines = captured.out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("tower"))
+    rows = [line.split()[:2] for line in lines[header + 2:] if line.startswith(("vision ", "text "))]
+    assert rows[0] == ["vision", "eager"] and ["text", "eager"] in rows
