@@ -299,3 +299,39 @@ class Siglip2ForImageClassification(Siglip2PreTrainedModel, SiglipForImageClassi
         result = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                        attentions=out.attentions)
         return _return(result, return_dict)
+
+
+_MODEL_TYPES = {
+    "siglip": SiglipModel, "siglip_text_model": SiglipTextModel,
+    "siglip2": Siglip2Model, "siglip2_text_model": Siglip2TextModel, "siglip2_vision_model": Siglip2VisionModel,
+}
+
+
+def load_model(path_or_id, **kwargs) -> SiglipPreTrainedModel:
+    """The model of any SigLIP / SigLIP 2 checkpoint directory, by its config's model_type (and `architectures`):
+    "siglip" → SiglipModel (SigLIP and fixed-resolution SigLIP 2), "siglip2" → Siglip2Model (NaFlex), the tower
+    types → their tower, a classifier (`architectures` naming one) → the classification class. Keyword arguments as
+    `SiglipModel.from_pretrained` (dtype, device, backend)."""
+    import json
+    import os
+
+    from .checkpoint import resolve_pretrained_dir
+    from .modeling import SiglipVisionModel
+
+    directory = resolve_pretrained_dir(path_or_id, what="load_model")
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"load_model: no config.json in {os.fspath(path_or_id)!r}")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    model_type, architectures = config.get("model_type"), config.get("architectures") or []
+    classes = {**_MODEL_TYPES, "siglip_vision_model": SiglipVisionModel}
+    if model_type not in classes:
+        raise ValueError(f"load_model: model_type {model_type!r} is not a SigLIP / SigLIP 2 model; known: "
+                         f"{sorted(classes)}")
+    cls = classes[model_type]
+    if model_type == "siglip" and "SiglipForImageClassification" in architectures:
+        cls = SiglipForImageClassification
+    elif model_type == "siglip2" and "Siglip2ForImageClassification" in architectures:
+        cls = Siglip2ForImageClassification
+    return cls.from_pretrained(directory, **kwargs)
