@@ -81,11 +81,7 @@ class Siglip2VisionConfig(_SiglipBaseConfig):
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
         if not isinstance(config_dict, dict):
             raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(config_dict).__name__}")
-        config_dict = _tower_dict(cls, config_dict)
-        if "image_size" in config_dict:
-            raise ValueError("Siglip2VisionConfig has no image_size (NaFlex resizes positions per image); a config "
-                             "with image_size is a fixed-resolution SigLIP config: load it with SiglipVisionConfig")
-        return super().from_dict(config_dict, **kwargs)
+        return super().from_dict(_tower_dict(cls, config_dict), **kwargs)
 
 
 class Siglip2Config(SiglipConfig):
