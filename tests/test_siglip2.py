@@ -293,3 +293,19 @@ def test_bad_input(hf_checkpoint):
         ours(pv, mask[:, :3], shapes)
     with pytest.raises(TypeError, match="needs a Siglip2VisionConfig"):
         sf.Siglip2VisionModel(sf.SiglipVisionConfig())
+
+
+def test_sdpa_backend_and_gradient_checkpointing(hf_checkpoint):
+    theirs, path = hf_checkpoint
+    ours = sf.Siglip2Model.from_pretrained(path, backend="eager").set_backend("sdpa")
+    kw = _inputs(theirs.config)
+    with torch.no_grad():
+        _compare_dual(ours(**kw, output_hidden_states=True), theirs(**kw, output_hidden_states=True), EAGER_ATOL)
+    ours.set_backend("eager").train()
+    ours(**kw, return_loss=True).loss.backward()
+    plain = {n: p.grad.clone() for n, p in ours.named_parameters()}
+    ours.zero_grad()
+    ours.gradient_checkpointing_enable()
+    ours(**kw, return_loss=True).loss.backward()
+    for n, p in ours.named_parameters():
+        assert torch.equal(p.grad, plain[n]), n
