@@ -176,14 +176,16 @@ def text_flops(config: SiglipTextConfig, seq_len: int | None = None) -> int:
 
 
 def matmul_flops(config, *, images: int = 0, texts: int = 0, seq_len: int | None = None,
-                 image_size: int | None = None, backward: bool = False) -> int:
+                 image_size: int | None = None, backward: bool = False, num_patches: int | None = None) -> int:
     """Matmul FLOPs of a forward pass over `images` images and `texts` texts (the dual model's logits add
     2 * texts * images * projection), times 3 with `backward` (the backward pass costs twice the forward).
 
-    `config` is a SiglipConfig, or a SiglipVisionConfig / SiglipTextConfig for one tower alone."""
+    `config` is a SiglipConfig, or a SiglipVisionConfig / SiglipTextConfig for one tower alone; or the SigLIP 2
+    NaFlex Siglip2Config / Siglip2VisionConfig, whose images count `num_patches` tokens each (max_num_patches,
+    default the config's num_patches)."""
     if isinstance(config, SiglipConfig):
         vc, tc = config.vision_config, config.text_config
-    elif isinstance(config, SiglipVisionConfig):
+    elif isinstance(config, (SiglipVisionConfig, Siglip2VisionConfig)):
         vc, tc = config, None
     elif isinstance(config, SiglipTextConfig):
         vc, tc = None, config
@@ -195,7 +197,9 @@ def matmul_flops(config, *, images: int = 0, texts: int = 0, seq_len: int | None
     if texts and tc is None:
         raise ValueError("texts > 0 needs a text config (SiglipConfig or SiglipTextConfig)")
     total = 0
-    if images:
+    if images and isinstance(vc, Siglip2VisionConfig):
+        total += images * naflex_vision_flops(vc, num_patches or vc.num_patches)
+    elif images:
         total += images * vision_flops(vc, image_size)
     if texts:
         total += texts * text_flops(tc, seq_len)

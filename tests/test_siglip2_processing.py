@@ -287,3 +287,12 @@ def test_siglip2_shape_details():
     encoder = layers * (2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d + 4 * n * d * mlp)
     head = 2 * d * d + 4 * n * d * d + 4 * n * d + 2 * d * d + 4 * d * mlp
     assert naflex_vision_flops(naflex, n) == 2 * n * 768 * d + encoder + head
+
+
+def test_matmul_flops_of_a_naflex_config():
+    config = config_for("siglip2-base-patch16-naflex")
+    vc = config.vision_config
+    assert sf.variants.matmul_flops(vc, images=3) == 3 * naflex_vision_flops(vc, 256)
+    dual = sf.variants.matmul_flops(config, images=2, texts=2, num_patches=1024, backward=True)
+    text = sf.variants.text_flops(config.text_config)
+    assert dual == 3 * (2 * naflex_vision_flops(vc, 1024) + 2 * text + 2 * 2 * 2 * 768)
