@@ -5,8 +5,10 @@ run as fused Triton kernels, plus a memory-bounded, multi-GPU sigmoid loss for t
 """
 
 from .configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from .configuration_siglip2 import Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig
 from .corpus import embed_corpus, load_embeddings
 from .image_processing import BatchFeature, SiglipImageProcessor
+from .image_processing_siglip2 import Siglip2ImageProcessor
 from .loss import SigmoidLoss, sigmoid_loss
 from .modeling import (
     SiglipForImageClassification,
@@ -15,9 +17,19 @@ from .modeling import (
     SiglipTextModel,
     SiglipVisionModel,
 )
+from .modeling_siglip2 import (
+    Siglip2ForImageClassification,
+    Siglip2Model,
+    Siglip2PreTrainedModel,
+    Siglip2TextModel,
+    Siglip2VisionModel,
+    load_model,
+)
 from .ops import BACKENDS
 from .processing import SiglipProcessor
+from .processing_siglip2 import Siglip2Processor, load_processor
 from .tokenization import BatchEncoding, SiglipTokenizer
+from .tokenization_gemma import GemmaTokenizer, Siglip2Tokenizer
 from .variants import VARIANTS, config_for
 
 __version__ = "0.1.0"
@@ -26,6 +38,18 @@ __all__ = [
     "BACKENDS",
     "BatchEncoding",
     "BatchFeature",
+    "GemmaTokenizer",
+    "Siglip2Config",
+    "Siglip2ForImageClassification",
+    "Siglip2ImageProcessor",
+    "Siglip2Model",
+    "Siglip2PreTrainedModel",
+    "Siglip2Processor",
+    "Siglip2TextConfig",
+    "Siglip2TextModel",
+    "Siglip2Tokenizer",
+    "Siglip2VisionConfig",
+    "Siglip2VisionModel",
     "SiglipConfig",
     "SiglipForImageClassification",
     "SiglipImageProcessor",
@@ -42,5 +66,7 @@ __all__ = [
     "config_for",
     "embed_corpus",
     "load_embeddings",
+    "load_model",
+    "load_processor",
     "sigmoid_loss",
 ]

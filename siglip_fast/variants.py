@@ -12,6 +12,7 @@ benchmarks turn into TFLOP/s and MFU. Elementwise work (LayerNorm, GELU, softmax
 from __future__ import annotations
 
 from .configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from .configuration_siglip2 import Siglip2Config, Siglip2VisionConfig
 
 HUB_PREFIX = "google/siglip-"
 
@@ -43,14 +44,66 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+# SigLIP 2 (Tschannen et al. 2025), the public google/siglip2-* checkpoints, keyed by their hub names without
+# "google/". Vocabulary 256000 (Gemma) and 64 text positions in every one; the fixed-resolution checkpoints are plain
+# SigLIP (model_type "siglip"), the NaFlex ones model_type "siglip2" (a 16 x 16 position table, resized per image).
+# giant-opt pairs a g-opt vision tower (1536 wide, 40 layers) with an So400m text tower projected to 1536.
+SIGLIP2_HUB_PREFIX = "google/"
+_G_OPT = dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=16, intermediate_size=6144)
+
+
+def _siglip2_text(width: dict, projection_size: int | None = None) -> dict:
+    text = dict(width, vocab_size=256000, max_position_embeddings=64)
+    if projection_size is not None:
+        text["projection_size"] = projection_size
+    return text
+
+
+def _siglip2(width: dict, image_size: int, patch_size: int, *, text_width: dict | None = None) -> dict:
+    projection = width["hidden_size"] if text_width is not None else None
+    return {"text_config": _siglip2_text(text_width or width, projection),
+            "vision_config": dict(width, image_size=image_size, patch_size=patch_size)}
+
+
+def _naflex(width: dict, patch_size: int) -> dict:
+    return {"text_config": _siglip2_text(width), "vision_config": dict(width, patch_size=patch_size, num_patches=256)}
+
+
+SIGLIP2_VARIANTS: dict[str, dict] = {
+    "siglip2-base-patch16-224": _siglip2(_B, 224, 16),
+    "siglip2-base-patch16-256": _siglip2(_B, 256, 16),
+    "siglip2-base-patch16-384": _siglip2(_B, 384, 16),
+    "siglip2-base-patch16-512": _siglip2(_B, 512, 16),
+    "siglip2-base-patch32-256": _siglip2(_B, 256, 32),
+    "siglip2-large-patch16-256": _siglip2(_L, 256, 16),
+    "siglip2-large-patch16-384": _siglip2(_L, 384, 16),
+    "siglip2-large-patch16-512": _siglip2(_L, 512, 16),
+    "siglip2-so400m-patch14-224": _siglip2(_SO400M, 224, 14),  # text length 64, unlike SigLIP's so400m-patch14-224
+    "siglip2-so400m-patch14-384": _siglip2(_SO400M, 384, 14),
+    "siglip2-so400m-patch16-256": _siglip2(_SO400M, 256, 16),
+    "siglip2-so400m-patch16-384": _siglip2(_SO400M, 384, 16),
+    "siglip2-so400m-patch16-512": _siglip2(_SO400M, 512, 16),
+    "siglip2-giant-opt-patch16-256": _siglip2(_G_OPT, 256, 16, text_width=_SO400M),
+    "siglip2-giant-opt-patch16-384": _siglip2(_G_OPT, 384, 16, text_width=_SO400M),
+    "siglip2-base-patch16-naflex": _naflex(_B, 16),
+    "siglip2-so400m-patch16-naflex": _naflex(_SO400M, 16),
+}
+
+
 def canonical_name(name: str) -> str:
-    """The table key of `name` (a key itself or its exact `google/siglip-` form); ValueError otherwise."""
+    """The table key of `name` (a key itself, its exact `google/siglip-` form, or for SigLIP 2 `google/siglip2-...`);
+    ValueError otherwise."""
     if not isinstance(name, str):
         raise TypeError(f"variant name must be a str, got {type(name).__name__}")
+    if name.startswith(SIGLIP2_HUB_PREFIX + "siglip2-") and name[len(SIGLIP2_HUB_PREFIX):] in SIGLIP2_VARIANTS:
+        return name[len(SIGLIP2_HUB_PREFIX):]
+    if name in SIGLIP2_VARIANTS:
+        return name
     key = name[len(HUB_PREFIX):] if name.startswith(HUB_PREFIX) else name
     if key not in VARIANTS:
-        known = ", ".join(VARIANTS)
-        raise ValueError(f"unknown SigLIP variant {name!r}; known names (optionally prefixed {HUB_PREFIX!r}): {known}")
+        known = ", ".join([*VARIANTS, *SIGLIP2_VARIANTS])
+        raise ValueError(f"unknown SigLIP variant {name!r}; known names (optionally prefixed {HUB_PREFIX!r}, or "
+                         f"{SIGLIP2_HUB_PREFIX!r} for siglip2-*): {known}")
     return key
 
 
@@ -63,8 +116,15 @@ def is_variant(name: str) -> bool:
 
 
 def config_for(name: str) -> SiglipConfig:
-    """The SiglipConfig of a public checkpoint, by exact name (e.g. 'base-patch16-224' or 'google/siglip-...')."""
-    kwargs = VARIANTS[canonical_name(name)]
+    """The SiglipConfig of a public checkpoint, by exact name (e.g. 'base-patch16-224' or 'google/siglip-...');
+    for SigLIP 2 ('siglip2-...' or 'google/siglip2-...') a SiglipConfig (fixed resolution) or a Siglip2Config (the
+    '-naflex' checkpoints)."""
+    key = canonical_name(name)
+    if key in SIGLIP2_VARIANTS:
+        kwargs = SIGLIP2_VARIANTS[key]
+        cls = Siglip2Config if key.endswith("-naflex") else SiglipConfig
+        return cls(text_config=dict(kwargs["text_config"]), vision_config=dict(kwargs["vision_config"]))
+    kwargs = VARIANTS[key]
     return SiglipConfig(text_config=dict(kwargs["text_config"]), vision_config=dict(kwargs["vision_config"]))
 
 
@@ -97,6 +157,16 @@ def vision_flops(config: SiglipVisionConfig, image_size: int | None = None) -> i
     return total
 
 
+def naflex_vision_flops(config: Siglip2VisionConfig, num_patches: int) -> int:
+    """Forward matmul FLOPs of the NaFlex vision tower for one image padded to `num_patches` patches (the padding
+    tokens are computed too: the count is what the GPU does at that max_num_patches)."""
+    n, d, mlp = num_patches, config.hidden_size, config.intermediate_size
+    total = 2 * n * config.patch_dim * d + _encoder_flops(n, d, mlp, config.num_hidden_layers)
+    if config.vision_use_head:
+        total += 2 * d * d + 2 * n * d * 2 * d + 2 * (2 * n * d) + 2 * d * d + 2 * (2 * d * mlp)
+    return total
+
+
 def text_flops(config: SiglipTextConfig, seq_len: int | None = None) -> int:
     """Forward matmul FLOPs of the text tower for one text of `seq_len` tokens (default max_position_embeddings).
     The token embedding is a lookup (no FLOPs); the head projects the last token only."""
@@ -106,14 +176,16 @@ def text_flops(config: SiglipTextConfig, seq_len: int | None = None) -> int:
 
 
 def matmul_flops(config, *, images: int = 0, texts: int = 0, seq_len: int | None = None,
-                 image_size: int | None = None, backward: bool = False) -> int:
+                 image_size: int | None = None, backward: bool = False, num_patches: int | None = None) -> int:
     """Matmul FLOPs of a forward pass over `images` images and `texts` texts (the dual model's logits add
     2 * texts * images * projection), times 3 with `backward` (the backward pass costs twice the forward).
 
-    `config` is a SiglipConfig, or a SiglipVisionConfig / SiglipTextConfig for one tower alone."""
+    `config` is a SiglipConfig, or a SiglipVisionConfig / SiglipTextConfig for one tower alone; or the SigLIP 2
+    NaFlex Siglip2Config / Siglip2VisionConfig, whose images count `num_patches` tokens each (max_num_patches,
+    default the config's num_patches)."""
     if isinstance(config, SiglipConfig):
         vc, tc = config.vision_config, config.text_config
-    elif isinstance(config, SiglipVisionConfig):
+    elif isinstance(config, (SiglipVisionConfig, Siglip2VisionConfig)):
         vc, tc = config, None
     elif isinstance(config, SiglipTextConfig):
         vc, tc = None, config
@@ -125,7 +197,9 @@ def matmul_flops(config, *, images: int = 0, texts: int = 0, seq_len: int | None
     if texts and tc is None:
         raise ValueError("texts > 0 needs a text config (SiglipConfig or SiglipTextConfig)")
     total = 0
-    if images:
+    if images and isinstance(vc, Siglip2VisionConfig):
+        total += images * naflex_vision_flops(vc, num_patches or vc.num_patches)
+    elif images:
         total += images * vision_flops(vc, image_size)
     if texts:
         total += texts * text_flops(tc, seq_len)

@@ -1,0 +1,298 @@
+"""SigLIP 2 preprocessing against transformers 5.24: the Gemma tokenizer (a sentencepiece model trained here in
+Gemma's layout), the NaFlex image processor (images of several aspect ratios), the processor, a fixed-resolution
+SigLIP 2 directory loading into SiglipModel, the named SigLIP 2 shapes and the model_type dispatch."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import PIL.Image
+import pytest
+import sentencepiece as spm
+import torch
+
+import siglip_fast as sf
+from siglip_fast.variants import SIGLIP2_VARIANTS, config_for, naflex_vision_flops
+from tests._tiny import randomize_
+
+transformers = pytest.importorskip("transformers")
+
+CORPUS = ["A photo of a cat.", "Two dogs playing in the snow!", "the quick brown fox jumps over the lazy dog 12345",
+          "Café au lait, naïve résumé — 東京 tower", "a  double  space\tand tab", "UPPER lower MiXeD 2025",
+          "an image of a red car parked near the river", "Ein Foto von einem Hund"]
+TEXTS = ["A photo of a cat.", "  leading spaces", "trailing  ", "Café 東京 🙂 x", "hello <mask> world", "12345 abc", "",
+         "<eos> inside", "a\nb", "▁literal", "<bos>x", "x<pad><pad>y<unk>", "ΣΑΣ İstanbul ẞ", "ÀÉÎ ÕÜ", "A" * 80,
+         "a much longer text that goes on and on and on for quite a while, longer than the max length"]
+# SigLIP 2's tokenizer_config.json settings (no BOS, EOS appended, right padding, 64 tokens)
+SIGLIP2_TOKENIZER_CONFIG = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": False, "add_eos_token": True,
+                            "padding_side": "right", "model_max_length": 64}
+TOKENIZER_CONFIGS = {"siglip2": SIGLIP2_TOKENIZER_CONFIG, "class_defaults": {"tokenizer_class": "GemmaTokenizer"},
+                     "bos_and_eos": {"add_bos_token": True, "add_eos_token": True, "model_max_length": 16}}
+
+
+@pytest.fixture(scope="module")
+def gemma_model(tmp_path_factory) -> bytes:
+    """A sentencepiece BPE model in Gemma's layout: <pad>=0, <eos>=1, <bos>=2, <unk>=3, byte fallback, no dummy
+    prefix, no normalisation, digits split, user-defined pieces."""
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 40), model_writer=buf, vocab_size=400, model_type="bpe", pad_id=0, eos_id=1,
+        bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        byte_fallback=True, add_dummy_prefix=False, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        split_digits=True, allow_whitespace_only_pieces=True, user_defined_symbols=["<mask>", "<start_of_turn>"],
+        minloglevel=2)
+    return buf.getvalue()
+
+
+def _tokenizer_dir(path, model: bytes, config: dict):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "tokenizer.model").write_bytes(model)
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("config_name", sorted(TOKENIZER_CONFIGS))
+@pytest.mark.parametrize("lower", [False, True], ids=["GemmaTokenizer", "Siglip2Tokenizer"])
+def test_tokenizer_ids_match_transformers(gemma_model, tmp_path, config_name, lower):
+    d = _tokenizer_dir(tmp_path, gemma_model, TOKENIZER_CONFIGS[config_name])
+    theirs = (transformers.Siglip2Tokenizer if lower else transformers.GemmaTokenizer).from_pretrained(d)
+    ours = (sf.Siglip2Tokenizer if lower else sf.GemmaTokenizer).from_pretrained(d)
+    assert ours.padding_side == theirs.padding_side
+    for kw in [{}, dict(padding="max_length", max_length=12, truncation=True), dict(padding=True),
+               dict(padding="longest", truncation=True, max_length=5, padding_side="left")]:
+        a, b = theirs(TEXTS, **kw), ours(TEXTS, **kw)
+        assert b["input_ids"] == a["input_ids"], kw
+        assert b["attention_mask"] == a["attention_mask"], kw
+    for text in TEXTS:
+        assert ours(text)["input_ids"] == theirs(text)["input_ids"], text
+        assert ours.tokenize(text) == theirs.tokenize(text), text
+        ids = theirs(text)["input_ids"]
+        for skip in (False, True):
+            assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip), text
+    enc = ours(TEXTS[:3], padding="max_length", max_length=10, truncation=True, return_tensors="pt")
+    assert enc.input_ids.shape == (3, 10) and enc.input_ids.dtype == torch.long
+
+
+def test_lowercasing_is_per_character_like_tokenizers(gemma_model, tmp_path):
+    d = _tokenizer_dir(tmp_path, gemma_model, SIGLIP2_TOKENIZER_CONFIG)
+    ours = sf.Siglip2Tokenizer.from_pretrained(d)
+    assert ours("ΣΑΣ")["input_ids"] != sf.Siglip2Tokenizer.from_pretrained(d)("σας")["input_ids"]  # no final sigma
+    assert ours("A Photo")["input_ids"] == ours("a photo")["input_ids"]
+    assert sf.GemmaTokenizer.from_pretrained(d)("A Photo")["input_ids"] != ours("a photo")["input_ids"]
+
+
+def test_known_difference_uppercase_spelling_of_an_added_token(gemma_model, tmp_path):
+    """Documented: transformers' Siglip2Tokenizer BPE-encodes "<START_OF_TURN>" lowercased character by character,
+    while sentencepiece matches the lowercased user-defined piece. Text never contains such strings in practice."""
+    d = _tokenizer_dir(tmp_path, gemma_model, SIGLIP2_TOKENIZER_CONFIG)
+    text = "<START_OF_TURN>"
+    assert sf.Siglip2Tokenizer.from_pretrained(d)(text)["input_ids"] != \
+        transformers.Siglip2Tokenizer.from_pretrained(d)(text)["input_ids"]
+
+
+def test_tokenizer_save_here_load_in_transformers(gemma_model, tmp_path):
+    src = _tokenizer_dir(tmp_path / "src", gemma_model, SIGLIP2_TOKENIZER_CONFIG)
+    ours = sf.Siglip2Tokenizer.from_pretrained(src)
+    ours.save_pretrained(tmp_path / "out")
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert type(theirs).__name__ == "Siglip2Tokenizer"
+    kw = dict(padding="max_length", max_length=64, truncation=True)
+    assert theirs(TEXTS, **kw)["input_ids"] == ours(TEXTS, **kw)["input_ids"]
+    again = sf.Siglip2Tokenizer.from_pretrained(tmp_path / "out")
+    assert again(TEXTS, **kw)["input_ids"] == ours(TEXTS, **kw)["input_ids"]
+
+
+def test_tokenizer_bad_input(gemma_model, tmp_path):
+    d = _tokenizer_dir(tmp_path, gemma_model, SIGLIP2_TOKENIZER_CONFIG)
+    tok = sf.GemmaTokenizer.from_pretrained(d)
+    with pytest.raises(TypeError, match="text\\[1\\] must be a str"):
+        tok(["a", 3])
+    with pytest.raises(ValueError, match="padding must be"):
+        tok("a", padding="sideways")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no tokenizer.model"):
+        sf.GemmaTokenizer.from_pretrained(tmp_path / "empty")
+
+
+# -- images ---------------------------------------------------------------------------------------------------------
+
+SIZES = [(37, 91), (200, 50), (64, 64), (13, 300), (500, 333), (16, 16), (1, 1)]
+
+
+def _images(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in SIZES]
+
+
+@pytest.mark.parametrize("options", [{}, dict(max_num_patches=64, patch_size=8), dict(max_num_patches=1024),
+                                     dict(resample=3, max_num_patches=50, patch_size=14)])
+def test_image_processor_bitwise_equal_to_transformers(options):
+    images = _images()
+    theirs = transformers.Siglip2ImageProcessorPil(**options)(images, return_tensors="pt")
+    ours = sf.Siglip2ImageProcessor(**options)(images, return_tensors="pt")
+    assert set(ours) == set(theirs) == {"pixel_values", "pixel_attention_mask", "spatial_shapes"}
+    for key in theirs:
+        assert ours[key].dtype == theirs[key].dtype and torch.equal(ours[key], theirs[key]), key
+    arrays = [np.asarray(im) for im in images[:-1]]  # numpy HWC input (a 1 x 1 x 3 array reads as CHW, as there)
+    ours_np = sf.Siglip2ImageProcessor(**options)(arrays, return_tensors="np")
+    assert np.array_equal(ours_np["pixel_values"], theirs["pixel_values"][:-1].numpy())
+    listed = sf.Siglip2ImageProcessor(**options)(images)
+    assert listed["spatial_shapes"] == [tuple(s) for s in theirs["spatial_shapes"].tolist()]
+    assert np.array_equal(listed["pixel_values"][0], theirs["pixel_values"][0].numpy())
+
+
+def test_image_processor_files_round_trip(tmp_path):
+    ours = sf.Siglip2ImageProcessor(max_num_patches=100, patch_size=8)
+    ours.save_pretrained(tmp_path)
+    theirs = transformers.Siglip2ImageProcessorPil.from_pretrained(tmp_path)
+    assert theirs.max_num_patches == 100 and theirs.patch_size == 8
+    images = _images(1)
+    assert torch.equal(theirs(images, return_tensors="pt")["pixel_values"],
+                       sf.Siglip2ImageProcessor.from_pretrained(tmp_path)(images, return_tensors="pt")["pixel_values"])
+    hub = {"do_convert_rgb": None, "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5] * 3,
+           "image_processor_type": "Siglip2ImageProcessorFast", "image_std": [0.5] * 3, "max_num_patches": 256,
+           "patch_size": 16, "processor_class": "Siglip2Processor", "resample": 2,
+           "rescale_factor": 0.00392156862745098, "default_to_square": True, "do_pad": None}
+    assert sf.Siglip2ImageProcessor.from_dict(hub).max_num_patches == 256
+    with pytest.raises(ValueError, match="not a SigLIP 2"):
+        sf.Siglip2ImageProcessor.from_dict({"image_processor_type": "SiglipImageProcessor"})
+
+
+def test_image_processor_bad_input():
+    proc = sf.Siglip2ImageProcessor()
+    with pytest.raises(ValueError, match="max_num_patches must be a positive int"):
+        proc(_images()[:1], max_num_patches=0)
+    with pytest.raises(ValueError, match="multiples of patch_size"):
+        proc(_images()[:1], do_resize=False)
+    with pytest.raises(TypeError, match="unexpected option"):
+        proc(_images()[:1], size={"height": 4, "width": 4})
+
+
+# -- processor ------------------------------------------------------------------------------------------------------
+
+def test_processor_matches_transformers(gemma_model, tmp_path):
+    d = _tokenizer_dir(tmp_path / "tok", gemma_model, SIGLIP2_TOKENIZER_CONFIG)
+    theirs = transformers.Siglip2Processor(image_processor=transformers.Siglip2ImageProcessorPil(),
+                                           tokenizer=transformers.Siglip2Tokenizer.from_pretrained(d))
+    ours = sf.Siglip2Processor(sf.Siglip2ImageProcessor(), sf.Siglip2Tokenizer.from_pretrained(d))
+    images = _images()[:3]
+    a = theirs(text=TEXTS, images=images, return_tensors="pt")
+    b = ours(text=TEXTS, images=images, return_tensors="pt")
+    assert set(a) == set(b)
+    assert a["input_ids"].shape == (len(TEXTS), 64)  # the 64-token max_length padding with truncation default
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ours.save_pretrained(tmp_path / "saved")
+    again = sf.Siglip2Processor.from_pretrained(tmp_path / "saved")
+    assert isinstance(again.image_processor, sf.Siglip2ImageProcessor)
+    assert isinstance(again.tokenizer, sf.Siglip2Tokenizer)
+    c = again(text=TEXTS, images=images, return_tensors="pt")
+    for key in a:
+        assert torch.equal(a[key], c[key]), key
+    d16 = ours(text=TEXTS, max_length=16, return_tensors="pt")
+    assert d16["input_ids"].shape == (len(TEXTS), 16)
+
+
+def test_fixed_resolution_siglip2_directory(gemma_model, tmp_path):
+    """A fixed-resolution SigLIP 2 checkpoint (model_type "siglip", Gemma tokenizer files) loads into SiglipModel
+    with a working processor; ids, pixels and logits as transformers' pipeline on the same directory."""
+    torch.manual_seed(0)
+    config = transformers.SiglipConfig(
+        text_config=dict(vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64),
+        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=20, patch_size=5))
+    hf_model = randomize_(transformers.SiglipModel(config)).eval()
+    hf_model.save_pretrained(tmp_path)
+    _tokenizer_dir(tmp_path, gemma_model, SIGLIP2_TOKENIZER_CONFIG)
+    transformers.SiglipImageProcessorPil(size={"height": 20, "width": 20}).save_pretrained(tmp_path)
+
+    model = sf.load_model(tmp_path, backend="eager")
+    assert type(model) is sf.SiglipModel
+    processor = sf.load_processor(tmp_path)
+    assert isinstance(processor, sf.Siglip2Processor)
+    assert type(processor.tokenizer) is sf.GemmaTokenizer  # as transformers' AutoTokenizer: no lowercasing here
+    assert type(processor.image_processor) is sf.SiglipImageProcessor
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert type(hf_tok).__name__ == "GemmaTokenizer"
+    hf_images = transformers.SiglipImageProcessorPil.from_pretrained(tmp_path)
+
+    texts, images = [t.lower() for t in TEXTS[:4]], _images()[:4]
+    ours = processor(text=texts, images=images, return_tensors="pt")
+    ids = hf_tok(texts, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+    pixels = hf_images(images, return_tensors="pt")["pixel_values"]
+    assert torch.equal(ours["input_ids"], ids["input_ids"]) and torch.equal(ours["pixel_values"], pixels)
+    with torch.no_grad():
+        o = model(input_ids=ours["input_ids"], pixel_values=ours["pixel_values"])
+        t = hf_model(input_ids=ids["input_ids"], pixel_values=pixels)
+    assert (o.logits_per_image - t.logits_per_image).abs().max().item() <= 1e-5
+    lowered = sf.Siglip2Processor.from_pretrained(tmp_path, lowercase=True)
+    assert lowered(text=["A Cat"])["input_ids"] == processor(text=["a cat"])["input_ids"]
+
+
+def test_load_model_and_processor_dispatch(gemma_model, tmp_path):
+    config = transformers.Siglip2Config(
+        text_config=dict(vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64),
+        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                           num_patches=16, patch_size=4))
+    transformers.Siglip2Model(config).save_pretrained(tmp_path)
+    _tokenizer_dir(tmp_path, gemma_model, {"tokenizer_class": "GemmaTokenizer", "add_eos_token": True})
+    sf.Siglip2ImageProcessor(patch_size=4, max_num_patches=16).save_pretrained(tmp_path)
+    assert type(sf.load_model(tmp_path)) is sf.Siglip2Model
+    processor = sf.load_processor(tmp_path)
+    assert type(processor.tokenizer) is sf.Siglip2Tokenizer  # model_type siglip2 overrides the hub class name
+    assert isinstance(processor.image_processor, sf.Siglip2ImageProcessor)
+    out = processor(text=["a cat"], images=_images()[:2], return_tensors="pt")
+    with torch.no_grad():
+        sf.load_model(tmp_path, backend="eager")(**out)
+    shutil.rmtree(tmp_path / "sub", ignore_errors=True)
+    with pytest.raises(ValueError, match="model_type"):
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "sub" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+        sf.load_model(tmp_path / "sub")
+
+
+# -- named shapes ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(SIGLIP2_VARIANTS))
+def test_siglip2_named_shapes_build_the_same_model_as_transformers(name):
+    config = config_for(name)
+    assert config_for("google/" + name) == config
+    naflex = name.endswith("-naflex")
+    assert type(config) is (sf.Siglip2Config if naflex else sf.SiglipConfig)
+    assert config.text_config.vocab_size == 256000 and config.text_config.max_position_embeddings == 64
+    hf_config = (transformers.Siglip2Config if naflex else transformers.SiglipConfig)(
+        text_config=config.text_config.to_dict(), vision_config=config.vision_config.to_dict())
+    with torch.device("meta"):
+        ours = (sf.Siglip2Model if naflex else sf.SiglipModel)(config)
+        theirs = (transformers.Siglip2Model if naflex else transformers.SiglipModel)(hf_config)
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in theirs.state_dict().items() if not k.endswith("position_ids")}
+
+
+def test_siglip2_shape_details():
+    g = config_for("siglip2-giant-opt-patch16-384")
+    assert (g.vision_config.hidden_size, g.vision_config.num_hidden_layers, g.vision_config.intermediate_size) == \
+        (1536, 40, 6144)
+    assert (g.text_config.hidden_size, g.text_config.projection_size) == (1152, 1536)
+    naflex = config_for("siglip2-so400m-patch16-naflex").vision_config
+    assert (naflex.num_patches, naflex.patch_size, naflex.head_dim) == (256, 16, 72)
+    assert config_for("siglip2-so400m-patch14-384").vision_config.image_size == 384
+    n = 256
+    d, mlp, layers = 1152, 4304, 27
+    encoder = layers * (2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d + 4 * n * d * mlp)
+    head = 2 * d * d + 4 * n * d * d + 4 * n * d + 2 * d * d + 4 * d * mlp
+    assert naflex_vision_flops(naflex, n) == 2 * n * 768 * d + encoder + head
+
+
+def test_matmul_flops_of_a_naflex_config():
+    config = config_for("siglip2-base-patch16-naflex")
+    vc = config.vision_config
+    assert sf.variants.matmul_flops(vc, images=3) == 3 * naflex_vision_flops(vc, 256)
+    dual = sf.variants.matmul_flops(config, images=2, texts=2, num_patches=1024, backward=True)
+    text = sf.variants.text_flops(config.text_config)
+    assert dual == 3 * (2 * naflex_vision_flops(vc, 1024) + 2 * text + 2 * 2 * 2 * 768)
