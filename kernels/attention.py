@@ -184,6 +184,23 @@ def _hint(stride, ALIGN: tl.constexpr):
 
 
 @triton.jit
+def _key_tiles(k_base, v_base, mask_base, offs_d0, offs_d1, d0_ok, d1_ok, n_start, Nk,
+               stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, TAIL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The key-side tiles of a loop over keys from n_start: (n_ok (BLOCK_N,), the load masks of the two head-dim
+    blocks, k and v tile pointers (BLOCK_N, D0) / (BLOCK_N, D1), key-mask pointers (BLOCK_N,)). Rows are bounded by
+    Nk only in the TAIL step."""
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < Nk
+    mask0 = n_ok[:, None] & d0_ok[None, :] if TAIL else d0_ok[None, :]
+    mask1 = n_ok[:, None] & d1_ok[None, :] if TAIL else d1_ok[None, :]
+    k0_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d0[None, :] * stride_kd
+    k1_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d1[None, :] * stride_kd
+    v0_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d0[None, :] * stride_vd
+    v1_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d1[None, :] * stride_vd
+    return n_ok, mask0, mask1, k0_ptrs, k1_ptrs, v0_ptrs, v1_ptrs, mask_base + offs_n * stride_mn
+
+
+@triton.jit
 def _attention_fwd_inner(
     acc0, acc1, l_i, m_i,      # running output (BLOCK_M, D0), (BLOCK_M, D1), row sum and row max (BLOCK_M,)
     q0, q1,                    # query tile split along the head dim: (BLOCK_M, D0), (BLOCK_M, D1)
@@ -195,15 +212,9 @@ def _attention_fwd_inner(
 ):
     """Online-softmax steps over keys [n_start, n_end) in BLOCK_N blocks. TAIL: one step over the partial last
     block (BLOCK_N is then the tail's own, smaller block), keys >= Nk masked."""
-    offs_n = n_start + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < Nk
-    mask0 = n_ok[:, None] & d0_ok[None, :] if TAIL else d0_ok[None, :]
-    mask1 = n_ok[:, None] & d1_ok[None, :] if TAIL else d1_ok[None, :]
-    k0_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d0[None, :] * stride_kd  # (BLOCK_N, D0)
-    v0_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d0[None, :] * stride_vd
-    k1_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d1[None, :] * stride_kd  # (BLOCK_N, D1)
-    v1_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d1[None, :] * stride_vd
-    keep_ptrs = mask_base + offs_n * stride_mn                                      # (BLOCK_N,)
+    n_ok, mask0, mask1, k0_ptrs, k1_ptrs, v0_ptrs, v1_ptrs, keep_ptrs = _key_tiles(
+        k_base, v_base, mask_base, offs_d0, offs_d1, d0_ok, d1_ok, n_start, Nk,
+        stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, TAIL, BLOCK_N)
     for _ in range(n_start, n_end, BLOCK_N):
         k0 = tl.load(k0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(k0_ptrs)  # (BLOCK_N, D0)
         s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)                   # (BLOCK_M, BLOCK_N)
@@ -511,15 +522,9 @@ def _attention_bwd_q_inner(
 ):
     """dq steps over keys [n_start, n_end) in BLOCK_N blocks. TAIL: one step over the partial last block (in its
     own, smaller block), keys >= Nk masked."""
-    offs_n = n_start + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < Nk
-    mask0 = n_ok[:, None] & d0_ok[None, :] if TAIL else d0_ok[None, :]
-    mask1 = n_ok[:, None] & d1_ok[None, :] if TAIL else d1_ok[None, :]
-    k0_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d0[None, :] * stride_kd  # (BLOCK_N, D0)
-    v0_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d0[None, :] * stride_vd
-    k1_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d1[None, :] * stride_kd  # (BLOCK_N, D1)
-    v1_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d1[None, :] * stride_vd
-    keep_ptrs = mask_base + offs_n * stride_mn                                      # (BLOCK_N,)
+    n_ok, mask0, mask1, k0_ptrs, k1_ptrs, v0_ptrs, v1_ptrs, keep_ptrs = _key_tiles(
+        k_base, v_base, mask_base, offs_d0, offs_d1, d0_ok, d1_ok, n_start, Nk,
+        stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, TAIL, BLOCK_N)
     for _ in range(n_start, n_end, BLOCK_N):
         k0 = tl.load(k0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(k0_ptrs)  # (BLOCK_N, D0)
         v0 = tl.load(v0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(v0_ptrs)
