@@ -63,7 +63,8 @@ def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sc
     gradient; keeping t in range is the training loop's choice, and `SigmoidLoss(max_logit_scale=...)` is the
     documented clamp for it. Cost: the check reads t and b to the host — on CUDA one stream sync per call (the
     backward already reads exp(t) to the host). It runs inside a small custom op, so torch.compile(fullgraph=True)
-    graphs keep no graph break; the distributed path folds it into its metadata exchange (no extra sync).
+    graphs keep no graph break; during CUDA-graph capture it is skipped (no host read is possible there); the
+    distributed path folds it into its metadata exchange (no extra sync).
     Near the limit the loss itself (a sum of up to N² terms of size ~exp(t)) can still overflow to inf.
 
     group: a torch.distributed process group (NCCL or gloo; `dist.group.WORLD` for all ranks). Every rank of the
@@ -213,6 +214,8 @@ def _checked_scalars(logit_scale: torch.Tensor, logit_bias: torch.Tensor, comput
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, b) unchanged (copies), after checking that exp(t) and b are finite in compute_dtype: one host read.
     A custom op so that torch.compile keeps it in the graph (opaque, run at run time) instead of breaking there."""
+    if logit_scale.is_cuda and torch.cuda.is_current_stream_capturing():  # no host read is possible in a CUDA graph
+        return logit_scale.clone(), logit_bias.clone()
     t_ok, b_ok, t, b = _scalar_flags(logit_scale, logit_bias, compute_dtype).tolist()
     problems = _scalar_problems(bool(t_ok), bool(b_ok), t, b, compute_dtype)
     if problems:

@@ -298,3 +298,22 @@ def test_group_needs_initialised_distributed():
     x = torch.randn(4, 8)
     with pytest.raises(ValueError, match="torch.distributed is not initialised"):
         sigmoid_loss(x, x, torch.zeros(()), torch.zeros(()), group=object())
+
+
+@pytest.mark.parametrize("backend,cuda,device,supported", [
+    ("gloo", True, "cpu", {"cpu"}),
+    ("nccl", True, "cuda:0", {"cuda"}),
+    ("cpu:gloo,cuda:nccl", True, "cpu", {"cpu", "cuda"}),  # init_process_group() without a backend
+    ("mpi", False, "cpu", {"cpu"}),
+    ("ucc", False, "cpu", None),
+])
+def test_metadata_goes_where_the_backend_can_move_it(monkeypatch, backend, cuda, device, supported):
+    """The description all_gather: on the CPU when the group's backend has gloo, else on the current CUDA device for
+    NCCL (never on the device of a rank's possibly wrong input); and the device types the backend can move."""
+    import siglip_fast.loss as loss_mod
+
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    got_device, got_supported = loss_mod._group_devices(object())
+    assert got_device == torch.device(device) and got_supported == supported
