@@ -243,7 +243,10 @@ _BACKEND_DEVICES = {"gloo": {"cpu"}, "mpi": {"cpu"}, "nccl": {"cuda"}}
 
 
 def _pack(s: str, words: int) -> list[int]:
-    raw = s.encode("utf-8")[:8 * words].ljust(8 * words, b"\0")
+    raw = s.encode("utf-8")
+    if len(raw) > 8 * words:  # truncated, and marked so
+        raw = raw[:8 * words - 3].decode("utf-8", errors="ignore").encode("utf-8") + "…".encode("utf-8")
+    raw = raw.ljust(8 * words, b"\0")
     return list(struct.unpack(f"<{words}q", raw))
 
 
@@ -280,7 +283,7 @@ def _describe(x, y, t, b, backend, chunk_rows, group, meta_device, supported) ->
         if supported is not None and x.device.type not in supported:
             raise ValueError(f"sigmoid_loss: the group's backend ({dist.get_backend(group)}) moves "
                              f"{'/'.join(sorted(supported))} tensors, got embeddings on {x.device}")
-    except (TypeError, ValueError) as e:
+    except Exception as e:  # whatever this rank's inputs raise, its peers hear of it instead of waiting
         err = f"{type(e).__name__}: {e}"
     if err is None:
         n, d = x.shape
@@ -344,8 +347,7 @@ def _collective_check(x, y, t, b, backend, chunk_rows, group) -> str:
     backend's device, so the exchange itself cannot mismatch) and raise the same ValueError together, or none does.
     Returns this rank's resolved backend."""
     meta_device, supported = _group_devices(group)
-    mine, err, resolved = _describe(x, y, t, b, backend, chunk_rows, group, meta_device,
-                                       supported)
+    mine, err, resolved = _describe(x, y, t, b, backend, chunk_rows, group, meta_device, supported)
     world = dist.get_world_size(group)
     table = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(table, mine, group=group)
