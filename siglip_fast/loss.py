@@ -25,7 +25,6 @@ import struct
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from siglip_fast.kernels.sigmoid_loss import (
     _BACKENDS,
@@ -77,7 +76,7 @@ def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sc
     the same ValueError naming the offending rank(s) and what differs, and none starts the ring. Errors that leave
     no group to talk to (torch.distributed not initialised, `group` not a process group of which this rank is a
     member) are raised locally. Not traced by torch.compile (the ring is Python-level communication); the
-    single-device path is. Differentiable once (no double backward).
+    single-device path is. Differentiable once: backward with create_graph=True raises.
 
     backend: "auto" (Triton kernels on CUDA, eager blockwise on CPU), "triton" (on CPU only with
     TRITON_INTERPRET=1), "eager". chunk_rows: rows per recomputed slab of logits (a memory knob).
@@ -408,8 +407,10 @@ class _RingSigmoidLoss(torch.autograd.Function):
         return (total / n).to(_loss_dtype(x, t, b))
 
     @staticmethod
-    @once_differentiable  # the ring's communication is not differentiable: a clear error on double backward
     def backward(ctx, grad):
+        if torch.is_grad_enabled():  # create_graph=True: the ring's communication has no derivative to offer
+            raise RuntimeError("sigmoid_loss(group=...) is differentiable once: backward with create_graph=True "
+                               "(a double backward) is not supported")
         x, y, t, b = ctx.saved_tensors
         group, backend, chunk_rows = ctx.group, ctx.backend, ctx.chunk_rows
         rank, world, nxt, prv = _ring(group)
