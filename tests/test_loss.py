@@ -256,6 +256,12 @@ def _ok():
     (lambda x, y, t, b: (x, y, 2.3, b), TypeError, r"logit_scale must be a torch.Tensor, got float"),
     (lambda x, y, t, b: (x, y, t.to("meta"), b), ValueError, r"one device.*logit_scale on meta"),
     (lambda x, y, t, b: (x[:0], y[:0], t, b), ValueError, r"empty embeddings"),
+    (lambda x, y, t, b: (x[:, :0], y[:, :0], t, b), ValueError, r"empty embeddings.*\(6, 0\)"),
+    (lambda x, y, t, b: (x.to_sparse(), y.to_sparse(), t, b), TypeError, r"image_embeds must be a dense.*sparse_coo"),
+    (lambda x, y, t, b: (x.cfloat(), y.cfloat(), t, b), TypeError, r"image_embeds must be a floating-point.*complex"),
+    (lambda x, y, t, b: (x, y, torch.tensor(2), b), TypeError, r"logit_scale must be a floating-point.*int64"),
+    (lambda x, y, t, b: (x.numpy(), y, t, b), TypeError, r"image_embeds must be a torch.Tensor, got ndarray"),
+    (lambda x, y, t, b: (x, y, t.double(), b.bfloat16()[None]), ValueError, r"logit_bias must be a scalar.*\(1, 1\)"),
 ])
 def test_bad_input(change, err, match):
     with pytest.raises(err, match=match):
@@ -266,10 +272,134 @@ def test_bad_backend_and_chunk():
     x, y, t, b = _ok()
     with pytest.raises(ValueError, match="backend must be one of"):
         sigmoid_loss(x, y, t, b, backend="cuda")
-    with pytest.raises(ValueError, match="chunk_rows must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="chunk_rows must be a positive int.*got 0"):
         sigmoid_loss(x, y, t, b, chunk_rows=0)
     with pytest.raises(TypeError, match="backend='triton' supports"):
         sigmoid_loss(x.double(), y.double(), t, b, backend="triton")
+    with pytest.raises(ValueError, match="chunk_rows must be a positive int or None, got True"):
+        sigmoid_loss(x, y, t, b, chunk_rows=True)  # a bool is not a row count
+    for bad in (None, ["eager"]):
+        with pytest.raises(TypeError, match=r"backend must be a str.*got (NoneType None|list \['eager'\])"):
+            sigmoid_loss(x, y, t, b, backend=bad)
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+@pytest.mark.parametrize("t,b,match", [
+    (89.0, -10.0, r"logit_scale = 89.0: exp\(logit_scale\) is not finite in float32 .* ≤ 88.72"),
+    (float("inf"), -10.0, r"logit_scale = inf: exp\(logit_scale\) is not finite in float32"),
+    (float("nan"), -10.0, r"logit_scale = nan: exp\(logit_scale\) is not finite"),
+    (LOG10, float("inf"), r"logit_bias = inf is not finite"),
+    (LOG10, float("nan"), r"logit_bias = nan is not finite"),
+    (LOG10, 1e300, r"logit_bias = 1e\+300 is not finite"),  # fp64 b, infinite in the fp32 compute dtype
+])
+def test_scale_overflow_and_non_finite_scalars_are_an_error(backend, t, b, match):
+    """Issue 13: exp(t) overflowing fp32 gave NaN on eager and inf on Triton, no error. Now a ValueError naming the
+    value, on every backend, for grad and no-grad calls alike."""
+    x, y = _embeds(7, 33, "cpu", torch.float32)
+    t_, b_ = torch.tensor([t], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        sigmoid_loss(x, y, t_, b_, backend=backend)
+    with pytest.raises(ValueError, match=match):
+        sigmoid_loss(x.requires_grad_(), y, t_.requires_grad_(), b_, backend=backend)
+
+
+def test_scale_limit_follows_the_compute_dtype():
+    """fp64 embeddings compute in fp64: t = 89 is a finite, correct loss there; t = 710 overflows fp64. t = −inf is
+    a zero scale (z = b), finite."""
+    x, y = _embeds(7, 33, "cpu", torch.float64)
+    for t in (89.0, -math.inf):
+        t_, b_ = torch.tensor([t], dtype=torch.float64), torch.tensor([-10.0], dtype=torch.float64)
+        loss = sigmoid_loss(x, y, t_, b_, backend="eager")
+        assert torch.isfinite(loss)
+        torch.testing.assert_close(loss, sigmoid_loss_reference(x, y, t_, b_), rtol=1e-10, atol=0)
+    with pytest.raises(ValueError, match=r"logit_scale = 710.0: .*not finite in float64 .* ≤ 709.78"):
+        sigmoid_loss(x, y, torch.tensor(710.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64))
+
+
+def test_scale_overflow_error_under_compile():
+    """The check is a custom op: fullgraph compilation keeps one graph, and the compiled call raises the same error."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    fn = torch.compile(lambda x, y, t, b: sigmoid_loss(x, y, t, b, backend="eager"), backend=counter,
+                       fullgraph=True)
+    x, y = _embeds(7, 33, "cpu", torch.float32)
+    t, b = torch.tensor([LOG10], requires_grad=True), torch.tensor([-10.0], requires_grad=True)
+    loss = fn(x, y, t, b)
+    loss.backward()
+    ref_loss, (_, _, gt, gb) = _reference(x, y, t.detach(), b.detach())
+    _assert_close(loss.detach(), ref_loss, TOL[torch.float32], "compiled loss")
+    _assert_close(t.grad, gt, TOL[torch.float32], "compiled d_logit_scale")
+    _assert_close(b.grad, gb, TOL[torch.float32], "compiled d_logit_bias")
+    with torch.no_grad():
+        t.fill_(89.0)
+    with pytest.raises(ValueError, match=r"logit_scale = 89.0: exp\(logit_scale\) is not finite"):
+        fn(x, y, t, b)
+    assert counter.frame_count == 1
+
+
+def test_max_logit_scale_keeps_a_diverged_scale_usable():
+    x, y = _embeds(7, 33, "cpu", torch.float32)
+    with pytest.raises(ValueError, match=r"logit_scale = 100.0: .*max_logit_scale"):
+        SigmoidLoss(init_logit_scale=100.0)(x, y)
+    mod = SigmoidLoss(init_logit_scale=100.0, max_logit_scale=math.log(100.0))
+    loss = mod(x, y)
+    loss.backward()
+    ref = sigmoid_loss_reference(x.double(), y.double(), torch.tensor(math.log(100.0), dtype=torch.float64),
+                                 mod.logit_bias.detach().double())
+    _assert_close(loss.detach(), ref, TOL[torch.float32], "clamped loss")
+    assert mod.logit_scale.grad.item() == 0.0
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(max_logit_scale="x"), TypeError, r"max_logit_scale must be a real number, got str 'x'"),
+    (dict(max_logit_scale=float("nan")), ValueError, r"max_logit_scale must be a number \(not NaN\), got nan"),
+    (dict(max_logit_scale=True), TypeError, r"max_logit_scale must be a real number, got bool"),
+    (dict(backend="bogus"), ValueError, r"backend must be one of \('auto', 'triton', 'eager'\), got 'bogus'"),
+    (dict(backend=None), TypeError, r"backend must be a str.*NoneType"),
+    (dict(init_logit_scale="1"), TypeError, r"init_logit_scale must be a real number, got str"),
+    (dict(init_logit_scale=float("inf")), ValueError, r"init_logit_scale must be finite, got inf"),
+    (dict(init_logit_bias=None), TypeError, r"init_logit_bias must be a real number, got NoneType"),
+    (dict(init_logit_bias=float("nan")), ValueError, r"init_logit_bias must be finite, got nan"),
+    (dict(group=3), TypeError, r"group must be a torch.distributed.ProcessGroup, got int"),
+    (dict(group="world"), TypeError, r"group must be a torch.distributed.ProcessGroup, got str"),
+])
+def test_sigmoid_loss_module_checks_arguments_at_construction(kwargs, err, match):
+    """Issue 13: SigmoidLoss(max_logit_scale="x") and SigmoidLoss(backend="bogus") were accepted until the first
+    forward (and then failed deep in torch.clamp)."""
+    with pytest.raises(err, match=match):
+        SigmoidLoss(**kwargs)
+
+
+def test_sigmoid_loss_module_accepts_numbers():
+    import numpy as np
+
+    mod = SigmoidLoss(init_logit_scale=2, init_logit_bias=np.float32(-5.0), max_logit_scale=math.inf,
+                      backend="eager")
+    assert mod.logit_scale.item() == 2.0 and mod.logit_bias.item() == -5.0 and mod.max_logit_scale == math.inf
+    x, y = _embeds(5, 8, "cpu", torch.float32)
+    assert torch.isfinite(mod(x, y))
+
+
+@pytest.mark.parametrize("needs_grad", ["", "x", "y", "t", "b", "xy", "tb", "xytb"])
+def test_requires_grad_combinations(needs_grad):
+    """Any subset of the inputs may require grad; the others get none; the loss and the gradients that exist are
+    the reference's."""
+    x, y = _embeds(9, 33, "cpu", torch.float32)
+    t, b = torch.tensor([LOG10]), torch.tensor([-10.0])
+    leaves = [v.clone().requires_grad_(k in needs_grad) for k, v in zip("xytb", (x, y, t, b), strict=True)]
+    loss = sigmoid_loss(*leaves)
+    ref_loss, ref_grads = _reference(x, y, t, b)
+    _assert_close(loss.detach(), ref_loss, TOL[torch.float32], "loss")
+    assert (loss.grad_fn is None) == (needs_grad == "")
+    if needs_grad:
+        loss.backward()
+    for k, v, r in zip("xytb", leaves, ref_grads, strict=True):
+        if k in needs_grad:
+            _assert_close(v.grad, r, TOL[torch.float32], f"d_{k}")
+        else:
+            assert v.grad is None
 
 
 def test_triton_backend_on_cpu_without_interpreter(monkeypatch):

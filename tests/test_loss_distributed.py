@@ -11,10 +11,18 @@ global batch and L_r the loss rank r returns, the relations checked are
     mean_r dt_r    = ∂L/∂t,   mean_r db_r = ∂L/∂b                          (dt_r = ∂L_r/∂t)
 
 so that DDP, which averages each parameter gradient over the W ranks, obtains exactly ∂L/∂θ.
+
+Bad input (issue 13): with 2 and 3 ranks, one rank's (or two ranks') bad or mismatched input makes every rank raise
+the same ValueError naming the offending rank(s), before any data moves; none hangs, none crashes, and the group
+still works afterwards. Every spawn runs under a hard deadline (RANKS_TIMEOUT_S), so a hang fails the test instead
+of blocking CI for the backend's 30-minute timeout.
 """
 
+import datetime
 import math
 import os
+import re
+import time
 
 import pytest
 import torch
@@ -27,6 +35,31 @@ from siglip_fast.loss import SigmoidLoss, sigmoid_loss
 
 N_LOCAL, D = 5, 33  # odd on purpose: rows and D tails in every block
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+RANKS_TIMEOUT_S = float(os.environ.get("SIGLIP_FAST_DIST_TIMEOUT_S", "300"))  # whole spawn, imports included
+GLOO_TIMEOUT = datetime.timedelta(seconds=60)  # a blocked collective errors out instead of waiting 30 minutes
+
+
+def _run_ranks(fn, world, tmp_path, timeout=RANKS_TIMEOUT_S):
+    """Spawn `world` processes running fn(rank, world, init_file); fail if they are not all done within timeout
+    (a hang), or if any raises or dies (a crash, e.g. SIGABRT inside gloo). The survivors are killed either way."""
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    ctx = mp.start_processes(fn, args=(world, str(tmp_path / "rendezvous")), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                pytest.fail(f"{world} ranks still running after {timeout:.0f} s: a rank hangs")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+
+
+def _init(rank, world, init_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=GLOO_TIMEOUT)
 
 
 def _close(got, ref, tol, name):
@@ -80,7 +113,7 @@ def _check_rank(group, backend, dtype, t0, b0):
 
 
 def _worker(rank, world, init_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    _init(rank, world, init_file)
     try:
         torch.manual_seed(rank)
         # W = 3: the whole world; W = 2: a subgroup of global ranks 1 and 2 (ring peers are mapped to global ranks)
@@ -114,7 +147,7 @@ def _worker(rank, world, init_file):
         try:
             sigmoid_loss(x, x, torch.zeros(()), torch.zeros(()), group=dist.group.WORLD)
         except ValueError as e:
-            assert "every rank of the group must pass embeddings of one shape" in str(e), e
+            assert "the ranks disagree on n" in str(e), e
         else:
             raise AssertionError("mismatched local batch sizes were accepted")
     finally:
@@ -123,9 +156,143 @@ def _worker(rank, world, init_file):
 
 def test_distributed_matches_single_process(tmp_path):
     """3 gloo processes: the loss over all 3 and over a 2-process subgroup (one spawn keeps CI fast)."""
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available in this build")
-    mp.spawn(_worker, args=(3, str(tmp_path / "rendezvous")), nprocs=3, join=True)
+    _run_ranks(_worker, 3, tmp_path)
+
+
+# --- bad input on some ranks: every rank raises the same ValueError, together --------------------------------------
+
+def _inputs(dtype=torch.float32, n=N_LOCAL, d=D):
+    x = F.normalize(torch.randn(n, d, dtype=torch.float64), dim=-1).to(dtype)
+    y = F.normalize(torch.randn(n, d, dtype=torch.float64), dim=-1).to(dtype)
+    return [x, y, torch.tensor(math.log(10.0)), torch.tensor(-10.0)], {}
+
+
+def _scenarios(world):
+    """(name, inputs(rank) → (args, kwargs), the pattern the common message must match). The odd rank is the last."""
+    odd = world - 1
+    others = ", ".join(f"rank {r}" for r in range(odd))
+
+    def on_odd(change):
+        def make(rank):
+            args, kw = _inputs()
+            return change(args, kw) if rank == odd else (args, kw)
+        return make
+
+    def with_(i, v):
+        def change(args, kw):
+            args[i] = v
+            return args, kw
+        return change
+
+    def grad(args, kw):
+        args[0].requires_grad_()
+        return args, kw
+
+    scenarios = [
+        ("dtype", lambda r: _inputs(torch.float64 if r == odd else torch.float32),
+         rf"the ranks disagree on dtype: float32 on {others}, float64 on rank {odd}"),
+        ("width D", lambda r: _inputs(d=D + (r == odd)), rf"disagree on D: {D} on {others}, {D + 1} on rank {odd}"),
+        ("batch n", lambda r: _inputs(n=N_LOCAL - (r == odd)),
+         rf"disagree on n: {N_LOCAL} on {others}, {N_LOCAL - 1} on rank {odd}"),
+        ("ndim", on_odd(lambda a, kw: ([a[0][None], a[1][None], a[2], a[3]], kw)),
+         rf"rank {odd}: ValueError: sigmoid_loss: image_embeds must be 2-D \(N, D\), got shape \(1, {N_LOCAL}, {D}\)"),
+        ("device type", on_odd(lambda a, kw: ([v.to("meta") for v in a], kw)),
+         rf"rank {odd}: ValueError: .*moves cpu tensors, got embeddings on meta"),
+        ("non-scalar logit_scale", on_odd(with_(2, torch.zeros(2))),
+         rf"rank {odd}: ValueError: sigmoid_loss: logit_scale must be a scalar tensor .* got shape \(2,\)"),
+        ("integer embeddings", on_odd(lambda a, kw: ([a[0].long(), a[1].long(), a[2], a[3]], kw)),
+         rf"rank {odd}: TypeError: sigmoid_loss: image_embeds must be a floating-point tensor, got torch.int64"),
+        ("bad backend", on_odd(lambda a, kw: (a, {"backend": "bogus"})),
+         rf"rank {odd}: ValueError: sigmoid_loss: backend must be one of .* got 'bogus'"),
+        ("exp(logit_scale) overflows", on_odd(with_(2, torch.tensor(89.0))),
+         rf"rank {odd}: logit_scale = 89.0: exp\(logit_scale\) is not finite in float32"),
+        ("non-finite logit_bias", on_odd(with_(3, torch.tensor(float("nan")))), rf"rank {odd}: logit_bias = nan"),
+        ("backward on some ranks only", on_odd(grad),
+         rf"disagree on a backward .*: False on {others}, True on rank {odd}"),
+    ]
+    if world >= 3:  # two ranks with two different problems: both are named, in rank order
+        def two(rank):
+            args, kw = _inputs(torch.float64 if rank == 1 else torch.float32)
+            if rank == 2:
+                args[2] = torch.ones(1, 1)
+            return args, kw
+        scenarios.append(("two bad ranks", two, r"rank 2: ValueError: sigmoid_loss: logit_scale must be a scalar.*; "
+                                                r"the ranks disagree on dtype: float32 on rank 0, float64 on rank 1"))
+    return scenarios
+
+
+def _expect_same_error(name, group, make, pattern):
+    rank = dist.get_rank()
+    args, kw = make(dist.get_rank(group))
+    try:
+        sigmoid_loss(*args, group=group, **kw)
+        msg = None
+    except ValueError as e:
+        msg = str(e)
+    msgs = [None] * dist.get_world_size(group)
+    dist.all_gather_object(msgs, msg, group=group)  # the group is still usable after the error
+    assert all(m is not None for m in msgs), f"{name}: group ranks {[r for r, m in enumerate(msgs) if m is None]} " \
+                                             f"did not raise (messages: {msgs})"
+    assert len(set(msgs)) == 1, f"{name}: the ranks raised different messages: {msgs}"
+    assert msgs[0].startswith("sigmoid_loss(group=...): checked on every rank"), msgs[0]
+    assert re.search(pattern, msgs[0]), f"{name}: {msgs[0]!r} does not match {pattern!r} (rank {rank})"
+
+
+def _errors_worker(rank, world, init_file):
+    _init(rank, world, init_file)
+    try:
+        torch.manual_seed(rank)
+        for name, make, pattern in _scenarios(world):
+            _expect_same_error(name, dist.group.WORLD, make, pattern)
+        if world >= 3:  # a subgroup of global ranks 1 and 2: group ranks are named with their global rank
+            pair = dist.new_group([1, 2])
+            if rank in (1, 2):
+                _expect_same_error("subgroup dtype", pair, lambda r: _inputs(torch.float64 if r == 1 else
+                                                                              torch.float32),
+                                   r"float32 on rank 0 \(global rank 1\), float64 on rank 1 \(global rank 2\)")
+            dist.barrier()
+        # nothing is left in flight: a valid call afterwards gives the right loss on every rank
+        X, Y, T, B = _global_problem(world, math.log(10.0), -10.0)
+        rows = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
+        loss = sigmoid_loss(X[rows], Y[rows], T, B, group=dist.group.WORLD)
+        losses = [None] * world
+        dist.all_gather_object(losses, loss.item())
+        _close(torch.tensor(losses, dtype=torch.float64).mean(), sigmoid_loss_reference(X, Y, T, B), 1e-10,
+               "mean of rank losses after the errors")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_distributed_bad_input_raises_on_every_rank(world, tmp_path):
+    """Mismatched dtype, D, n, and one rank's invalid input (ndim, device type, scale shape, integer dtype, backend,
+    overflowing scale, NaN bias, a backward on some ranks only): all ranks raise the same ValueError naming the
+    offending rank, none hangs or crashes, and the group works afterwards."""
+    _run_ranks(_errors_worker, world, tmp_path)
+
+
+def _double_backward_worker(rank, world, init_file):
+    _init(rank, world, init_file)
+    try:
+        x, y, t, b = _inputs(torch.float64)[0]
+        x.requires_grad_()
+        loss = sigmoid_loss(x, y, t.double(), b.double(), group=dist.group.WORLD)
+        try:
+            torch.autograd.grad(loss, x, create_graph=True)
+        except RuntimeError as e:
+            assert "differentiable once: backward with create_graph=True" in str(e), e
+        else:
+            raise AssertionError("create_graph=True through the ring was accepted (second derivatives would be "
+                                 "silently wrong: the ring's communication is not in the graph)")
+        (gx,) = torch.autograd.grad(loss, x)  # a plain backward still works on every rank afterwards
+        assert torch.isfinite(gx).all()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_double_backward_is_a_clear_error(tmp_path):
+    """Before: create_graph=True gave a graph that silently left out the ring (wrong second derivatives)."""
+    _run_ranks(_double_backward_worker, 2, tmp_path)
 
 
 def test_group_needs_initialised_distributed():
@@ -134,3 +301,22 @@ def test_group_needs_initialised_distributed():
     x = torch.randn(4, 8)
     with pytest.raises(ValueError, match="torch.distributed is not initialised"):
         sigmoid_loss(x, x, torch.zeros(()), torch.zeros(()), group=object())
+
+
+@pytest.mark.parametrize("backend,cuda,device,supported", [
+    ("gloo", True, "cpu", {"cpu"}),
+    ("nccl", True, "cuda:0", {"cuda"}),
+    ("cpu:gloo,cuda:nccl", True, "cpu", {"cpu", "cuda"}),  # init_process_group() without a backend
+    ("mpi", False, "cpu", {"cpu"}),
+    ("ucc", False, "cpu", None),
+])
+def test_metadata_goes_where_the_backend_can_move_it(monkeypatch, backend, cuda, device, supported):
+    """The description all_gather: on the CPU when the group's backend has gloo, else on the current CUDA device for
+    NCCL (never on the device of a rank's possibly wrong input); and the device types the backend can move."""
+    import siglip_fast.loss as loss_mod
+
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    got_device, got_supported = loss_mod._group_devices(object())
+    assert got_device == torch.device(device) and got_supported == supported
