@@ -33,6 +33,7 @@ compute it: the tests' and benchmarks' ground truth.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -56,16 +57,19 @@ _EAGER_SLAB_ELEMENTS = 2 * 2**20  # the eager path's (chunk_rows, N) slabs: 8 Mi
 # ---------------------------------------------------------------------------------------------------------------
 
 # Tile sizes BLOCK_M/BLOCK_N are picked by the launcher (they size the partial-sum buffers); autotuning chooses the
-# D chunk, warps and stages. Every kernel only stores (no accumulation into its outputs), so a tuning run cannot
+# D chunk and the pipeline depth. Every kernel only stores (no accumulation into its outputs), so a tuning run cannot
 # corrupt a result and no reset_to_zero is needed. Under the interpreter one config keeps CI fast.
+# On sm_90 (compile-only audit, bf16, D = 1152, 128×128 tiles) 4 warps hold the (128, 128) fp32 tile in 128
+# registers per thread and spill (255 registers, 0.5-1.2 KiB of stack); 8 warps (two warpgroups, HGMMA, 16-byte
+# cp.async) compile without spills. Only 8-warp configs are kept, and only the three that can win: a 64-wide D chunk
+# with 3 stages (96 KiB of shared memory: two CTAs per SM) or 4 stages (128 KiB), and a 32-wide chunk with 4 stages.
 if _INTERPRET:
     _CONFIGS = [triton.Config({"BLOCK_D": 32}, num_warps=4, num_stages=1)]
 else:
     _CONFIGS = [
-        triton.Config({"BLOCK_D": bd}, num_warps=w, num_stages=s)
-        for bd in (32, 64)
-        for w in (4, 8)
-        for s in (3, 4)
+        triton.Config({"BLOCK_D": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_D": 64}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_D": 32}, num_warps=8, num_stages=4),
     ]
 
 
@@ -150,33 +154,44 @@ def _sigmoid_loss_fwd_kernel(
     tl.store(part_ptr + part, tl.sum(tl.sum(term, axis=1), axis=0))
 
 
-@triton.autotune(configs=_CONFIGS, key=["D"])
+@triton.autotune(configs=_CONFIGS, key=["D", "FUSED"])
 @triton.jit(do_not_specialize=["diag_offset"])
-def _sigmoid_loss_bwd_kernel(
-    x_ptr,  # (M, D) image embeddings (a row slab), row stride stride_x
-    y_ptr,  # (N, D) text embeddings, row stride stride_y
+def _sigmoid_loss_grad_kernel(
+    x_ptr,  # (M, D) image embeddings (a row block), row stride stride_x
+    y_ptr,  # (N, D) text embeddings (a row block), row stride stride_y
     log_scale_ptr,  # (1,) fp32 logit_scale t
     bias_ptr,  # (1,) fp32 logit_bias b
-    dz_ptr,  # (M, N) out, input dtype: dz' = −label·σ(−label·z), row stride N
-    tpart_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ dz'·<x, y>
+    dz_ptr,  # (M, N) out, input dtype, row stride N: dz' = −label·σ(−label·z), times exp(t) when FUSED
+    lpart_ptr,  # (grid_m * grid_n,) fp32 out, FUSED only: per tile, Σ −log σ(label·z)
+    tpart_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ dz'·<x, y> (times exp(t) when FUSED)
     bpart_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ dz'
     M, N, D,
     diag_offset,
     stride_x, stride_y,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
+    FUSED: tl.constexpr,  # the training forward: also the loss partials, and dz' pre-scaled by exp(t)
 ):
     part, rows, cols, s, pos, w = _signed_logits_tile(
         x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_offset, stride_x, stride_y,
         BLOCK_M, BLOCK_N, BLOCK_D, GROUP_M, PRECISION)
-    u = tl.exp(-tl.abs(w))
-    sig = tl.where(w >= 0, 1.0 / (1.0 + u), u / (1.0 + u))  # σ(w), stable
     valid = (rows[:, None] < M) & (cols[None, :] < N)
+    u = tl.exp(-tl.abs(w))  # one exp serves σ(w) and softplus(w)
+    if FUSED:
+        term = tl.maximum(w, 0.0) + _log1p(u)  # softplus(w) = −log σ(label·z)
+        tl.store(lpart_ptr + part, tl.sum(tl.sum(tl.where(valid, term, 0.0), axis=1), axis=0))
+    sig = tl.where(w >= 0, 1.0 / (1.0 + u), u / (1.0 + u))  # σ(w), stable
     dz = tl.where(valid, tl.where(pos, -sig, sig), 0.0)
+    tsum = tl.sum(tl.sum(dz * s, axis=1), axis=0)
+    bsum = tl.sum(tl.sum(dz, axis=1), axis=0)
+    if FUSED:
+        scale = tl.exp(tl.load(log_scale_ptr))
+        dz = dz * scale
+        tsum = tsum * scale
     dz_ptrs = dz_ptr + rows[:, None].to(tl.int64) * N + cols[None, :]
     tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty), mask=valid)
-    tl.store(tpart_ptr + part, tl.sum(tl.sum(dz * s, axis=1), axis=0))
-    tl.store(bpart_ptr + part, tl.sum(tl.sum(dz, axis=1), axis=0))
+    tl.store(tpart_ptr + part, tsum)
+    tl.store(bpart_ptr + part, bsum)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,11 +274,40 @@ def _sigmoid_loss_bwd(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor,
         for name, p in (("out[1]", tpart), ("out[2]", bpart)):
             if p.shape != (n_tiles,) or p.dtype != torch.float32:
                 raise ValueError(f"{name}: expected ({n_tiles},) float32, got {tuple(p.shape)} {p.dtype}")
-    _sigmoid_loss_bwd_kernel[(n_tiles,)](
-        x, y, log_scale, bias, dz, tpart, bpart, M, N, D, diag_offset, x.stride(0), y.stride(0),
-        BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, PRECISION=_precision(x.dtype),
+    _sigmoid_loss_grad_kernel[(n_tiles,)](
+        x, y, log_scale, bias, dz, tpart, tpart, bpart, M, N, D, diag_offset, x.stride(0), y.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, PRECISION=_precision(x.dtype), FUSED=False,
     )
     return dz, tpart, bpart
+
+
+def _sigmoid_loss_fused(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
+                        diag_offset: int = 0, *, out: tuple[torch.Tensor, torch.Tensor] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training forward's tile pass: (exp(t)·dz' (M, N) in the input dtype, parts (3, n_tiles) fp32) with
+    parts[0] the per-tile Σ −log σ(label·z), parts[1] Σ exp(t)·dz'·<x, y>, parts[2] Σ dz'.
+
+    `out` (tests): (dz, parts) buffers to write into instead of fresh `torch.empty`s."""
+    _check_kernel_operands(x, y, log_scale, bias)
+    M, D = x.shape
+    N = y.shape[0]
+    bm, bn = _tiles(M, N)
+    n_tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    if out is None:
+        dz = torch.empty(M, N, device=x.device, dtype=x.dtype)
+        parts = torch.empty(3, n_tiles, device=x.device, dtype=torch.float32)
+    else:
+        dz, parts = out
+        if dz.shape != (M, N) or dz.dtype != x.dtype or not dz.is_contiguous():
+            raise ValueError(f"out[0]: expected contiguous ({M}, {N}) {x.dtype}, got {tuple(dz.shape)} {dz.dtype}")
+        if parts.shape != (3, n_tiles) or parts.dtype != torch.float32 or not parts.is_contiguous():
+            raise ValueError(f"out[1]: expected contiguous (3, {n_tiles}) float32, got {tuple(parts.shape)} "
+                             f"{parts.dtype}")
+    _sigmoid_loss_grad_kernel[(n_tiles,)](
+        x, y, log_scale, bias, dz, parts[0], parts[1], parts[2], M, N, D, diag_offset, x.stride(0), y.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, PRECISION=_precision(x.dtype), FUSED=True,
+    )
+    return dz, parts
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -285,18 +329,26 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a @ b).float()
 
 
-def _addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
-    """acc += alpha · a @ b in place, acc fp32/fp64; no (N, D) temporary when the GEMM can write fp32 itself."""
-    if a.dtype == acc.dtype:
-        acc.addmm_(a, b, alpha=alpha)
+def _gemm_into(dst: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float, accumulate: bool) -> None:
+    """dst = alpha·a @ b (accumulate=False: dst's old values, NaN included, are ignored) or dst += alpha·a @ b;
+    dst fp32/fp64 (a row range of an accumulator). No temporary where the GEMM can write dst's dtype itself."""
+    if a.dtype == dst.dtype:
+        dst.addmm_(a, b, beta=1.0 if accumulate else 0.0, alpha=alpha)
         return
     if a.is_cuda and _OUT_DTYPE_OK["addmm"]:
         try:
-            torch.addmm(acc, a, b, out_dtype=acc.dtype, alpha=alpha, out=acc)
+            if not accumulate and alpha == 1.0:
+                torch.mm(a, b, out_dtype=dst.dtype, out=dst)
+            else:
+                torch.addmm(dst, a, b, out_dtype=dst.dtype, beta=1.0 if accumulate else 0.0, alpha=alpha, out=dst)
             return
         except (TypeError, RuntimeError, NotImplementedError):
             _OUT_DTYPE_OK["addmm"] = False
-    acc.add_(_mm_f32(a, b), alpha=alpha)
+    prod = _mm_f32(a, b)
+    if accumulate:
+        dst.add_(prod, alpha=alpha)
+    else:
+        torch.mul(prod, alpha, out=dst)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -304,10 +356,28 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _default_chunk_rows(backend: str, M: int, N: int, dtype: torch.dtype) -> int:
+    """Rows of a full-width (rows, N) slab: ~128 MiB of dz' for Triton, 8 MiB (fp32) for eager."""
     if backend == "triton":
         rows = _SLAB_BYTES // (max(N, 1) * dtype.itemsize)
         return max(128, rows // 128 * 128)
     return max(1, _EAGER_SLAB_ELEMENTS // max(N, 1))
+
+
+def _blocks(backend: str, M: int, N: int, dtype: torch.dtype, chunk_rows: int | None,
+            chunk_cols: int | None) -> tuple[int, int]:
+    """(rows, cols) of the dz' blocks the gradient GEMMs consume.
+
+    Triton, by default: square-ish blocks of ~_SLAB_BYTES (8192 × 8192 in bf16, 5760 × 5760 in fp32), the shape
+    that minimises the fp32 accumulator traffic for a given slab size (each block re-reads and rewrites its rows of
+    dx' and its columns of dy'); a full-width slab when N is narrower than the square. chunk_rows alone keeps the
+    old meaning, (chunk_rows, N) slabs; chunk_cols (tests) splits the columns too."""
+    if chunk_rows is None and chunk_cols is None:
+        if backend != "triton":
+            return _default_chunk_rows(backend, M, N, dtype), N
+        side = max(128, math.isqrt(_SLAB_BYTES // dtype.itemsize) // 128 * 128)
+        cols = min(N, side)
+        return max(128, _SLAB_BYTES // (cols * dtype.itemsize) // 128 * 128), cols
+    return (chunk_rows or _default_chunk_rows(backend, M, min(N, chunk_cols or N), dtype)), (chunk_cols or N)
 
 
 def _eager_logits(xc: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
@@ -337,11 +407,62 @@ def _block_loss_sum(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, b
     return total
 
 
+def _block_grads(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor, diag_offset: int,
+                 backend: str, blocks: tuple[int, int], dx_acc: torch.Tensor, dy_acc: torch.Tensor, alpha: float,
+                 *, fused: bool, dx_fresh: bool, dy_fresh: bool) -> torch.Tensor:
+    """One pass over the (rows, cols) blocks of dz' for x (M, D) against y (N, D): per block, one tile pass
+    (Triton kernel or eager slab) writes the block of dz', then two GEMMs on it:
+
+        dx_acc[rows] (+)= alpha · dz'_blk @ y[cols],   dy_acc[cols] (+)= alpha · dz'_blkᵀ @ x[rows]
+
+    (the first column block writes dx_acc's rows when dx_fresh, the first row block dy_acc's columns when dy_fresh:
+    no zero fill, no read of an uninitialised accumulator). fused: the training forward, dz' carries the factor
+    exp(t) and the loss is summed too. Returns fp32/fp64 (3,): [Σ −log σ(label·z) (fused only, else 0),
+    Σ dz'·<x, y> (times exp(t) when fused), Σ dz']. dx_acc, dy_acc: fp32 (fp64 for fp64 inputs), contiguous."""
+    M, N = x.shape[0], y.shape[0]
+    rows, cols = blocks
+    sums = torch.zeros(3, device=x.device, dtype=dx_acc.dtype)
+    scale = log_scale.exp().reshape(()) if fused else None
+    for r0 in range(0, M, rows):
+        xr = x[r0:r0 + rows]  # (R, D)
+        for c0 in range(0, N, cols):
+            yc = y[c0:c0 + cols]  # (C, D)
+            offset = diag_offset + r0 - c0  # label +1 where col == row + offset within the block
+            if backend == "triton":
+                if fused:
+                    dz, parts = _sigmoid_loss_fused(xr, yc, log_scale, bias, offset)  # exp(t)·dz' (R, C)
+                    sums += parts.sum(dim=1)
+                else:
+                    dz, tpart, bpart = _sigmoid_loss_bwd(xr, yc, log_scale, bias, offset)  # dz' (R, C)
+                    sums[1] += tpart.sum()
+                    sums[2] += bpart.sum()
+                _gemm_into(dx_acc[r0:r0 + rows], dz, yc, alpha, accumulate=not (dx_fresh and c0 == 0))
+            else:
+                dz, diag = _eager_logits(xr, yc, log_scale, bias, offset)  # w = −label·z
+                if fused:
+                    sums[0] += F.softplus(dz).sum()
+                dz = dz.sigmoid_()  # σ(w)
+                dz[diag] = -dz[diag]  # dz' = −label·σ(w)
+                sums[2] += dz.sum()
+                if fused:
+                    dz.mul_(scale)
+                dzy = dz @ yc  # (R, D)
+                sums[1] += (dzy * xr).sum()  # Σ_ij dz'_ij <x_i, y_j> = Σ_i <x_i, (dz' @ y)_i>: O(R·D), not O(R·C)
+                if dx_fresh and c0 == 0:
+                    torch.mul(dzy, alpha, out=dx_acc[r0:r0 + rows])
+                else:
+                    dx_acc[r0:r0 + rows].add_(dzy, alpha=alpha)
+            _gemm_into(dy_acc[c0:c0 + cols], dz.T, xr, alpha, accumulate=not (dy_fresh and r0 == 0))
+            del dz
+    return sums
+
+
 def _block_backward(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
                     coef: torch.Tensor, diag_offset: int, backend: str, chunk_rows: int | None,
-                    dx_out: torch.Tensor, dy_acc: torch.Tensor, *, accumulate_dx: bool
+                    dx_out: torch.Tensor, dy_acc: torch.Tensor, *, accumulate_dx: bool, chunk_cols: int | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of coef·Σ_ij −log σ(label_ij·z_ij) for one (x block, y block) pair.
+    """Gradients of coef·Σ_ij −log σ(label_ij·z_ij) for one (x block, y block) pair, recomputing the logits (the
+    distributed ring's backward; the single-process training path saves its gradients in the forward instead).
 
     Writes (or, with accumulate_dx, adds) dx into dx_out (M, D), adds dy into the fp32/fp64 accumulator dy_acc
     (N, D), and returns (dt, db) as fp32/fp64 0-d tensors. coef is a 0-d tensor (the incoming gradient / batch)."""
@@ -351,30 +472,17 @@ def _block_backward(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, b
         x, y, log_scale, bias = x.to(cdt), y.to(cdt), log_scale.to(cdt), bias.to(cdt)
     scale = log_scale.exp().to(cdt).reshape(())
     g = float(coef * scale)  # one host sync per block: lets cuBLAS fold the factor in (alpha) without temporaries
-    chunk = chunk_rows or _default_chunk_rows(backend, M, N, x.dtype)
-    tsum = torch.zeros((), device=x.device, dtype=cdt)
-    bsum = torch.zeros((), device=x.device, dtype=cdt)
-    for r0 in range(0, M, chunk):
-        xc = x[r0:r0 + chunk]  # (C, D)
-        if backend == "triton":
-            dz, tpart, bpart = _sigmoid_loss_bwd(xc, y, log_scale, bias, diag_offset + r0)  # dz' (C, N)
-            dzy = _mm_f32(dz, y)  # (C, D)
-            tsum = tsum + tpart.sum()
-        else:
-            dz, diag = _eager_logits(xc, y, log_scale, bias, diag_offset + r0)
-            dz = dz.sigmoid_()  # σ(w)
-            dz[diag] = -dz[diag]  # dz' = −label·σ(w)
-            bpart = dz.sum()
-            dzy = dz @ y  # (C, D)
-            tsum = tsum + (dzy * xc).sum()  # Σ_ij dz'_ij <x_i, y_j> = Σ_i <x_i, (dz' @ y)_i>: O(C·D), not O(C·N)
-        bsum = bsum + bpart.sum()
+    blocks = _blocks(backend, M, N, x.dtype, chunk_rows, chunk_cols)
+    direct = dx_out.dtype == cdt and dx_out.is_contiguous()
+    dx_acc = dx_out if direct else torch.empty(dx_out.shape, device=x.device, dtype=cdt)
+    sums = _block_grads(x, y, log_scale, bias, diag_offset, backend, blocks, dx_acc, dy_acc, g,
+                        fused=False, dx_fresh=not (direct and accumulate_dx), dy_fresh=False)
+    if not direct:
         if accumulate_dx:
-            dx_out[r0:r0 + chunk].add_(dzy, alpha=g)
+            dx_out.add_(dx_acc)
         else:
-            dx_out[r0:r0 + chunk] = dzy.mul_(g)
-        _addmm_f32_(dy_acc, dz.T, xc, g)  # dy += g · dz'ᵀ @ x, (N, D)
-        del dz, dzy
-    return coef * scale * tsum, coef * bsum
+            dx_out.copy_(dx_acc)
+    return coef * scale * sums[1], coef * sums[2]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -436,7 +544,7 @@ def _scalars(t: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> tuple[torc
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Single-process op: forward and backward as torch custom ops (torch.compile traces through them)
+# Single-process ops: torch custom ops (torch.compile traces through them)
 # ---------------------------------------------------------------------------------------------------------------
 
 def _loss_forward(x, y, t, b, backend: str, chunk_rows: int) -> torch.Tensor:
@@ -446,21 +554,28 @@ def _loss_forward(x, y, t, b, backend: str, chunk_rows: int) -> torch.Tensor:
     return (total / x.shape[0]).to(_loss_dtype(x, t, b))
 
 
-def _loss_backward(grad, x, y, t, b, backend: str, chunk_rows: int):
+def _loss_train(x, y, t, b, backend: str, chunk_rows: int):
+    """The training forward: the loss and, from the same tile pass, the gradients of the loss sum Σ −log σ(label·z)
+    (not yet divided by N, not multiplied by the incoming gradient): exp(t)·dz' @ y, exp(t)·dz'ᵀ @ x in fp32 (fp64
+    for fp64 inputs), and exp(t)·Σ dz'·<x, y> and Σ dz' as (1,) tensors."""
     cdt = _compute_dtype(x.dtype)
     log_scale, bias = _scalars(t, b, cdt)
     x, y = x.contiguous(), y.contiguous()
-    coef = grad.detach().to(cdt).reshape(()) / x.shape[0]
-    dx = torch.empty_like(x)
-    dy = torch.zeros(y.shape, device=y.device, dtype=cdt)
-    dt, db = _block_backward(x, y, log_scale, bias, coef, 0, backend, chunk_rows or None,
-                             dx, dy, accumulate_dx=False)
-    return dx, dy.to(y.dtype), dt.to(t.dtype).reshape(t.shape), db.to(b.dtype).reshape(b.shape)
+    if backend == "eager":
+        x, y = x.to(cdt), y.to(cdt)
+    dxs = torch.empty(x.shape, device=x.device, dtype=cdt)
+    dys = torch.empty(y.shape, device=y.device, dtype=cdt)
+    blocks = _blocks(backend, x.shape[0], y.shape[0], x.dtype, chunk_rows or None, None)
+    sums = _block_grads(x, y, log_scale, bias, 0, backend, blocks, dxs, dys, 1.0,
+                        fused=True, dx_fresh=True, dy_fresh=True)
+    loss = (sums[0] / x.shape[0]).to(_loss_dtype(x, t, b))
+    return loss, dxs, dys, sums[1:2].clone(), sums[2:3].clone()
 
 
 @torch.library.custom_op("siglip_fast::sigmoid_loss", mutates_args=())
 def _sigmoid_loss_op(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
                      logit_bias: torch.Tensor, backend: str, chunk_rows: int) -> torch.Tensor:
+    """The loss only (eval, no_grad): the forward kernel, no N×N and no (N, D) buffer."""
     return _loss_forward(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows)
 
 
@@ -469,32 +584,61 @@ def _(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows):
     return image_embeds.new_empty((), dtype=_loss_dtype(image_embeds, logit_scale, logit_bias))
 
 
-@torch.library.custom_op("siglip_fast::sigmoid_loss_backward", mutates_args=())
-def _sigmoid_loss_backward_op(grad: torch.Tensor, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
-                              logit_scale: torch.Tensor, logit_bias: torch.Tensor, backend: str, chunk_rows: int
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _loss_backward(grad, image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows)
+@torch.library.custom_op("siglip_fast::sigmoid_loss_train", mutates_args=())
+def _sigmoid_loss_train_op(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+                           logit_bias: torch.Tensor, backend: str, chunk_rows: int
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, dxs, dys, dts, dbs): the loss and the unscaled gradients its backward only rescales."""
+    return _loss_train(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows)
 
 
-@_sigmoid_loss_backward_op.register_fake
-def _(grad, image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows):
-    return (torch.empty_like(image_embeds), torch.empty_like(text_embeds), torch.empty_like(logit_scale),
-            torch.empty_like(logit_bias))
+@_sigmoid_loss_train_op.register_fake
+def _(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows):
+    cdt = _compute_dtype(image_embeds.dtype)
+    stat = image_embeds.new_empty((1,), dtype=cdt)
+    return (image_embeds.new_empty((), dtype=_loss_dtype(image_embeds, logit_scale, logit_bias)),
+            image_embeds.new_empty(image_embeds.shape, dtype=cdt), text_embeds.new_empty(text_embeds.shape, dtype=cdt),
+            stat, torch.empty_like(stat))
 
 
-def _setup_context(ctx, inputs, output):
+@torch.library.custom_op("siglip_fast::sigmoid_loss_train_backward", mutates_args=())
+def _sigmoid_loss_train_backward_op(grad: torch.Tensor, dxs: torch.Tensor, dys: torch.Tensor, dts: torch.Tensor,
+                                    dbs: torch.Tensor, embed_dtype: torch.dtype
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dy, dt, db) = (grad/N)·(dxs, dys, dts, dbs); dx, dy written straight in the embeddings' dtype (no fp32
+    temporary), dt, db (1,) in the compute dtype. No kernel launch, no recompute: one elementwise pass."""
+    coef = grad.detach().to(dxs.dtype).reshape(()) / dxs.shape[0]
+    dx = torch.empty(dxs.shape, device=dxs.device, dtype=embed_dtype)
+    dy = torch.empty(dys.shape, device=dys.device, dtype=embed_dtype)
+    torch.mul(dxs, coef, out=dx)
+    torch.mul(dys, coef, out=dy)
+    return dx, dy, dts * coef, dbs * coef
+
+
+@_sigmoid_loss_train_backward_op.register_fake
+def _(grad, dxs, dys, dts, dbs, embed_dtype):
+    return (dxs.new_empty(dxs.shape, dtype=embed_dtype), dys.new_empty(dys.shape, dtype=embed_dtype),
+            torch.empty_like(dts), torch.empty_like(dbs))
+
+
+def _train_setup_context(ctx, inputs, output):
     image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows = inputs
-    ctx.save_for_backward(image_embeds, text_embeds, logit_scale, logit_bias)  # x, y, t, b: nothing N×N
-    ctx.backend, ctx.chunk_rows = backend, chunk_rows
+    _, dxs, dys, dts, dbs = output
+    ctx.save_for_backward(dxs, dys, dts, dbs)  # (N, D), (N, D), (1,), (1,): nothing N×N
+    ctx.mark_non_differentiable(dxs, dys, dts, dbs)
+    ctx.set_materialize_grads(False)  # no zero (N, D) gradients for the saved outputs
+    ctx.embed_dtype = image_embeds.dtype
+    ctx.t_meta, ctx.b_meta = (logit_scale.dtype, logit_scale.shape), (logit_bias.dtype, logit_bias.shape)
 
 
-def _backward(ctx, grad):
-    x, y, t, b = ctx.saved_tensors
-    dx, dy, dt, db = _sigmoid_loss_backward_op(grad, x, y, t, b, ctx.backend, ctx.chunk_rows)
-    return dx, dy, dt, db, None, None
+def _train_backward(ctx, grad, *_):
+    dxs, dys, dts, dbs = ctx.saved_tensors
+    dx, dy, dt, db = _sigmoid_loss_train_backward_op(grad, dxs, dys, dts, dbs, ctx.embed_dtype)
+    (t_dtype, t_shape), (b_dtype, b_shape) = ctx.t_meta, ctx.b_meta
+    return dx, dy, dt.to(t_dtype).reshape(t_shape), db.to(b_dtype).reshape(b_shape), None, None
 
 
-_sigmoid_loss_op.register_autograd(_backward, setup_context=_setup_context)
+_sigmoid_loss_train_op.register_autograd(_train_backward, setup_context=_train_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -509,14 +653,20 @@ def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sc
     L2-normalised (this function does not normalise). logit_scale (t, a log) and logit_bias (b): 0-d or (1,) float
     tensors, any float dtype (fp32 with bf16 embeddings is the usual case). Returns a 0-d tensor of dtype
     promote(embeddings, t, b), computed with fp32 accumulation. backend: "auto" (Triton on CUDA, eager blockwise
-    on CPU), "triton", "eager". chunk_rows: rows per recomputed slab (memory knob; default bounds a slab to
-    ~128 MiB for Triton, 8 MiB for eager). For several devices use `siglip_fast.sigmoid_loss(..., group=...)`.
+    on CPU), "triton", "eager". chunk_rows: rows per slab of dz' (memory knob; by default Triton uses ~128 MiB
+    blocks of 8192 × 8192 in bf16, eager 8 MiB full-width slabs). When a gradient will be needed (grad mode on and
+    an input requires grad) the forward also computes the gradients (see the module docstring) and keeps two
+    (N, D) fp32 tensors until the backward; otherwise it only sums the loss. For several devices use
+    `siglip_fast.sigmoid_loss(..., group=...)`.
     """
     _check_inputs(image_embeds, text_embeds, logit_scale, logit_bias)
     backend = _resolve_backend(backend, image_embeds)
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
         raise ValueError(f"sigmoid_loss: chunk_rows must be a positive int, got {chunk_rows!r}")
-    return _sigmoid_loss_op(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows or 0)
+    args = (image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows or 0)
+    if torch.is_grad_enabled() and any(v.requires_grad for v in args[:4]):
+        return _sigmoid_loss_train_op(*args)[0]  # the gradients come out of the forward's tile pass
+    return _sigmoid_loss_op(*args)
 
 
 def sigmoid_loss_blockwise(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
