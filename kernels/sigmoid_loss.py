@@ -8,24 +8,57 @@ For image embeddings x (N, D), text embeddings y (N, D), t = logit_scale (a log)
 — the value transformers' `SiglipModel(return_loss=True)` computes (it sums the transposed matrix; the sum is the
 same). The embeddings are used as given: the loss does not L2-normalise them (the model does).
 
-Forward: each (BLOCK_M, BLOCK_N) tile of logits is computed with `tl.dot` (fp32 accumulation, looping over D in
-masked chunks), turned into −log σ(label·z) = softplus(−label·z) (stable form) and summed; every tile writes one
-fp32 partial and the partials are summed by torch (deterministic). Nothing of size N×N is written or saved: the
-backward keeps only x, y, t and b.
+Gradients, with w = −label·z, dz'_ij = −label_ij·σ(w_ij) ∈ [−1, 1] and dz = dz'·g/N (g the incoming gradient):
 
-Backward: with w = −label·z, dz'_ij = −label_ij·σ(w_ij) ∈ [−1, 1] and dz = dz'·g/N (g the incoming gradient):
+    dx = exp(t)·dz @ y,   dy = exp(t)·dzᵀ @ x,   dt = Σ dz·(z − b) = exp(t)·Σ dz·<x, y>,   db = Σ dz.
 
-    dx = exp(t)·dz @ y,   dy = exp(t)·dzᵀ @ x,   dt = Σ dz·(z − b),   db = Σ dz.
+Two paths, chosen in `sigmoid_loss` from static facts torch.compile guards on (grad mode, inputs' requires_grad):
 
-The backward kernel recomputes the logits tile by tile and writes dz' for a slab of at most `chunk_rows` rows
-(bounded to ~128 MiB), plus per-tile partials of Σ dz'·<x, y> and Σ dz'; the two GEMMs with y and x then run on that
-slab (cuBLAS, fp32 output). Why not a flash-style dx/dy kernel: SigLIP's D (768..1152) is far too wide for a
-register-resident (BLOCK_M, D) dx accumulator, and splitting D across programs recomputes the logits D/BLOCK_D
-times; atomics would make the gradients non-deterministic. The slab keeps the backward at one recompute GEMM + two
-gradient GEMMs (four GEMM-equivalents with the forward), the memory bounded and the result bitwise reproducible.
+* Loss only (no_grad / eval): `_sigmoid_loss_fwd_kernel`. Each (BLOCK_M, BLOCK_N) tile of logits is computed with
+  `tl.dot` (fp32 accumulation, looping over D in masked chunks), turned into −log σ(label·z) = softplus(w) (stable
+  form) and summed; every tile writes one fp32 partial, summed by torch (deterministic). Nothing N×N or (N, D) is
+  allocated. One GEMM-equivalent (2·N²·D FLOPs).
 
-The eager blockwise path (CPU, and the `"eager"` backend) runs the same math on (chunk_rows, N) slabs in PyTorch, in
-fp32 (fp64 for fp64 inputs), with the same memory-bounded recomputing backward.
+* Training (a gradient will be needed): one fused forward, no recompute. The N×N matrix is walked in blocks of
+  dz' (`_blocks`: ~128 MiB, square by default, see below). Per block, `_sigmoid_loss_grad_kernel` (FUSED) computes
+  the tiles of z once and writes, from the same registers, the loss partials, exp(t)·dz' (the block, in the input
+  dtype), and per-tile Σ exp(t)·dz'·<x, y> and Σ dz'; then two cuBLAS GEMMs on the block accumulate, in fp32,
+  dxs[rows] += exp(t)·dz'_blk @ y[cols] and dys[cols] += exp(t)·dz'_blkᵀ @ x[rows] (the first block of each row /
+  column range writes with β = 0: no zero fill). The op returns the loss and saves dxs, dys (N, D) fp32 and the
+  two sums ((1,) each); its backward (`siglip_fast::sigmoid_loss_train_backward`) launches no kernel: it multiplies
+  them by g/N, writing dx, dy straight in the embeddings' dtype. Three GEMM-equivalents in all (tile pass, dx, dy)
+  instead of four (forward, recompute, dx, dy). dz' is pre-scaled by exp(t) so that no host sync is needed to
+  fold exp(t) into cuBLAS's alpha; rounding exp(t)·dz' to bf16/fp16 has the same relative error (2^-9 / 2^-12) as
+  rounding dz' did. fp16 limit: exp(t)·|dz'| ≤ exp(t) must stay below 65504 (t < 11.08), where the plain fp16
+  logits overflow as well.
+
+  Why not a flash-style dx/dy kernel: SigLIP's D (768..1152) is far too wide for a register-resident (BLOCK_M, D)
+  accumulator, splitting D across programs recomputes the logits D/BLOCK_D times, and atomics would make the
+  gradients non-deterministic. Blocks + cuBLAS keep the memory bounded and the result bitwise reproducible.
+
+Blocks and accumulator traffic. Each block re-reads and rewrites its rows of dxs and its columns of dys (fp32), so
+for blocks of R rows × C columns the accumulators move ≈ N²·D·8·(1/R + 1/C) bytes; at a fixed block size R·C that
+is smallest for square blocks. Default (`_blocks`): R = C = the largest multiple of 128 with R·C·itemsize ≤ 128 MiB
+(8192 in bf16/fp16, 5760 in fp32), full-width slabs when N is narrower; `chunk_rows` alone keeps (chunk_rows, N)
+slabs. At the target shape (N = 32768, D = 1152, bf16; one fp32 (N, D) accumulator = 151 MB):
+  before (backward over 16 full-width 2048-row slabs): dy zero fill + 16 × (read + write) ≈ 5.0 GB, dx (fp32
+  slab result, rescale, cast) ≈ 0.7 GB, final casts ≈ 0.2 GB: ≈ 5.9 GB;
+  now (4 × 4 blocks of 8192²): dxs and dys each written once and read+written 3 more times, 7 × 151 MB = 1.06 GB
+  each, 2.1 GB, plus the backward's rescale (read 302 MB, write 151 MB): ≈ 2.6 GB.
+The dz' blocks themselves (2.1 GB written, 4.3 GB read as GEMM operands) cost the same as before and are streamed
+by compute-bound work (each 8192² block feeds two GEMMs of 155 GFLOP).
+
+Memory above the inputs at the target shape, bf16: forward dxs + dys 2·N·D·4 = 288 MiB + one dz' block
+8192²·2 = 128 MiB (+ partials, 48 KiB) = 416 MiB; backward 288 MiB saved + the returned bf16 dx, dy 2·N·D·2 =
+144 MiB = 432 MiB ≈ 0.42 GiB (≤ 0.5 GiB). fp32 inputs: 288 + 127 MiB forward, 288 + 288 MiB (the fp32 gradients
+themselves) = 576 MiB backward. Time at the target, predicted (not measured): 3 × 2.47 TFLOP = 7.4 TFLOP ≈ 10.2 ms
+at 730 TFLOP/s, + ≈ 0.15 ms for the backward's rescale; before: 4 × 2.47 = 9.9 TFLOP ≈ 13.5 ms + ≈ 2 ms of
+accumulator traffic.
+
+The distributed ring (siglip_fast/loss.py) keeps a recomputing backward per (x block, y block) pair
+(`_block_backward`: `_sigmoid_loss_grad_kernel` un-FUSED writes dz' and Σ dz'·<x, y>, Σ dz'; same 2-D blocks and
+GEMMs). The eager path (CPU, and the `"eager"` backend) runs the same math on full-width (chunk_rows, N) slabs in
+PyTorch, in fp32 (fp64 for fp64 inputs), with the same fused training forward.
 
 `sigmoid_loss_reference` is the plain formula (full logits matrix, labels 2I − 1), as open_clip and transformers
 compute it: the tests' and benchmarks' ground truth.
