@@ -153,7 +153,9 @@ def _signed_logits_tile(x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_off
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr,
                         PRECISION: tl.constexpr):
     """This program's tile: (its index among the tiles, rows, cols, s = <x_i, y_j> (BLOCK_M, BLOCK_N) fp32,
-    pos = where the label is +1, w = −label·z with z = exp(t)·s + b)."""
+    pos = where the label is +1, w = −label·z with z = exp(t)·s + b). Outside the M × N matrix w = −inf, which
+    makes softplus(w), σ(w) and so dz' exactly 0 there (s is 0 too): no further masking of the tile's values,
+    so no (BLOCK_M, BLOCK_N) mask stays live in registers."""
     pid_m, pid_n, grid_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -162,6 +164,7 @@ def _signed_logits_tile(x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_off
     z = s * tl.exp(tl.load(log_scale_ptr)) + tl.load(bias_ptr)
     pos = cols[None, :] == rows[:, None] + diag_offset
     w = tl.where(pos, -z, z)  # −label·z
+    w = tl.where((rows[:, None] < M) & (cols[None, :] < N), w, float("-inf"))
     return pid_m * grid_n + pid_n, rows, cols, s, pos, w
 
 
@@ -182,9 +185,36 @@ def _sigmoid_loss_fwd_kernel(
     part, rows, cols, s, pos, w = _signed_logits_tile(
         x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_offset, stride_x, stride_y,
         BLOCK_M, BLOCK_N, BLOCK_D, GROUP_M, PRECISION)
-    term = tl.maximum(w, 0.0) + _log1p(tl.exp(-tl.abs(w)))  # softplus(w) = −log σ(label·z)
-    term = tl.where((rows[:, None] < M) & (cols[None, :] < N), term, 0.0)
+    term = tl.maximum(w, 0.0) + _log1p(tl.exp(-tl.abs(w)))  # softplus(w) = −log σ(label·z); 0 outside
     tl.store(part_ptr + part, tl.sum(tl.sum(term, axis=1), axis=0))
+
+
+@triton.jit
+def _halves(t, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
+    """The left and right (BLOCK_M, WIDTH // 2) halves of a (BLOCK_M, WIDTH) tile."""
+    return tl.split(tl.permute(tl.reshape(t, (BLOCK_M, 2, WIDTH // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _grad_epilogue(s, rows, cols, M, N, diag_offset, scale, bias, dz_ptr, FUSED: tl.constexpr):
+    """dz' of one (rows × cols) piece of a tile from its similarities s (fp32): stores dz' (times exp(t) when
+    FUSED) and returns the piece's (Σ softplus(w) (FUSED, else 0), Σ dz'·s (times exp(t) when FUSED), Σ dz')."""
+    valid = (rows[:, None] < M) & (cols[None, :] < N)
+    pos = cols[None, :] == rows[:, None] + diag_offset
+    z = s * scale + bias
+    w = tl.where(valid, tl.where(pos, -z, z), float("-inf"))  # −label·z; −inf outside: every term below is 0
+    u = tl.exp(-tl.abs(w))  # one exp serves σ(w) and softplus(w)
+    sig = tl.where(w >= 0, 1.0 / (1.0 + u), u / (1.0 + u))  # σ(w), stable
+    dz = tl.where(pos, -sig, sig)
+    k = scale if FUSED else 1.0
+    dz_ptrs = dz_ptr + rows[:, None].to(tl.int64) * N + cols[None, :]
+    tl.store(dz_ptrs, (dz * k).to(dz_ptr.dtype.element_ty), mask=valid)
+    tsum = tl.sum(tl.sum(dz * s, axis=1), axis=0) * k
+    bsum = tl.sum(tl.sum(dz, axis=1), axis=0)
+    lsum = 0.0
+    if FUSED:
+        lsum = tl.sum(tl.sum(tl.maximum(w, 0.0) + _log1p(u), axis=1), axis=0)  # softplus(w) = −log σ(label·z)
+    return lsum, tsum, bsum
 
 
 @triton.autotune(configs=_CONFIGS, key=["D", "FUSED"])
@@ -205,26 +235,31 @@ def _sigmoid_loss_grad_kernel(
     PRECISION: tl.constexpr,
     FUSED: tl.constexpr,  # the training forward: also the loss partials, and dz' pre-scaled by exp(t)
 ):
-    part, rows, cols, s, pos, w = _signed_logits_tile(
-        x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_offset, stride_x, stride_y,
-        BLOCK_M, BLOCK_N, BLOCK_D, GROUP_M, PRECISION)
-    valid = (rows[:, None] < M) & (cols[None, :] < N)
-    u = tl.exp(-tl.abs(w))  # one exp serves σ(w) and softplus(w)
+    pid_m, pid_n, grid_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    s = _similarity_tile(x_ptr, y_ptr, rows, cols, M, N, D, stride_x, stride_y,
+                         BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)  # (BLOCK_M, BLOCK_N) fp32
+    scale = tl.exp(tl.load(log_scale_ptr))
+    bias = tl.load(bias_ptr)
+    # The epilogue runs on the tile's four column quarters one after the other (a register-level split, no shared
+    # memory): with 8 warps a (128, 128) fp32 tile is 64 registers per thread, and the epilogue keeps s, w, σ and
+    # dz' live together: on the whole tile that spilled (255 registers + 0.9-1.3 KiB of stack on sm_90; halves
+    # still spilled 16 bytes), on quarters it needs 184 registers and no stack.
+    q: tl.constexpr = BLOCK_N // 4
+    s_lo, s_hi = _halves(s, BLOCK_M, BLOCK_N)
+    s0, s1 = _halves(s_lo, BLOCK_M, BLOCK_N // 2)
+    s2, s3 = _halves(s_hi, BLOCK_M, BLOCK_N // 2)
+    c = pid_n * BLOCK_N + tl.arange(0, q)
+    l0, t0, b0 = _grad_epilogue(s0, rows, c, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
+    l1, t1, b1 = _grad_epilogue(s1, rows, c + q, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
+    l2, t2, b2 = _grad_epilogue(s2, rows, c + 2 * q, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
+    l3, t3, b3 = _grad_epilogue(s3, rows, c + 3 * q, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
+    part = pid_m * grid_n + pid_n
     if FUSED:
-        term = tl.maximum(w, 0.0) + _log1p(u)  # softplus(w) = −log σ(label·z)
-        tl.store(lpart_ptr + part, tl.sum(tl.sum(tl.where(valid, term, 0.0), axis=1), axis=0))
-    sig = tl.where(w >= 0, 1.0 / (1.0 + u), u / (1.0 + u))  # σ(w), stable
-    dz = tl.where(valid, tl.where(pos, -sig, sig), 0.0)
-    tsum = tl.sum(tl.sum(dz * s, axis=1), axis=0)
-    bsum = tl.sum(tl.sum(dz, axis=1), axis=0)
-    if FUSED:
-        scale = tl.exp(tl.load(log_scale_ptr))
-        dz = dz * scale
-        tsum = tsum * scale
-    dz_ptrs = dz_ptr + rows[:, None].to(tl.int64) * N + cols[None, :]
-    tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty), mask=valid)
-    tl.store(tpart_ptr + part, tsum)
-    tl.store(bpart_ptr + part, bsum)
+        tl.store(lpart_ptr + part, (l0 + l1) + (l2 + l3))
+    tl.store(tpart_ptr + part, (t0 + t1) + (t2 + t3))
+    tl.store(bpart_ptr + part, (b0 + b1) + (b2 + b3))
 
 
 # ---------------------------------------------------------------------------------------------------------------
