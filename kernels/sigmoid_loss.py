@@ -153,9 +153,7 @@ def _signed_logits_tile(x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_off
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr,
                         PRECISION: tl.constexpr):
     """This program's tile: (its index among the tiles, rows, cols, s = <x_i, y_j> (BLOCK_M, BLOCK_N) fp32,
-    pos = where the label is +1, w = −label·z with z = exp(t)·s + b). Outside the M × N matrix w = −inf, which
-    makes softplus(w), σ(w) and so dz' exactly 0 there (s is 0 too): no further masking of the tile's values,
-    so no (BLOCK_M, BLOCK_N) mask stays live in registers."""
+    pos = where the label is +1, w = −label·z with z = exp(t)·s + b)."""
     pid_m, pid_n, grid_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -164,7 +162,6 @@ def _signed_logits_tile(x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_off
     z = s * tl.exp(tl.load(log_scale_ptr)) + tl.load(bias_ptr)
     pos = cols[None, :] == rows[:, None] + diag_offset
     w = tl.where(pos, -z, z)  # −label·z
-    w = tl.where((rows[:, None] < M) & (cols[None, :] < N), w, float("-inf"))
     return pid_m * grid_n + pid_n, rows, cols, s, pos, w
 
 
@@ -185,7 +182,8 @@ def _sigmoid_loss_fwd_kernel(
     part, rows, cols, s, pos, w = _signed_logits_tile(
         x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_offset, stride_x, stride_y,
         BLOCK_M, BLOCK_N, BLOCK_D, GROUP_M, PRECISION)
-    term = tl.maximum(w, 0.0) + _log1p(tl.exp(-tl.abs(w)))  # softplus(w) = −log σ(label·z); 0 outside
+    term = tl.maximum(w, 0.0) + _log1p(tl.exp(-tl.abs(w)))  # softplus(w) = −log σ(label·z)
+    term = tl.where((rows[:, None] < M) & (cols[None, :] < N), term, 0.0)
     tl.store(part_ptr + part, tl.sum(tl.sum(term, axis=1), axis=0))
 
 
@@ -198,7 +196,8 @@ def _halves(t, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
 @triton.jit
 def _grad_epilogue(s, rows, cols, M, N, diag_offset, scale, bias, dz_ptr, FUSED: tl.constexpr):
     """dz' of one (rows × cols) piece of a tile from its similarities s (fp32): stores dz' (times exp(t) when
-    FUSED) and returns the piece's (Σ softplus(w) (FUSED, else 0), Σ dz'·s (times exp(t) when FUSED), Σ dz')."""
+    FUSED) and returns the piece's row sums (BLOCK_M,) of softplus(w) (FUSED, else 0), dz'·s and dz' (row sums only:
+    they stay inside each warp; the tile sums them across warps once, not once per piece)."""
     valid = (rows[:, None] < M) & (cols[None, :] < N)
     pos = cols[None, :] == rows[:, None] + diag_offset
     z = s * scale + bias
@@ -209,11 +208,12 @@ def _grad_epilogue(s, rows, cols, M, N, diag_offset, scale, bias, dz_ptr, FUSED:
     k = scale if FUSED else 1.0
     dz_ptrs = dz_ptr + rows[:, None].to(tl.int64) * N + cols[None, :]
     tl.store(dz_ptrs, (dz * k).to(dz_ptr.dtype.element_ty), mask=valid)
-    tsum = tl.sum(tl.sum(dz * s, axis=1), axis=0) * k
-    bsum = tl.sum(tl.sum(dz, axis=1), axis=0)
-    lsum = 0.0
+    tsum = tl.sum(dz * s, axis=1)
+    bsum = tl.sum(dz, axis=1)
     if FUSED:
-        lsum = tl.sum(tl.sum(tl.maximum(w, 0.0) + _log1p(u), axis=1), axis=0)  # softplus(w) = −log σ(label·z)
+        lsum = tl.sum(tl.maximum(w, 0.0) + _log1p(u), axis=1)  # softplus(w) = −log σ(label·z)
+    else:
+        lsum = bsum
     return lsum, tsum, bsum
 
 
@@ -257,9 +257,11 @@ def _sigmoid_loss_grad_kernel(
     l3, t3, b3 = _grad_epilogue(s3, rows, c + 3 * q, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
     part = pid_m * grid_n + pid_n
     if FUSED:
-        tl.store(lpart_ptr + part, (l0 + l1) + (l2 + l3))
-    tl.store(tpart_ptr + part, (t0 + t1) + (t2 + t3))
-    tl.store(bpart_ptr + part, (b0 + b1) + (b2 + b3))
+        tl.store(lpart_ptr + part, tl.sum((l0 + l1) + (l2 + l3), axis=0))
+        tl.store(tpart_ptr + part, tl.sum((t0 + t1) + (t2 + t3), axis=0) * scale)
+    else:
+        tl.store(tpart_ptr + part, tl.sum((t0 + t1) + (t2 + t3), axis=0))
+    tl.store(bpart_ptr + part, tl.sum((b0 + b1) + (b2 + b3), axis=0))
 
 
 # ---------------------------------------------------------------------------------------------------------------
