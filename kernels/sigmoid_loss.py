@@ -28,9 +28,13 @@ Two paths, chosen in `sigmoid_loss` from static facts torch.compile guards on (g
   two sums ((1,) each); its backward (`siglip_fast::sigmoid_loss_train_backward`) launches no kernel: it multiplies
   them by g/N, writing dx, dy straight in the embeddings' dtype. Three GEMM-equivalents in all (tile pass, dx, dy)
   instead of four (forward, recompute, dx, dy). dz' is pre-scaled by exp(t) so that no host sync is needed to
-  fold exp(t) into cuBLAS's alpha; rounding exp(t)·dz' to bf16/fp16 has the same relative error (2^-9 / 2^-12) as
-  rounding dz' did. fp16 limit: exp(t)·|dz'| ≤ exp(t) must stay below 65504 (t < 11.08), where the plain fp16
-  logits overflow as well.
+  fold exp(t) into cuBLAS's alpha; rounding exp(t)·dz' to bf16/fp16 has the same relative error bound (unit
+  roundoff 2^-8 / 2^-11) as rounding dz' did, and the saved gradients are fp32, so the training path's error is the
+  old backward's. fp16 limit: exp(t)·|dz'| ≤ exp(t) must stay below 65504 (t < 11.09), where the plain fp16 logits
+  overflow as well.
+
+  The kernel's epilogue (σ, softplus, the store of dz', three sums) runs on the tile's four column quarters in
+  turn, with per-row sums inside each warp and one cross-warp reduction per sum: on the whole tile it spilled.
 
   Why not a flash-style dx/dy kernel: SigLIP's D (768..1152) is far too wide for a register-resident (BLOCK_M, D)
   accumulator, splitting D across programs recomputes the logits D/BLOCK_D times, and atomics would make the
@@ -51,9 +55,12 @@ by compute-bound work (each 8192² block feeds two GEMMs of 155 GFLOP).
 Memory above the inputs at the target shape, bf16: forward dxs + dys 2·N·D·4 = 288 MiB + one dz' block
 8192²·2 = 128 MiB (+ partials, 48 KiB) = 416 MiB; backward 288 MiB saved + the returned bf16 dx, dy 2·N·D·2 =
 144 MiB = 432 MiB ≈ 0.42 GiB (≤ 0.5 GiB). fp32 inputs: 288 + 127 MiB forward, 288 + 288 MiB (the fp32 gradients
-themselves) = 576 MiB backward. Time at the target, predicted (not measured): 3 × 2.47 TFLOP = 7.4 TFLOP ≈ 10.2 ms
-at 730 TFLOP/s, + ≈ 0.15 ms for the backward's rescale; before: 4 × 2.47 = 9.9 TFLOP ≈ 13.5 ms + ≈ 2 ms of
-accumulator traffic.
+themselves) = 576 MiB backward. Time at the target, predicted (not measured; no GPU run yet): 3 × 2.47 TFLOP =
+7.4 TFLOP ≈ 10.2 ms at 730 TFLOP/s, + ≈ 0.15 ms for the backward's rescale (0.45 GB); with the Triton tile pass at
+600 TFLOP/s and the cuBLAS GEMMs at 700: 4.1 + 7.1 + 0.15 ≈ 11.4 ms. Before: 4 × 2.47 = 9.9 TFLOP ≈ 13.5 ms at
+730 TFLOP/s, plus up to ≈ 2 ms of accumulator traffic (5.9 GB at 3 TB/s) where the GEMMs do not hide it. fp32 inputs
+run the same three GEMM-equivalents: ≈ 20 ms under TF32 (set_float32_matmul_precision("high")), far more in IEEE
+fp32 (no tensor cores).
 
 The distributed ring (siglip_fast/loss.py) keeps a recomputing backward per (x block, y block) pair
 (`_block_backward`: `_sigmoid_loss_grad_kernel` un-FUSED writes dz' and Σ dz'·<x, y>, Σ dz'; same 2-D blocks and
@@ -81,7 +88,7 @@ _CPU_OK = _INTERPRET  # CPU tensors accepted: under the interpreter (benchmarks.
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _EAGER_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _BACKENDS = ("auto", "triton", "eager")
-_SLAB_BYTES = 128 * 2**20  # the Triton backward's dz' slab
+_SLAB_BYTES = 128 * 2**20  # one dz' block of the Triton path
 _EAGER_SLAB_ELEMENTS = 2 * 2**20  # the eager path's (chunk_rows, N) slabs: 8 MiB each in fp32
 
 
@@ -92,10 +99,12 @@ _EAGER_SLAB_ELEMENTS = 2 * 2**20  # the eager path's (chunk_rows, N) slabs: 8 Mi
 # Tile sizes BLOCK_M/BLOCK_N are picked by the launcher (they size the partial-sum buffers); autotuning chooses the
 # D chunk and the pipeline depth. Every kernel only stores (no accumulation into its outputs), so a tuning run cannot
 # corrupt a result and no reset_to_zero is needed. Under the interpreter one config keeps CI fast.
-# On sm_90 (compile-only audit, bf16, D = 1152, 128×128 tiles) 4 warps hold the (128, 128) fp32 tile in 128
-# registers per thread and spill (255 registers, 0.5-1.2 KiB of stack); 8 warps (two warpgroups, HGMMA, 16-byte
-# cp.async) compile without spills. Only 8-warp configs are kept, and only the three that can win: a 64-wide D chunk
-# with 3 stages (96 KiB of shared memory: two CTAs per SM) or 4 stages (128 KiB), and a 32-wide chunk with 4 stages.
+# Compile-only audit (triton 3.9, sm_90, bf16, D = 1152, 128×128 tiles; registers / stack): with 4 warps the
+# (128, 128) fp32 tile alone is 128 registers per thread and both kernels spilled (255 / 0.5-1.2 KiB), so only 8-warp
+# configs (two warpgroups, HGMMA, 16-byte cp.async) are kept: forward 106-109 / 0, grad kernel 182-187 / 0 (its
+# epilogue runs on column quarters, see `_sigmoid_loss_grad_kernel`). Of those, the three that can win: a 64-wide D
+# chunk with 3 stages (96 KiB of shared memory: two forward CTAs per SM) or 4 stages (128 KiB), and a 32-wide chunk
+# with 4 stages (64 KiB). Three compiles per kernel variant instead of eight.
 if _INTERPRET:
     _CONFIGS = [triton.Config({"BLOCK_D": 32}, num_warps=4, num_stages=1)]
 else:
