@@ -205,8 +205,8 @@ def _halves(t, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
 @triton.jit
 def _grad_epilogue(s, rows, cols, M, N, diag_offset, scale, bias, dz_ptr, FUSED: tl.constexpr):
     """dz' of one (rows × cols) piece of a tile from its similarities s (fp32): stores dz' (times exp(t) when
-    FUSED) and returns the piece's row sums (BLOCK_M,) of softplus(w) (FUSED, else 0), dz'·s and dz' (row sums only:
-    they stay inside each warp; the tile sums them across warps once, not once per piece)."""
+    FUSED) and returns the piece's row sums (BLOCK_M,) of softplus(w) (FUSED; else the dz' sums again, unused),
+    dz'·s and dz' (row sums only: they stay inside each warp; the tile sums them across warps once, not per piece)."""
     valid = (rows[:, None] < M) & (cols[None, :] < N)
     pos = cols[None, :] == rows[:, None] + diag_offset
     z = s * scale + bias
