@@ -8,24 +8,64 @@ For image embeddings x (N, D), text embeddings y (N, D), t = logit_scale (a log)
 — the value transformers' `SiglipModel(return_loss=True)` computes (it sums the transposed matrix; the sum is the
 same). The embeddings are used as given: the loss does not L2-normalise them (the model does).
 
-Forward: each (BLOCK_M, BLOCK_N) tile of logits is computed with `tl.dot` (fp32 accumulation, looping over D in
-masked chunks), turned into −log σ(label·z) = softplus(−label·z) (stable form) and summed; every tile writes one
-fp32 partial and the partials are summed by torch (deterministic). Nothing of size N×N is written or saved: the
-backward keeps only x, y, t and b.
+Gradients, with w = −label·z, dz'_ij = −label_ij·σ(w_ij) ∈ [−1, 1] and dz = dz'·g/N (g the incoming gradient):
 
-Backward: with w = −label·z, dz'_ij = −label_ij·σ(w_ij) ∈ [−1, 1] and dz = dz'·g/N (g the incoming gradient):
+    dx = exp(t)·dz @ y,   dy = exp(t)·dzᵀ @ x,   dt = Σ dz·(z − b) = exp(t)·Σ dz·<x, y>,   db = Σ dz.
 
-    dx = exp(t)·dz @ y,   dy = exp(t)·dzᵀ @ x,   dt = Σ dz·(z − b),   db = Σ dz.
+Two paths, chosen in `sigmoid_loss` from static facts torch.compile guards on (grad mode, inputs' requires_grad):
 
-The backward kernel recomputes the logits tile by tile and writes dz' for a slab of at most `chunk_rows` rows
-(bounded to ~128 MiB), plus per-tile partials of Σ dz'·<x, y> and Σ dz'; the two GEMMs with y and x then run on that
-slab (cuBLAS, fp32 output). Why not a flash-style dx/dy kernel: SigLIP's D (768..1152) is far too wide for a
-register-resident (BLOCK_M, D) dx accumulator, and splitting D across programs recomputes the logits D/BLOCK_D
-times; atomics would make the gradients non-deterministic. The slab keeps the backward at one recompute GEMM + two
-gradient GEMMs (four GEMM-equivalents with the forward), the memory bounded and the result bitwise reproducible.
+* Loss only (no_grad / eval): `_sigmoid_loss_fwd_kernel`. Each (BLOCK_M, BLOCK_N) tile of logits is computed with
+  `tl.dot` (fp32 accumulation, looping over D in masked chunks), turned into −log σ(label·z) = softplus(w) (stable
+  form) and summed; every tile writes one fp32 partial, summed by torch (deterministic). Nothing N×N or (N, D) is
+  allocated. One GEMM-equivalent (2·N²·D FLOPs).
 
-The eager blockwise path (CPU, and the `"eager"` backend) runs the same math on (chunk_rows, N) slabs in PyTorch, in
-fp32 (fp64 for fp64 inputs), with the same memory-bounded recomputing backward.
+* Training (a gradient will be needed): one fused forward, no recompute. The N×N matrix is walked in blocks of
+  dz' (`_blocks`: ~128 MiB, square by default, see below). Per block, `_sigmoid_loss_grad_kernel` (FUSED) computes
+  the tiles of z once and writes, from the same registers, the loss partials, exp(t)·dz' (the block, in the input
+  dtype), and per-tile Σ exp(t)·dz'·<x, y> and Σ dz'; then two cuBLAS GEMMs on the block accumulate, in fp32,
+  dxs[rows] += exp(t)·dz'_blk @ y[cols] and dys[cols] += exp(t)·dz'_blkᵀ @ x[rows] (the first block of each row /
+  column range writes with β = 0: no zero fill). The op returns the loss and saves dxs, dys (N, D) fp32 and the
+  two sums ((1,) each); its backward (`siglip_fast::sigmoid_loss_train_backward`) launches no kernel: it multiplies
+  them by g/N, writing dx, dy straight in the embeddings' dtype. Three GEMM-equivalents in all (tile pass, dx, dy)
+  instead of four (forward, recompute, dx, dy). dz' is pre-scaled by exp(t) so that no host sync is needed to
+  fold exp(t) into cuBLAS's alpha; rounding exp(t)·dz' to bf16/fp16 has the same relative error bound (unit
+  roundoff 2^-8 / 2^-11) as rounding dz' did, and the saved gradients are fp32, so the training path's error is the
+  old backward's. fp16 limit: exp(t)·|dz'| ≤ exp(t) must stay below 65504 (t < 11.09), where the plain fp16 logits
+  overflow as well.
+
+  The kernel's epilogue (σ, softplus, the store of dz', three sums) runs on the tile's four column quarters in
+  turn, with per-row sums inside each warp and one cross-warp reduction per sum: on the whole tile it spilled.
+
+  Why not a flash-style dx/dy kernel: SigLIP's D (768..1152) is far too wide for a register-resident (BLOCK_M, D)
+  accumulator, splitting D across programs recomputes the logits D/BLOCK_D times, and atomics would make the
+  gradients non-deterministic. Blocks + cuBLAS keep the memory bounded and the result bitwise reproducible.
+
+Blocks and accumulator traffic. Each block re-reads and rewrites its rows of dxs and its columns of dys (fp32), so
+for blocks of R rows × C columns the accumulators move ≈ N²·D·8·(1/R + 1/C) bytes; at a fixed block size R·C that
+is smallest for square blocks. Default (`_blocks`): R = C = the largest multiple of 128 with R·C·itemsize ≤ 128 MiB
+(8192 in bf16/fp16, 5760 in fp32), full-width slabs when N is narrower; `chunk_rows` alone keeps (chunk_rows, N)
+slabs. At the target shape (N = 32768, D = 1152, bf16; one fp32 (N, D) accumulator = 151 MB):
+  before (backward over 16 full-width 2048-row slabs): dy zero fill + 16 × (read + write) ≈ 5.0 GB, dx (fp32
+  slab result, rescale, cast) ≈ 0.7 GB, final casts ≈ 0.2 GB: ≈ 5.9 GB;
+  now (4 × 4 blocks of 8192²): dxs and dys each written once and read+written 3 more times, 7 × 151 MB = 1.06 GB
+  each, 2.1 GB, plus the backward's rescale (read 302 MB, write 151 MB): ≈ 2.6 GB.
+The dz' blocks themselves (2.1 GB written, 4.3 GB read as GEMM operands) cost the same as before and are streamed
+by compute-bound work (each 8192² block feeds two GEMMs of 155 GFLOP).
+
+Memory above the inputs at the target shape, bf16: forward dxs + dys 2·N·D·4 = 288 MiB + one dz' block
+8192²·2 = 128 MiB (+ partials, 48 KiB) = 416 MiB; backward 288 MiB saved + the returned bf16 dx, dy 2·N·D·2 =
+144 MiB = 432 MiB ≈ 0.42 GiB (≤ 0.5 GiB). fp32 inputs: 288 + 127 MiB forward, 288 + 288 MiB (the fp32 gradients
+themselves) = 576 MiB backward. Time at the target, predicted (not measured; no GPU run yet): 3 × 2.47 TFLOP =
+7.4 TFLOP ≈ 10.2 ms at 730 TFLOP/s, + ≈ 0.15 ms for the backward's rescale (0.45 GB); with the Triton tile pass at
+600 TFLOP/s and the cuBLAS GEMMs at 700: 4.1 + 7.1 + 0.15 ≈ 11.4 ms. Before: 4 × 2.47 = 9.9 TFLOP ≈ 13.5 ms at
+730 TFLOP/s, plus up to ≈ 2 ms of accumulator traffic (5.9 GB at 3 TB/s) where the GEMMs do not hide it. fp32 inputs
+run the same three GEMM-equivalents: ≈ 20 ms under TF32 (set_float32_matmul_precision("high")), far more in IEEE
+fp32 (no tensor cores).
+
+The distributed ring (siglip_fast/loss.py) keeps a recomputing backward per (x block, y block) pair
+(`_block_backward`: `_sigmoid_loss_grad_kernel` un-FUSED writes dz' and Σ dz'·<x, y>, Σ dz'; same 2-D blocks and
+GEMMs). The eager path (CPU, and the `"eager"` backend) runs the same math on full-width (chunk_rows, N) slabs in
+PyTorch, in fp32 (fp64 for fp64 inputs), with the same fused training forward.
 
 `sigmoid_loss_reference` is the plain formula (full logits matrix, labels 2I − 1), as open_clip and transformers
 compute it: the tests' and benchmarks' ground truth.
@@ -33,6 +73,7 @@ compute it: the tests' and benchmarks' ground truth.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -47,7 +88,7 @@ _CPU_OK = _INTERPRET  # CPU tensors accepted: under the interpreter (benchmarks.
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _EAGER_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _BACKENDS = ("auto", "triton", "eager")
-_SLAB_BYTES = 128 * 2**20  # the Triton backward's dz' slab
+_SLAB_BYTES = 128 * 2**20  # one dz' block of the Triton path
 _EAGER_SLAB_ELEMENTS = 2 * 2**20  # the eager path's (chunk_rows, N) slabs: 8 MiB each in fp32
 
 
@@ -56,16 +97,21 @@ _EAGER_SLAB_ELEMENTS = 2 * 2**20  # the eager path's (chunk_rows, N) slabs: 8 Mi
 # ---------------------------------------------------------------------------------------------------------------
 
 # Tile sizes BLOCK_M/BLOCK_N are picked by the launcher (they size the partial-sum buffers); autotuning chooses the
-# D chunk, warps and stages. Every kernel only stores (no accumulation into its outputs), so a tuning run cannot
+# D chunk and the pipeline depth. Every kernel only stores (no accumulation into its outputs), so a tuning run cannot
 # corrupt a result and no reset_to_zero is needed. Under the interpreter one config keeps CI fast.
+# Compile-only audit (triton 3.9, sm_90, bf16, D = 1152, 128×128 tiles; registers / stack): with 4 warps the
+# (128, 128) fp32 tile alone is 128 registers per thread and both kernels spilled (255 / 0.5-1.2 KiB), so only 8-warp
+# configs (two warpgroups, HGMMA, 16-byte cp.async) are kept: forward 106-109 / 0, grad kernel 182-187 / 0 (its
+# epilogue runs on column quarters, see `_sigmoid_loss_grad_kernel`). Of those, the three that can win: a 64-wide D
+# chunk with 3 stages (96 KiB of shared memory: two forward CTAs per SM) or 4 stages (128 KiB), and a 32-wide chunk
+# with 4 stages (64 KiB). Three compiles per kernel variant instead of eight.
 if _INTERPRET:
     _CONFIGS = [triton.Config({"BLOCK_D": 32}, num_warps=4, num_stages=1)]
 else:
     _CONFIGS = [
-        triton.Config({"BLOCK_D": bd}, num_warps=w, num_stages=s)
-        for bd in (32, 64)
-        for w in (4, 8)
-        for s in (3, 4)
+        triton.Config({"BLOCK_D": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_D": 64}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_D": 32}, num_warps=8, num_stages=4),
     ]
 
 
@@ -150,33 +196,81 @@ def _sigmoid_loss_fwd_kernel(
     tl.store(part_ptr + part, tl.sum(tl.sum(term, axis=1), axis=0))
 
 
-@triton.autotune(configs=_CONFIGS, key=["D"])
+@triton.jit
+def _halves(t, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
+    """The left and right (BLOCK_M, WIDTH // 2) halves of a (BLOCK_M, WIDTH) tile."""
+    return tl.split(tl.permute(tl.reshape(t, (BLOCK_M, 2, WIDTH // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _grad_epilogue(s, rows, cols, M, N, diag_offset, scale, bias, dz_ptr, FUSED: tl.constexpr):
+    """dz' of one (rows × cols) piece of a tile from its similarities s (fp32): stores dz' (times exp(t) when
+    FUSED) and returns the piece's row sums (BLOCK_M,) of softplus(w) (FUSED; else the dz' sums again, unused),
+    dz'·s and dz' (row sums only: they stay inside each warp; the tile sums them across warps once, not per piece)."""
+    valid = (rows[:, None] < M) & (cols[None, :] < N)
+    pos = cols[None, :] == rows[:, None] + diag_offset
+    z = s * scale + bias
+    w = tl.where(valid, tl.where(pos, -z, z), float("-inf"))  # −label·z; −inf outside: every term below is 0
+    u = tl.exp(-tl.abs(w))  # one exp serves σ(w) and softplus(w)
+    sig = tl.where(w >= 0, 1.0 / (1.0 + u), u / (1.0 + u))  # σ(w), stable
+    dz = tl.where(pos, -sig, sig)
+    k = scale if FUSED else 1.0
+    dz_ptrs = dz_ptr + rows[:, None].to(tl.int64) * N + cols[None, :]
+    tl.store(dz_ptrs, (dz * k).to(dz_ptr.dtype.element_ty), mask=valid)
+    tsum = tl.sum(dz * s, axis=1)
+    bsum = tl.sum(dz, axis=1)
+    if FUSED:
+        lsum = tl.sum(tl.maximum(w, 0.0) + _log1p(u), axis=1)  # softplus(w) = −log σ(label·z)
+    else:
+        lsum = bsum
+    return lsum, tsum, bsum
+
+
+@triton.autotune(configs=_CONFIGS, key=["D", "FUSED"])
 @triton.jit(do_not_specialize=["diag_offset"])
-def _sigmoid_loss_bwd_kernel(
-    x_ptr,  # (M, D) image embeddings (a row slab), row stride stride_x
-    y_ptr,  # (N, D) text embeddings, row stride stride_y
+def _sigmoid_loss_grad_kernel(
+    x_ptr,  # (M, D) image embeddings (a row block), row stride stride_x
+    y_ptr,  # (N, D) text embeddings (a row block), row stride stride_y
     log_scale_ptr,  # (1,) fp32 logit_scale t
     bias_ptr,  # (1,) fp32 logit_bias b
-    dz_ptr,  # (M, N) out, input dtype: dz' = −label·σ(−label·z), row stride N
-    tpart_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ dz'·<x, y>
+    dz_ptr,  # (M, N) out, input dtype, row stride N: dz' = −label·σ(−label·z), times exp(t) when FUSED
+    lpart_ptr,  # (grid_m * grid_n,) fp32 out, FUSED only: per tile, Σ −log σ(label·z)
+    tpart_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ dz'·<x, y> (times exp(t) when FUSED)
     bpart_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ dz'
     M, N, D,
     diag_offset,
     stride_x, stride_y,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
+    FUSED: tl.constexpr,  # the training forward: also the loss partials, and dz' pre-scaled by exp(t)
 ):
-    part, rows, cols, s, pos, w = _signed_logits_tile(
-        x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_offset, stride_x, stride_y,
-        BLOCK_M, BLOCK_N, BLOCK_D, GROUP_M, PRECISION)
-    u = tl.exp(-tl.abs(w))
-    sig = tl.where(w >= 0, 1.0 / (1.0 + u), u / (1.0 + u))  # σ(w), stable
-    valid = (rows[:, None] < M) & (cols[None, :] < N)
-    dz = tl.where(valid, tl.where(pos, -sig, sig), 0.0)
-    dz_ptrs = dz_ptr + rows[:, None].to(tl.int64) * N + cols[None, :]
-    tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty), mask=valid)
-    tl.store(tpart_ptr + part, tl.sum(tl.sum(dz * s, axis=1), axis=0))
-    tl.store(bpart_ptr + part, tl.sum(tl.sum(dz, axis=1), axis=0))
+    pid_m, pid_n, grid_n = _tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    s = _similarity_tile(x_ptr, y_ptr, rows, cols, M, N, D, stride_x, stride_y,
+                         BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)  # (BLOCK_M, BLOCK_N) fp32
+    scale = tl.exp(tl.load(log_scale_ptr))
+    bias = tl.load(bias_ptr)
+    # The epilogue runs on the tile's four column quarters one after the other (a register-level split, no shared
+    # memory): with 8 warps a (128, 128) fp32 tile is 64 registers per thread, and the epilogue keeps s, w, σ and
+    # dz' live together: on the whole tile that spilled (255 registers + 0.9-1.3 KiB of stack on sm_90; halves
+    # still spilled 16 bytes), on quarters it needs 184 registers and no stack.
+    q: tl.constexpr = BLOCK_N // 4
+    s_lo, s_hi = _halves(s, BLOCK_M, BLOCK_N)
+    s0, s1 = _halves(s_lo, BLOCK_M, BLOCK_N // 2)
+    s2, s3 = _halves(s_hi, BLOCK_M, BLOCK_N // 2)
+    c = pid_n * BLOCK_N + tl.arange(0, q)
+    l0, t0, b0 = _grad_epilogue(s0, rows, c, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
+    l1, t1, b1 = _grad_epilogue(s1, rows, c + q, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
+    l2, t2, b2 = _grad_epilogue(s2, rows, c + 2 * q, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
+    l3, t3, b3 = _grad_epilogue(s3, rows, c + 3 * q, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
+    part = pid_m * grid_n + pid_n
+    if FUSED:
+        tl.store(lpart_ptr + part, tl.sum((l0 + l1) + (l2 + l3), axis=0))
+        tl.store(tpart_ptr + part, tl.sum((t0 + t1) + (t2 + t3), axis=0) * scale)
+    else:
+        tl.store(tpart_ptr + part, tl.sum((t0 + t1) + (t2 + t3), axis=0))
+    tl.store(bpart_ptr + part, tl.sum((b0 + b1) + (b2 + b3), axis=0))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,11 +353,40 @@ def _sigmoid_loss_bwd(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor,
         for name, p in (("out[1]", tpart), ("out[2]", bpart)):
             if p.shape != (n_tiles,) or p.dtype != torch.float32:
                 raise ValueError(f"{name}: expected ({n_tiles},) float32, got {tuple(p.shape)} {p.dtype}")
-    _sigmoid_loss_bwd_kernel[(n_tiles,)](
-        x, y, log_scale, bias, dz, tpart, bpart, M, N, D, diag_offset, x.stride(0), y.stride(0),
-        BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, PRECISION=_precision(x.dtype),
+    _sigmoid_loss_grad_kernel[(n_tiles,)](
+        x, y, log_scale, bias, dz, tpart, tpart, bpart, M, N, D, diag_offset, x.stride(0), y.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, PRECISION=_precision(x.dtype), FUSED=False,
     )
     return dz, tpart, bpart
+
+
+def _sigmoid_loss_fused(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
+                        diag_offset: int = 0, *, out: tuple[torch.Tensor, torch.Tensor] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training forward's tile pass: (exp(t)·dz' (M, N) in the input dtype, parts (3, n_tiles) fp32) with
+    parts[0] the per-tile Σ −log σ(label·z), parts[1] Σ exp(t)·dz'·<x, y>, parts[2] Σ dz'.
+
+    `out` (tests): (dz, parts) buffers to write into instead of fresh `torch.empty`s."""
+    _check_kernel_operands(x, y, log_scale, bias)
+    M, D = x.shape
+    N = y.shape[0]
+    bm, bn = _tiles(M, N)
+    n_tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    if out is None:
+        dz = torch.empty(M, N, device=x.device, dtype=x.dtype)
+        parts = torch.empty(3, n_tiles, device=x.device, dtype=torch.float32)
+    else:
+        dz, parts = out
+        if dz.shape != (M, N) or dz.dtype != x.dtype or not dz.is_contiguous():
+            raise ValueError(f"out[0]: expected contiguous ({M}, {N}) {x.dtype}, got {tuple(dz.shape)} {dz.dtype}")
+        if parts.shape != (3, n_tiles) or parts.dtype != torch.float32 or not parts.is_contiguous():
+            raise ValueError(f"out[1]: expected contiguous (3, {n_tiles}) float32, got {tuple(parts.shape)} "
+                             f"{parts.dtype}")
+    _sigmoid_loss_grad_kernel[(n_tiles,)](
+        x, y, log_scale, bias, dz, parts[0], parts[1], parts[2], M, N, D, diag_offset, x.stride(0), y.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, PRECISION=_precision(x.dtype), FUSED=True,
+    )
+    return dz, parts
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -285,18 +408,26 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a @ b).float()
 
 
-def _addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
-    """acc += alpha · a @ b in place, acc fp32/fp64; no (N, D) temporary when the GEMM can write fp32 itself."""
-    if a.dtype == acc.dtype:
-        acc.addmm_(a, b, alpha=alpha)
+def _gemm_into(dst: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float, accumulate: bool) -> None:
+    """dst = alpha·a @ b (accumulate=False: dst's old values, NaN included, are ignored) or dst += alpha·a @ b;
+    dst fp32/fp64 (a row range of an accumulator). No temporary where the GEMM can write dst's dtype itself."""
+    if a.dtype == dst.dtype:
+        dst.addmm_(a, b, beta=1.0 if accumulate else 0.0, alpha=alpha)
         return
     if a.is_cuda and _OUT_DTYPE_OK["addmm"]:
         try:
-            torch.addmm(acc, a, b, out_dtype=acc.dtype, alpha=alpha, out=acc)
+            if not accumulate and alpha == 1.0:
+                torch.mm(a, b, out_dtype=dst.dtype, out=dst)
+            else:
+                torch.addmm(dst, a, b, out_dtype=dst.dtype, beta=1.0 if accumulate else 0.0, alpha=alpha, out=dst)
             return
         except (TypeError, RuntimeError, NotImplementedError):
             _OUT_DTYPE_OK["addmm"] = False
-    acc.add_(_mm_f32(a, b), alpha=alpha)
+    prod = _mm_f32(a, b)
+    if accumulate:
+        dst.add_(prod, alpha=alpha)
+    else:
+        torch.mul(prod, alpha, out=dst)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -304,10 +435,28 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _default_chunk_rows(backend: str, M: int, N: int, dtype: torch.dtype) -> int:
+    """Rows of a full-width (rows, N) slab: ~128 MiB of dz' for Triton, 8 MiB (fp32) for eager."""
     if backend == "triton":
         rows = _SLAB_BYTES // (max(N, 1) * dtype.itemsize)
         return max(128, rows // 128 * 128)
     return max(1, _EAGER_SLAB_ELEMENTS // max(N, 1))
+
+
+def _blocks(backend: str, M: int, N: int, dtype: torch.dtype, chunk_rows: int | None,
+            chunk_cols: int | None) -> tuple[int, int]:
+    """(rows, cols) of the dz' blocks the gradient GEMMs consume.
+
+    Triton, by default: square-ish blocks of ~_SLAB_BYTES (8192 × 8192 in bf16, 5760 × 5760 in fp32), the shape
+    that minimises the fp32 accumulator traffic for a given slab size (each block re-reads and rewrites its rows of
+    dx' and its columns of dy'); a full-width slab when N is narrower than the square. chunk_rows alone keeps the
+    old meaning, (chunk_rows, N) slabs; chunk_cols (tests) splits the columns too."""
+    if chunk_rows is None and chunk_cols is None:
+        if backend != "triton":
+            return _default_chunk_rows(backend, M, N, dtype), N
+        side = max(128, math.isqrt(_SLAB_BYTES // dtype.itemsize) // 128 * 128)
+        cols = min(N, side)
+        return max(128, _SLAB_BYTES // (cols * dtype.itemsize) // 128 * 128), cols
+    return (chunk_rows or _default_chunk_rows(backend, M, min(N, chunk_cols or N), dtype)), (chunk_cols or N)
 
 
 def _eager_logits(xc: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
@@ -337,11 +486,62 @@ def _block_loss_sum(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, b
     return total
 
 
+def _block_grads(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor, diag_offset: int,
+                 backend: str, blocks: tuple[int, int], dx_acc: torch.Tensor, dy_acc: torch.Tensor, alpha: float,
+                 *, fused: bool, dx_fresh: bool, dy_fresh: bool) -> torch.Tensor:
+    """One pass over the (rows, cols) blocks of dz' for x (M, D) against y (N, D): per block, one tile pass
+    (Triton kernel or eager slab) writes the block of dz', then two GEMMs on it:
+
+        dx_acc[rows] (+)= alpha · dz'_blk @ y[cols],   dy_acc[cols] (+)= alpha · dz'_blkᵀ @ x[rows]
+
+    (the first column block writes dx_acc's rows when dx_fresh, the first row block dy_acc's columns when dy_fresh:
+    no zero fill, no read of an uninitialised accumulator). fused: the training forward, dz' carries the factor
+    exp(t) and the loss is summed too. Returns fp32/fp64 (3,): [Σ −log σ(label·z) (fused only, else 0),
+    Σ dz'·<x, y> (times exp(t) when fused), Σ dz']. dx_acc, dy_acc: fp32 (fp64 for fp64 inputs), contiguous."""
+    M, N = x.shape[0], y.shape[0]
+    rows, cols = blocks
+    sums = torch.zeros(3, device=x.device, dtype=dx_acc.dtype)
+    scale = log_scale.exp().reshape(()) if fused else None
+    for r0 in range(0, M, rows):
+        xr = x[r0:r0 + rows]  # (R, D)
+        for c0 in range(0, N, cols):
+            yc = y[c0:c0 + cols]  # (C, D)
+            offset = diag_offset + r0 - c0  # label +1 where col == row + offset within the block
+            if backend == "triton":
+                if fused:
+                    dz, parts = _sigmoid_loss_fused(xr, yc, log_scale, bias, offset)  # exp(t)·dz' (R, C)
+                    sums += parts.sum(dim=1)
+                else:
+                    dz, tpart, bpart = _sigmoid_loss_bwd(xr, yc, log_scale, bias, offset)  # dz' (R, C)
+                    sums[1] += tpart.sum()
+                    sums[2] += bpart.sum()
+                _gemm_into(dx_acc[r0:r0 + rows], dz, yc, alpha, accumulate=not (dx_fresh and c0 == 0))
+            else:
+                dz, diag = _eager_logits(xr, yc, log_scale, bias, offset)  # w = −label·z
+                if fused:
+                    sums[0] += F.softplus(dz).sum()
+                dz = dz.sigmoid_()  # σ(w)
+                dz[diag] = -dz[diag]  # dz' = −label·σ(w)
+                sums[2] += dz.sum()
+                if fused:
+                    dz.mul_(scale)
+                dzy = dz @ yc  # (R, D)
+                sums[1] += (dzy * xr).sum()  # Σ_ij dz'_ij <x_i, y_j> = Σ_i <x_i, (dz' @ y)_i>: O(R·D), not O(R·C)
+                if dx_fresh and c0 == 0:
+                    torch.mul(dzy, alpha, out=dx_acc[r0:r0 + rows])
+                else:
+                    dx_acc[r0:r0 + rows].add_(dzy, alpha=alpha)
+            _gemm_into(dy_acc[c0:c0 + cols], dz.T, xr, alpha, accumulate=not (dy_fresh and r0 == 0))
+            del dz
+    return sums
+
+
 def _block_backward(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
                     coef: torch.Tensor, diag_offset: int, backend: str, chunk_rows: int | None,
-                    dx_out: torch.Tensor, dy_acc: torch.Tensor, *, accumulate_dx: bool
+                    dx_out: torch.Tensor, dy_acc: torch.Tensor, *, accumulate_dx: bool, chunk_cols: int | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of coef·Σ_ij −log σ(label_ij·z_ij) for one (x block, y block) pair.
+    """Gradients of coef·Σ_ij −log σ(label_ij·z_ij) for one (x block, y block) pair, recomputing the logits (the
+    distributed ring's backward; the single-process training path saves its gradients in the forward instead).
 
     Writes (or, with accumulate_dx, adds) dx into dx_out (M, D), adds dy into the fp32/fp64 accumulator dy_acc
     (N, D), and returns (dt, db) as fp32/fp64 0-d tensors. coef is a 0-d tensor (the incoming gradient / batch)."""
@@ -351,30 +551,17 @@ def _block_backward(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, b
         x, y, log_scale, bias = x.to(cdt), y.to(cdt), log_scale.to(cdt), bias.to(cdt)
     scale = log_scale.exp().to(cdt).reshape(())
     g = float(coef * scale)  # one host sync per block: lets cuBLAS fold the factor in (alpha) without temporaries
-    chunk = chunk_rows or _default_chunk_rows(backend, M, N, x.dtype)
-    tsum = torch.zeros((), device=x.device, dtype=cdt)
-    bsum = torch.zeros((), device=x.device, dtype=cdt)
-    for r0 in range(0, M, chunk):
-        xc = x[r0:r0 + chunk]  # (C, D)
-        if backend == "triton":
-            dz, tpart, bpart = _sigmoid_loss_bwd(xc, y, log_scale, bias, diag_offset + r0)  # dz' (C, N)
-            dzy = _mm_f32(dz, y)  # (C, D)
-            tsum = tsum + tpart.sum()
-        else:
-            dz, diag = _eager_logits(xc, y, log_scale, bias, diag_offset + r0)
-            dz = dz.sigmoid_()  # σ(w)
-            dz[diag] = -dz[diag]  # dz' = −label·σ(w)
-            bpart = dz.sum()
-            dzy = dz @ y  # (C, D)
-            tsum = tsum + (dzy * xc).sum()  # Σ_ij dz'_ij <x_i, y_j> = Σ_i <x_i, (dz' @ y)_i>: O(C·D), not O(C·N)
-        bsum = bsum + bpart.sum()
+    blocks = _blocks(backend, M, N, x.dtype, chunk_rows, chunk_cols)
+    direct = dx_out.dtype == cdt and dx_out.is_contiguous()
+    dx_acc = dx_out if direct else torch.empty(dx_out.shape, device=x.device, dtype=cdt)
+    sums = _block_grads(x, y, log_scale, bias, diag_offset, backend, blocks, dx_acc, dy_acc, g,
+                        fused=False, dx_fresh=not (direct and accumulate_dx), dy_fresh=False)
+    if not direct:
         if accumulate_dx:
-            dx_out[r0:r0 + chunk].add_(dzy, alpha=g)
+            dx_out.add_(dx_acc)
         else:
-            dx_out[r0:r0 + chunk] = dzy.mul_(g)
-        _addmm_f32_(dy_acc, dz.T, xc, g)  # dy += g · dz'ᵀ @ x, (N, D)
-        del dz, dzy
-    return coef * scale * tsum, coef * bsum
+            dx_out.copy_(dx_acc)
+    return coef * scale * sums[1], coef * sums[2]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -436,7 +623,7 @@ def _scalars(t: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> tuple[torc
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Single-process op: forward and backward as torch custom ops (torch.compile traces through them)
+# Single-process ops: torch custom ops (torch.compile traces through them)
 # ---------------------------------------------------------------------------------------------------------------
 
 def _loss_forward(x, y, t, b, backend: str, chunk_rows: int) -> torch.Tensor:
@@ -446,21 +633,28 @@ def _loss_forward(x, y, t, b, backend: str, chunk_rows: int) -> torch.Tensor:
     return (total / x.shape[0]).to(_loss_dtype(x, t, b))
 
 
-def _loss_backward(grad, x, y, t, b, backend: str, chunk_rows: int):
+def _loss_train(x, y, t, b, backend: str, chunk_rows: int):
+    """The training forward: the loss and, from the same tile pass, the gradients of the loss sum Σ −log σ(label·z)
+    (not yet divided by N, not multiplied by the incoming gradient): exp(t)·dz' @ y, exp(t)·dz'ᵀ @ x in fp32 (fp64
+    for fp64 inputs), and exp(t)·Σ dz'·<x, y> and Σ dz' as (1,) tensors."""
     cdt = _compute_dtype(x.dtype)
     log_scale, bias = _scalars(t, b, cdt)
     x, y = x.contiguous(), y.contiguous()
-    coef = grad.detach().to(cdt).reshape(()) / x.shape[0]
-    dx = torch.empty_like(x)
-    dy = torch.zeros(y.shape, device=y.device, dtype=cdt)
-    dt, db = _block_backward(x, y, log_scale, bias, coef, 0, backend, chunk_rows or None,
-                             dx, dy, accumulate_dx=False)
-    return dx, dy.to(y.dtype), dt.to(t.dtype).reshape(t.shape), db.to(b.dtype).reshape(b.shape)
+    if backend == "eager":
+        x, y = x.to(cdt), y.to(cdt)
+    dxs = torch.empty(x.shape, device=x.device, dtype=cdt)
+    dys = torch.empty(y.shape, device=y.device, dtype=cdt)
+    blocks = _blocks(backend, x.shape[0], y.shape[0], x.dtype, chunk_rows or None, None)
+    sums = _block_grads(x, y, log_scale, bias, 0, backend, blocks, dxs, dys, 1.0,
+                        fused=True, dx_fresh=True, dy_fresh=True)
+    loss = (sums[0] / x.shape[0]).to(_loss_dtype(x, t, b))
+    return loss, dxs, dys, sums[1:2].clone(), sums[2:3].clone()
 
 
 @torch.library.custom_op("siglip_fast::sigmoid_loss", mutates_args=())
 def _sigmoid_loss_op(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
                      logit_bias: torch.Tensor, backend: str, chunk_rows: int) -> torch.Tensor:
+    """The loss only (eval, no_grad): the forward kernel, no N×N and no (N, D) buffer."""
     return _loss_forward(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows)
 
 
@@ -469,32 +663,61 @@ def _(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows):
     return image_embeds.new_empty((), dtype=_loss_dtype(image_embeds, logit_scale, logit_bias))
 
 
-@torch.library.custom_op("siglip_fast::sigmoid_loss_backward", mutates_args=())
-def _sigmoid_loss_backward_op(grad: torch.Tensor, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
-                              logit_scale: torch.Tensor, logit_bias: torch.Tensor, backend: str, chunk_rows: int
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _loss_backward(grad, image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows)
+@torch.library.custom_op("siglip_fast::sigmoid_loss_train", mutates_args=())
+def _sigmoid_loss_train_op(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+                           logit_bias: torch.Tensor, backend: str, chunk_rows: int
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, dxs, dys, dts, dbs): the loss and the unscaled gradients its backward only rescales."""
+    return _loss_train(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows)
 
 
-@_sigmoid_loss_backward_op.register_fake
-def _(grad, image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows):
-    return (torch.empty_like(image_embeds), torch.empty_like(text_embeds), torch.empty_like(logit_scale),
-            torch.empty_like(logit_bias))
+@_sigmoid_loss_train_op.register_fake
+def _(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows):
+    cdt = _compute_dtype(image_embeds.dtype)
+    stat = image_embeds.new_empty((1,), dtype=cdt)
+    return (image_embeds.new_empty((), dtype=_loss_dtype(image_embeds, logit_scale, logit_bias)),
+            image_embeds.new_empty(image_embeds.shape, dtype=cdt), text_embeds.new_empty(text_embeds.shape, dtype=cdt),
+            stat, torch.empty_like(stat))
 
 
-def _setup_context(ctx, inputs, output):
+@torch.library.custom_op("siglip_fast::sigmoid_loss_train_backward", mutates_args=())
+def _sigmoid_loss_train_backward_op(grad: torch.Tensor, dxs: torch.Tensor, dys: torch.Tensor, dts: torch.Tensor,
+                                    dbs: torch.Tensor, embed_dtype: torch.dtype
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dy, dt, db) = (grad/N)·(dxs, dys, dts, dbs); dx, dy written straight in the embeddings' dtype (no fp32
+    temporary), dt, db (1,) in the compute dtype. No kernel launch, no recompute: one elementwise pass."""
+    coef = grad.detach().to(dxs.dtype).reshape(()) / dxs.shape[0]
+    dx = torch.empty(dxs.shape, device=dxs.device, dtype=embed_dtype)
+    dy = torch.empty(dys.shape, device=dys.device, dtype=embed_dtype)
+    torch.mul(dxs, coef, out=dx)
+    torch.mul(dys, coef, out=dy)
+    return dx, dy, dts * coef, dbs * coef
+
+
+@_sigmoid_loss_train_backward_op.register_fake
+def _(grad, dxs, dys, dts, dbs, embed_dtype):
+    return (dxs.new_empty(dxs.shape, dtype=embed_dtype), dys.new_empty(dys.shape, dtype=embed_dtype),
+            torch.empty_like(dts), torch.empty_like(dbs))
+
+
+def _train_setup_context(ctx, inputs, output):
     image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows = inputs
-    ctx.save_for_backward(image_embeds, text_embeds, logit_scale, logit_bias)  # x, y, t, b: nothing N×N
-    ctx.backend, ctx.chunk_rows = backend, chunk_rows
+    _, dxs, dys, dts, dbs = output
+    ctx.save_for_backward(dxs, dys, dts, dbs)  # (N, D), (N, D), (1,), (1,): nothing N×N
+    ctx.mark_non_differentiable(dxs, dys, dts, dbs)
+    ctx.set_materialize_grads(False)  # no zero (N, D) gradients for the saved outputs
+    ctx.embed_dtype = image_embeds.dtype
+    ctx.t_meta, ctx.b_meta = (logit_scale.dtype, logit_scale.shape), (logit_bias.dtype, logit_bias.shape)
 
 
-def _backward(ctx, grad):
-    x, y, t, b = ctx.saved_tensors
-    dx, dy, dt, db = _sigmoid_loss_backward_op(grad, x, y, t, b, ctx.backend, ctx.chunk_rows)
-    return dx, dy, dt, db, None, None
+def _train_backward(ctx, grad, *_):
+    dxs, dys, dts, dbs = ctx.saved_tensors
+    dx, dy, dt, db = _sigmoid_loss_train_backward_op(grad, dxs, dys, dts, dbs, ctx.embed_dtype)
+    (t_dtype, t_shape), (b_dtype, b_shape) = ctx.t_meta, ctx.b_meta
+    return dx, dy, dt.to(t_dtype).reshape(t_shape), db.to(b_dtype).reshape(b_shape), None, None
 
 
-_sigmoid_loss_op.register_autograd(_backward, setup_context=_setup_context)
+_sigmoid_loss_train_op.register_autograd(_train_backward, setup_context=_train_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -509,14 +732,20 @@ def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sc
     L2-normalised (this function does not normalise). logit_scale (t, a log) and logit_bias (b): 0-d or (1,) float
     tensors, any float dtype (fp32 with bf16 embeddings is the usual case). Returns a 0-d tensor of dtype
     promote(embeddings, t, b), computed with fp32 accumulation. backend: "auto" (Triton on CUDA, eager blockwise
-    on CPU), "triton", "eager". chunk_rows: rows per recomputed slab (memory knob; default bounds a slab to
-    ~128 MiB for Triton, 8 MiB for eager). For several devices use `siglip_fast.sigmoid_loss(..., group=...)`.
+    on CPU), "triton", "eager". chunk_rows: rows per slab of dz' (memory knob; by default Triton uses ~128 MiB
+    blocks of 8192 × 8192 in bf16, eager 8 MiB full-width slabs). When a gradient will be needed (grad mode on and
+    an input requires grad) the forward also computes the gradients (see the module docstring) and keeps two
+    (N, D) fp32 tensors until the backward; otherwise it only sums the loss. For several devices use
+    `siglip_fast.sigmoid_loss(..., group=...)`.
     """
     _check_inputs(image_embeds, text_embeds, logit_scale, logit_bias)
     backend = _resolve_backend(backend, image_embeds)
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
         raise ValueError(f"sigmoid_loss: chunk_rows must be a positive int, got {chunk_rows!r}")
-    return _sigmoid_loss_op(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows or 0)
+    args = (image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows or 0)
+    if torch.is_grad_enabled() and any(v.requires_grad for v in args[:4]):
+        return _sigmoid_loss_train_op(*args)[0]  # the gradients come out of the forward's tile pass
+    return _sigmoid_loss_op(*args)
 
 
 def sigmoid_loss_blockwise(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
