@@ -310,12 +310,21 @@ def _check_kernel_operands(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Te
         raise ValueError(f"sigmoid_loss kernel: needs CUDA tensors (or TRITON_INTERPRET=1), got {x.device}")
 
 
+def _upcast_for_interpreter(x: torch.Tensor) -> bool:
+    """The Triton interpreter computes bf16 `tl.dot` wrongly (numpy has no bf16): there the tile passes run on fp32
+    copies of the embeddings (results rounded back where they are stored in the input dtype), so interpreted bf16
+    calls are correct rather than garbage."""
+    return _INTERPRET and x.dtype == torch.bfloat16
+
+
 def _sigmoid_loss_fwd(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
                       diag_offset: int = 0, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Per-tile sums of −log σ(label·z) for x (M, D) against y (N, D): a (grid_m·grid_n,) fp32 tensor.
 
     `out` (tests): a buffer of that shape to write into instead of a fresh `torch.empty`."""
     _check_kernel_operands(x, y, log_scale, bias)
+    if _upcast_for_interpreter(x):
+        return _sigmoid_loss_fwd(x.float(), y.float(), log_scale, bias, diag_offset, out=out)
     M, D = x.shape
     N = y.shape[0]
     bm, bn = _tiles(M, N)
@@ -338,6 +347,10 @@ def _sigmoid_loss_bwd(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor,
 
     `out` (tests): (dz, tpart, bpart) buffers to write into instead of fresh `torch.empty`s."""
     _check_kernel_operands(x, y, log_scale, bias)
+    if _upcast_for_interpreter(x):
+        dz, tpart, bpart = _sigmoid_loss_bwd(x.float(), y.float(), log_scale, bias, diag_offset)
+        results = (dz.to(x.dtype), tpart, bpart)
+        return results if out is None else tuple(o.copy_(r) for o, r in zip(out, results, strict=True))
     M, D = x.shape
     N = y.shape[0]
     bm, bn = _tiles(M, N)
@@ -368,6 +381,10 @@ def _sigmoid_loss_fused(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tenso
 
     `out` (tests): (dz, parts) buffers to write into instead of fresh `torch.empty`s."""
     _check_kernel_operands(x, y, log_scale, bias)
+    if _upcast_for_interpreter(x):
+        dz, parts = _sigmoid_loss_fused(x.float(), y.float(), log_scale, bias, diag_offset)
+        results = (dz.to(x.dtype), parts)
+        return results if out is None else tuple(o.copy_(r) for o, r in zip(out, results, strict=True))
     M, D = x.shape
     N = y.shape[0]
     bm, bn = _tiles(M, N)
@@ -711,6 +728,10 @@ def _train_setup_context(ctx, inputs, output):
 
 
 def _train_backward(ctx, grad, *_):
+    if torch.is_grad_enabled():  # create_graph=True: the saved gradients carry no graph back to the inputs
+        raise RuntimeError("sigmoid_loss: double backward (create_graph=True) is not supported: its gradients are "
+                           "computed in the forward and saved, so they cannot be differentiated again; use "
+                           "sigmoid_loss_reference for higher-order gradients")
     dxs, dys, dts, dbs = ctx.saved_tensors
     dx, dy, dt, db = _sigmoid_loss_train_backward_op(grad, dxs, dys, dts, dbs, ctx.embed_dtype)
     (t_dtype, t_shape), (b_dtype, b_shape) = ctx.t_meta, ctx.b_meta

@@ -151,6 +151,30 @@ def test_train_path_fp16(device):
     _check("triton", 130, 72, torch.float16, LOG10, -3.0, device)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's bf16 path (on a GPU bf16 runs compiled)")
+def test_interpreted_bf16_is_computed_correctly():
+    """The interpreter's bf16 tl.dot is wrong: interpreted bf16 tile passes run on fp32 copies (the dz' blocks
+    rounded back to bf16), so the loss and every gradient are right to bf16 precision instead of garbage."""
+    x, y = _embeds(130, 72, "cpu", torch.bfloat16)
+    t, b = torch.tensor([LOG10]), torch.tensor([-3.0])
+    loss, grads = _loss_and_grads(sigmoid_loss, x, y, t, b, backend="triton", chunk_rows=64)
+    ref_loss, ref_grads = _reference(x, y, t, b)
+    _assert_close(loss, ref_loss, 2e-2, "loss")
+    for name, g, r in zip(("d_image", "d_text", "d_logit_scale", "d_logit_bias"), grads, ref_grads, strict=True):
+        _assert_close(g, r, 2e-2, name)
+    with torch.no_grad():
+        _assert_close(sigmoid_loss(x, y, t, b, backend="triton"), ref_loss, 2e-2, "no_grad loss")
+
+
+def test_double_backward_is_a_clear_error(device):
+    """The gradients are computed in the forward and saved: create_graph=True cannot differentiate them again."""
+    x, y = (v.requires_grad_() for v in _embeds(20, 8, device, torch.float32))
+    t, b = torch.tensor([LOG10], device=device), torch.tensor([-3.0], device=device)
+    loss = sigmoid_loss(x, y, t, b, backend="triton")
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss, (x, y), create_graph=True)
+
+
 def _ref_block(x, y, t, b, diag_offset):
     """fp64 (s, label, dz') of x (M, D) against y (N, D) with label +1 at col == row + diag_offset."""
     s = x.double() @ y.double().T
