@@ -2,7 +2,7 @@
 
 Plain = the open_clip / transformers formulation (N×N logits, labels 2I − 1, −Σ logsigmoid / N). FLOPs counted
 as the three useful GEMM-equivalents (forward logits, dx, dy): 6·N²·D for either implementation, so TFLOP/s
-compare like with like (the kernel also recomputes the logits in its backward: 8·N²·D executed).
+compare like with like (the kernel's training forward computes the gradients in the same pass: 6·N²·D executed).
 
 GPU (`--bench-size full`): N = 4096 … 65536, D = 1152, fp32 and bf16 inputs (fp32 also under TF32, as
 `torch.set_float32_matmul_precision("high")` selects for both). CPU (`small`): N = 1024, D = 64, the eager blockwise

@@ -79,7 +79,7 @@ def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sc
     single-device path is. Differentiable once: backward with create_graph=True raises.
 
     backend: "auto" (Triton kernels on CUDA, eager blockwise on CPU), "triton" (on CPU only with
-    TRITON_INTERPRET=1), "eager". chunk_rows: rows per recomputed slab of logits (a memory knob).
+    TRITON_INTERPRET=1), "eager". chunk_rows: rows per block of logits (a memory knob).
     """
     if group is None:
         backend = _check_local(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows)
