@@ -24,7 +24,7 @@ The job
   (`SiglipModel`), NaFlex SigLIP 2 (`Siglip2Model`: each image resized with its aspect ratio kept to at most
   `max_num_patches` patches, patchified and padded by `Siglip2ImageProcessor` in the workers).
 - **The pipeline.** Decoding and resizing run in DataLoader worker processes; images travel as raw uint8 pixels
-  (SigLIP's normalisation happens in the patch embedding; NaFlex images as the processor's float32 patches); on
+  (SigLIP's normalisation happens in the patch embedding; NaFlex patches are normalised on the device); on
   CUDA batches are pinned, copied with non_blocking, the towers replayed from CUDA graphs (`compile_for_inference`)
   and each batch's result collected one batch later, so the copy, the model and the decoding overlap. Rows stream
   to shards: memory does not grow with the corpus (the input listing, one small record per item, is the only
@@ -324,8 +324,9 @@ def _row(index: int, item: Item) -> dict:
 
 class _Decode(torch.utils.data.Dataset):
     """Position -> (index, kind, payload or None, error or None): uint8 (or float) (3, H, W) pixels; for a NaFlex
-    processor (`max_num_patches` set) its (pixel_values (N, C·p·p) float32, pixel_attention_mask (N,), spatial_shapes
-    (rows, cols)); or a text."""
+    processor (`max_num_patches` set) its outputs before rescale and normalisation: (uint8 patches (N, p·p·3),
+    pixel_attention_mask (N,), spatial_shapes (rows, cols)), normalised on the model's device (`naflex_pixels`);
+    or a text."""
 
     def __init__(self, items: list[tuple[int, Item]], image_processor, uint8: bool, max_num_patches: int | None = None):
         self.items, self.image_processor, self.uint8 = items, image_processor, uint8
@@ -343,10 +344,13 @@ class _Decode(torch.utils.data.Dataset):
                 from .image_processing import load_image
 
                 image = load_image(_read_member(item) if item.member is not None else item.source)
-                if self.max_num_patches is not None:  # NaFlex: (patches, mask, (rows, cols)), padded to N
-                    out = self.image_processor([image], num_workers=1, max_num_patches=self.max_num_patches)
-                    return index, "image", (out["pixel_values"][0], out["pixel_attention_mask"][0],
-                                            out["spatial_shapes"][0]), None
+                if self.max_num_patches is not None:  # NaFlex: (uint8 patches, mask, (rows, cols)), padded to N
+                    out = self.image_processor([image], num_workers=1, max_num_patches=self.max_num_patches,
+                                               do_rescale=False, do_normalize=False)
+                    patches = out["pixel_values"][0]
+                    if patches.dtype != np.uint8:  # load_image gives 8-bit RGB: never, unless that changes
+                        raise ValueError(f"expected uint8 patches from the image processor, got {patches.dtype}")
+                    return index, "image", (patches, out["pixel_attention_mask"][0], out["spatial_shapes"][0]), None
                 pixels = self.image_processor([image], return_uint8=self.uint8, num_workers=1)["pixel_values"][0]
                 return index, "image", pixels, None
             if item.member is None:
@@ -381,8 +385,9 @@ def decode_loader(positions: list[tuple[int, Item]], batches: list[list[int]], i
     """The job's input pipeline: batches (lists of positions into `positions`, (index, Item) pairs) decoded and
     resized in `workers` processes (0: in this one), in order; each batch a dict with `kind`, `index` (the decoded
     items), `pixels` (uint8 (n, 3, H, W)) or `texts`, and `failed` ((index, reason) pairs). With `max_num_patches`
-    (a NaFlex `Siglip2ImageProcessor`) `pixels` is its float32 `pixel_values` (n, max_num_patches, C·p·p), with
-    `pixel_attention_mask` (n, max_num_patches) and `spatial_shapes` (n, 2). Also benchmarked."""
+    (a NaFlex `Siglip2ImageProcessor`) `pixels` is its `pixel_values` before rescale and normalisation, uint8
+    (n, max_num_patches, p·p·3) (`naflex_pixels` finishes them), with `pixel_attention_mask` (n, max_num_patches) and
+    `spatial_shapes` (n, 2). Also benchmarked."""
     return torch.utils.data.DataLoader(
         _Decode(positions, image_processor, uint8, max_num_patches), batch_sampler=batches,
         num_workers=workers if batches else 0,
@@ -812,6 +817,25 @@ def _batches(positions: list[tuple[int, Item]], shard_of, batch_size: int) -> li
     return batches
 
 
+class NaflexNormalizer:
+    """Finishes the workers' uint8 NaFlex patches on the model's device: rescale + normalise through the image
+    processor's own (3, 256) float32 lookup table (the values its float path computes for every uint8, so the result
+    is bitwise its `pixel_values`), padding patches zero. The workers send a quarter of the bytes and skip the
+    float work, the largest part of their time at 1024 patches."""
+
+    def __init__(self, image_processor, device):
+        ip = image_processor
+        table = ip._lookup_table(ip.rescale_factor, ip.image_mean, ip.image_std, ip.do_rescale, ip.do_normalize)
+        self.table = torch.from_numpy(table.reshape(-1)).to(device)  # (3 * 256,): channel c's values at c * 256
+        dim = 3 * ip.patch_size**2
+        self.offsets = (torch.arange(dim, device=device, dtype=torch.int32) % 3) * 256  # (p, p, C) flattening
+
+    def __call__(self, patches: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, N, p·p·3), mask (B, N) -> float32 (B, N, p·p·3)."""
+        values = self.table[patches.to(torch.int32) + self.offsets]
+        return torch.where(mask.bool()[..., None], values, 0.0)
+
+
 class _Encoder:
     """Runs the towers on batches from the loader; on CUDA through CUDA-graph runners, results collected one batch
     late so the device-to-host copy overlaps the next batch."""
@@ -821,17 +845,18 @@ class _Encoder:
         self.model, self.processor, self.device, self.dtype = model, processor, device, dtype
         self.batch_size, self.cuda_graph = batch_size, cuda_graph
         self.max_num_patches = max_num_patches  # set for a NaFlex model
+        self.naflex = None if max_num_patches is None else NaflexNormalizer(processor.image_processor, device)
         self.text_length = text_length(processor, model)
         self._vision = self._text = None
 
     def _features(self, batch) -> torch.Tensor:
         cuda = self.device.type == "cuda"
         if batch["kind"] == "image":
-            x = batch["pixels"].to(self.device, non_blocking=cuda)
-            x = x if x.dtype == torch.uint8 else x.to(self.dtype)
             if self.max_num_patches is not None:  # NaFlex: pixel_values, pixel_attention_mask and spatial_shapes
-                inputs = {"pixel_values": x,
-                          "pixel_attention_mask": batch["pixel_attention_mask"].to(self.device, non_blocking=cuda),
+                mask = batch["pixel_attention_mask"].to(self.device, non_blocking=cuda)
+                inputs = {"pixel_values": self.naflex(batch["pixels"].to(self.device, non_blocking=cuda),
+                                                      mask).to(self.dtype),
+                          "pixel_attention_mask": mask,
                           "spatial_shapes": batch["spatial_shapes"].to(self.device, non_blocking=cuda)}
                 if self.cuda_graph:
                     if self._vision is None:
@@ -839,6 +864,8 @@ class _Encoder:
                             self.batch_size, max_num_patches=self.max_num_patches)
                     return self._vision(**inputs).pooler_output
                 return self.model.get_image_features(**inputs).pooler_output
+            x = batch["pixels"].to(self.device, non_blocking=cuda)
+            x = x if x.dtype == torch.uint8 else x.to(self.dtype)
             if self.cuda_graph:
                 if self._vision is None:
                     self._vision = self.model.vision_model.compile_for_inference(
