@@ -694,3 +694,53 @@ def test_help_says_siglip2_was_trained_on_lowercased_text(capsys):
         assert main([command, "--help"]) == 0
         out = " ".join(capsys.readouterr().out.split())
         assert "SigLIP 2 was trained on lowercased text" in out and "--max-num-patches" in out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the Triton kernels need CUDA or the Triton interpreter (TRITON_INTERPRET=1)")
+def test_naflex_through_the_fused_kernels(naflex_checkpoint, images, tmp_path, capsys):
+    """embed (the static-batch runner, masked padding patches in the fused attention) and bench's triton row on a
+    NaFlex checkpoint: fp32 within the kernel budget (1e-4) of the eager reference."""
+    from siglip_fast import embed_corpus
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    paths = _readable(images)[:3]
+    want, _ = _naflex_reference(naflex_checkpoint, paths, NAFLEX_PATCHES)
+    out = tmp_path / "triton.npy"
+    embed_corpus(paths, str(out), model=naflex_checkpoint, batch_size=2, workers=0, device=device, dtype="fp32",
+                 backend="triton", cuda_graph=True, max_num_patches=NAFLEX_PATCHES, progress=False)
+    np.testing.assert_allclose(np.load(out), want, rtol=0, atol=1e-4)
+
+    code = main(["bench", "--model", naflex_checkpoint, "--batch", "2", "--backends", "triton,eager", "--tower",
+                 "vision", "--reps", "1", "--device", device, "--dtype", "fp32", "--max-num-patches", "20"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    row = _bench_rows(captured.out)[("vision", "triton")]
+    assert "Error" not in " ".join(row) and float(row[-1]) <= 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 NaFlex through the CUDA-graph runner: GPU")
+def test_embed_naflex_on_gpu_error_budget_and_determinism(naflex_checkpoint, images, tmp_path, capsys):
+    """bf16 through the kernels and the CUDA graph at --max-num-patches: error vs an fp64 reference <= 2x the eager
+    bf16 path's; reruns bitwise equal."""
+    import siglip_fast as sf
+
+    def embed(backend, name):
+        out = tmp_path / f"{name}.npy"
+        code = main(["embed", images, "--model", naflex_checkpoint, "--out", str(out), "--backend", backend,
+                     "--device", "cuda", "--dtype", "bf16", "--max-num-patches", str(NAFLEX_PATCHES)])
+        assert code == 0, capsys.readouterr().err
+        return np.load(out)
+
+    triton_a, triton_b, eager = embed("triton", "t1"), embed("triton", "t2"), embed("eager", "e")
+    rows = json.loads((tmp_path / "t1.json").read_text())["rows"]
+    model = sf.load_model(naflex_checkpoint, backend="eager", dtype=torch.float64)
+    inputs = sf.load_processor(naflex_checkpoint).image_processor(
+        [load_image(r["source"]) for r in rows], max_num_patches=NAFLEX_PATCHES, return_tensors="pt")
+    with torch.no_grad():
+        want = _normalize(model.get_image_features(
+            pixel_values=inputs["pixel_values"].double(), pixel_attention_mask=inputs["pixel_attention_mask"],
+            spatial_shapes=inputs["spatial_shapes"]).pooler_output.double())
+    err_triton, err_eager = np.abs(triton_a - want).max(), np.abs(eager - want).max()
+    assert err_triton <= 2 * err_eager + 1e-6, (err_triton, err_eager)
+    np.testing.assert_array_equal(triton_a, triton_b)
