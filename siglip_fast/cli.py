@@ -6,6 +6,10 @@
   `siglip_fast.corpus.embed_corpus` (sharded, resumable output; torchrun ranks; decoding in worker processes).
 - `classify`: SigLIP zero-shot classification of one image (independent sigmoid probabilities per label).
 
+Every command takes SigLIP and SigLIP 2 checkpoints (`load_model` / `load_processor` dispatch on the directory): for
+NaFlex SigLIP 2 (`Siglip2Model`) images go through `Siglip2ImageProcessor` at `--max-num-patches` and the model
+gets `pixel_values`, `pixel_attention_mask` and `spatial_shapes`.
+
 Usage errors (bad paths, unknown model names, bad dtype or device) exit with status 2 and a one-line message on
 stderr, without a traceback.
 """
@@ -23,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from .corpus import DEFAULT_SHARD_SIZE
-from .variants import VARIANTS, canonical_name, config_for, is_variant, matmul_flops
+from .variants import SIGLIP2_VARIANTS, VARIANTS, canonical_name, config_for, is_variant, matmul_flops
 
 PROG = "siglip-fast"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -68,29 +72,42 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
 
 def random_model(config, device: torch.device, dtype: torch.dtype, backend: str = "eager"):
-    """A SiglipModel with transformers' random initialisation, built directly on `device` in `dtype`."""
+    """A SiglipModel (a Siglip2Model for a NaFlex Siglip2Config) with transformers' random initialisation, built
+    directly on `device` in `dtype`."""
+    from .configuration_siglip2 import Siglip2Config
     from .modeling import SiglipModel
+    from .modeling_siglip2 import Siglip2Model
 
+    cls = Siglip2Model if isinstance(config, Siglip2Config) else SiglipModel
     with torch.device(device):
-        model = SiglipModel(config, backend=backend)
+        model = cls(config, backend=backend)
     return model.to(dtype).eval()
 
 
+def is_naflex(model) -> bool:
+    """A NaFlex SigLIP 2 model (Siglip2Model: pixel_values as padded patches with a mask and the patch grids)."""
+    from .modeling_siglip2 import Siglip2Model
+
+    return isinstance(model, Siglip2Model)
+
+
 def transformers_twin(model, attn_implementation: str = "sdpa"):
-    """The same weights in transformers' SiglipModel (state_dict keys are identical); None without transformers."""
+    """The same weights in transformers' SiglipModel / Siglip2Model (state_dict keys are identical); None without
+    transformers."""
     try:
         import transformers
     except ImportError:
         return None
     config = model.config
+    naflex = is_naflex(model)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the CLIP-era bos/eos ids outside small vocabularies warn
     try:
-        hf_config = transformers.SiglipConfig(text_config=config.text_config.to_dict(),
-                                              vision_config=config.vision_config.to_dict())
+        config_cls = transformers.Siglip2Config if naflex else transformers.SiglipConfig
+        hf_config = config_cls(text_config=config.text_config.to_dict(), vision_config=config.vision_config.to_dict())
         hf_config._attn_implementation = attn_implementation
         with torch.device(model.device):
-            hf = transformers.SiglipModel(hf_config)
+            hf = (transformers.Siglip2Model if naflex else transformers.SiglipModel)(hf_config)
     finally:
         transformers.logging.set_verbosity(verbosity)
     hf = hf.to(model.dtype).eval()
@@ -148,34 +165,52 @@ def _check_backend(backend: str, device: torch.device) -> None:
 
 
 def _load_model(path: str, device: torch.device, dtype: torch.dtype, backend: str):
+    """A dual model from any SigLIP / SigLIP 2 checkpoint directory (load_model: SiglipModel or Siglip2Model)."""
     from .modeling import SiglipModel
+    from .modeling_siglip2 import load_model
 
     _check_backend(backend, device)
     try:
-        return SiglipModel.from_pretrained(path, dtype=dtype, device=device, backend=backend)
+        model = load_model(path, dtype=dtype, device=device, backend=backend)
     except (ValueError, TypeError, FileNotFoundError, OSError) as e:
         raise CLIError(f"--model {path}: {e}") from None
+    if not isinstance(model, SiglipModel):
+        raise CLIError(f"--model {path}: a {type(model).__name__} checkpoint; this needs both towers (a SiglipModel "
+                       f"or Siglip2Model checkpoint, model_type 'siglip' or 'siglip2')")
+    return model.eval()
 
 
-def _load_processor(path: str):
-    from .processing import SiglipProcessor
+def _load_dual(path: str, device: torch.device, dtype: torch.dtype, backend: str):
+    """(model, processor) of any SigLIP / SigLIP 2 checkpoint (load_model / load_processor)."""
+    from .corpus import CorpusError, load_dual_model
 
+    _check_backend(backend, device)
     try:
-        return SiglipProcessor.from_pretrained(path)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
-        raise CLIError(f"--model {path}: no usable processor files (spiece.model, tokenizer_config.json, "
-                       f"processor_config.json or preprocessor_config.json): {e}") from None
-
-
-def _text_length(processor, model) -> int:
-    return min(processor.tokenizer.model_max_length, model.config.text_config.max_position_embeddings)
+        return load_dual_model(path, device, dtype, backend)
+    except CorpusError as e:
+        raise CLIError(str(e)) from None
 
 
 def _tokenize(processor, model, texts: list[str], device: torch.device) -> dict:
-    """SigLIP's training setting: padded to max_length, truncated; the mask only if the tokenizer lists it."""
-    enc = processor.tokenizer(texts, padding="max_length", truncation=True, max_length=_text_length(processor, model),
+    """SigLIP's training setting: padded to max_length (64 for SigLIP 2), truncated; the mask only if the tokenizer
+    lists it."""
+    from .corpus import text_length
+
+    enc = processor.tokenizer(texts, padding="max_length", truncation=True, max_length=text_length(processor, model),
                               return_tensors="pt")
     return {k: v.to(device) for k, v in enc.items()}
+
+
+def _image_inputs(processor, image, max_num_patches: int | None, device: torch.device, dtype: torch.dtype) -> dict:
+    """The image processor's model inputs for one image on `device`: `pixel_values` (in `dtype`), and for NaFlex
+    (`max_num_patches` set) `pixel_attention_mask` and `spatial_shapes`."""
+    if max_num_patches is None:
+        out = processor.image_processor([image], return_tensors="pt")
+        return {"pixel_values": out["pixel_values"].to(device, dtype)}
+    out = processor.image_processor([image], return_tensors="pt", max_num_patches=max_num_patches)
+    return {"pixel_values": out["pixel_values"].to(device, dtype),
+            "pixel_attention_mask": out["pixel_attention_mask"].to(device),
+            "spatial_shapes": out["spatial_shapes"].to(device)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -227,10 +262,37 @@ def _fmt(v) -> str:
 BENCH_IMPLS = ("triton", "triton-graph", "sdpa", "eager")
 
 
-def graphed_forward(model, tower: str, pixels: torch.Tensor | None, ids: torch.Tensor | None) -> Callable[[], object]:
+def naflex_inputs(vision_config, batch: int, max_num_patches: int, device: torch.device, dtype: torch.dtype,
+                  generator: torch.Generator | None = None) -> dict:
+    """Random NaFlex vision inputs laid out as Siglip2ImageProcessor lays out images of mixed aspect ratios (1:4 ..
+    4:1, each resized by its rule to at most max_num_patches patches): `pixel_values` (B, N, C·p·p) with zero padding,
+    `pixel_attention_mask` (B, N) int32 and `spatial_shapes` (B, 2)."""
+    from .image_processing_siglip2 import get_image_size_for_max_num_patches
+
+    gen = generator or torch.Generator().manual_seed(0)
+    p, n = vision_config.patch_size, max_num_patches
+    grids = []
+    for _ in range(batch):
+        h, w = (int(v) for v in torch.randint(64, 1025, (2,), generator=gen))
+        ph, pw = get_image_size_for_max_num_patches(h, w, p, n)
+        grids.append((ph // p, pw // p))
+    shapes = torch.tensor(grids, dtype=torch.long)
+    mask = (torch.arange(n)[None] < shapes.prod(-1)[:, None]).to(torch.int32)
+    pixels = torch.randn(batch, n, vision_config.patch_dim, generator=gen) * mask[..., None]
+    return {"pixel_values": pixels.to(device, dtype), "pixel_attention_mask": mask.to(device),
+            "spatial_shapes": shapes.to(device)}
+
+
+def graphed_forward(model, tower: str, pixels: torch.Tensor | dict | None,
+                    ids: torch.Tensor | None) -> Callable[[], object]:
     """One tower ("vision": pixels, "text": ids) of a SiglipModel on the triton backend, captured in a CUDA graph at
-    this batch size (compile_for_inference); the benchmarks build their graph rows with it too."""
+    this batch size (compile_for_inference); the benchmarks build their graph rows with it too. For a NaFlex
+    Siglip2Model `pixels` is the dict of its three vision inputs (naflex_inputs), captured at their max_num_patches."""
     model.set_backend("triton")
+    if tower == "vision" and isinstance(pixels, dict):
+        runner = model.vision_model.compile_for_inference(len(pixels["pixel_values"]),
+                                                          max_num_patches=pixels["pixel_values"].shape[1])
+        return lambda: runner(**pixels)
     if tower == "vision":
         runner = model.vision_model.compile_for_inference(len(pixels), pixel_dtype=pixels.dtype)
         return lambda: runner(pixel_values=pixels)
@@ -245,12 +307,22 @@ def cmd_bench(args) -> int:
         raise CLIError(f"--batch must be >= 1, got {args.batch}")
     if args.reps < 1:
         raise CLIError(f"--reps must be >= 1, got {args.reps}")
+    if args.max_num_patches is not None and args.max_num_patches < 1:
+        raise CLIError(f"--max-num-patches must be >= 1, got {args.max_num_patches}")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for b in backends:
         if b not in BENCH_IMPLS:
             raise CLIError(f"--backends: expected a comma-separated subset of {','.join(BENCH_IMPLS)}, got {b!r}")
     model, desc, batch = _bench_setup(args, device, dtype)
     config = model.config
+    vc, tc = config.vision_config, config.text_config
+    naflex = is_naflex(model)
+    if naflex:
+        n_patches = args.max_num_patches or vc.num_patches
+        desc += f", NaFlex at max_num_patches {n_patches}"
+    elif args.max_num_patches is not None:
+        raise CLIError("--max-num-patches applies to NaFlex SigLIP 2 models only (siglip2-*-naflex names, "
+                       "model_type 'siglip2' checkpoints)")
     interpreted = device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
     print(f"siglip_fast bench: {desc}")
     print(f"  device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
@@ -277,13 +349,18 @@ def cmd_bench(args) -> int:
     else:
         print("  note: transformers is not installed: no transformers row.")
 
-    vc, tc = config.vision_config, config.text_config
     gen = torch.Generator(device="cpu").manual_seed(0)
-    pixels = torch.randn(batch, vc.num_channels, vc.image_size, vc.image_size, generator=gen).to(device, dtype)
+    if naflex:
+        pixels = naflex_inputs(vc, batch, n_patches, device, dtype, gen)
+        vision = lambda m: m.vision_model(**pixels)  # noqa: E731 (transformers' Siglip2VisionModel: same names)
+        vision_flops = matmul_flops(config, images=batch, num_patches=n_patches)
+    else:
+        pixels = torch.randn(batch, vc.num_channels, vc.image_size, vc.image_size, generator=gen).to(device, dtype)
+        vision = lambda m: m.vision_model(pixel_values=pixels)  # noqa: E731
+        vision_flops = matmul_flops(config, images=batch)
     ids = torch.randint(0, tc.vocab_size, (batch, tc.max_position_embeddings), generator=gen).to(device)
     towers = {
-        "vision": (lambda m: m.vision_model(pixel_values=pixels), "img/s",
-                   matmul_flops(config, images=batch)),
+        "vision": (vision, "img/s", vision_flops),
         "text": (lambda m: m.text_model(input_ids=ids), "texts/s", matmul_flops(config, texts=batch)),
     }
     selected = ["vision", "text"] if args.tower == "both" else [args.tower]
@@ -393,7 +470,8 @@ def cmd_embed(args) -> int:
         result = embed_corpus(args.inputs, out, model=args.model, files=args.files or (), texts=args.texts or (),
                               tar=args.tar, fields=args.field, shard_size=args.shard_size, batch_size=args.batch,
                               workers=args.workers, device=args.device, dtype=args.dtype, backend=args.backend,
-                              cuda_graph=False if args.no_cuda_graph else None)
+                              cuda_graph=False if args.no_cuda_graph else None,
+                              max_num_patches=args.max_num_patches)
     except CorpusError as e:
         raise CLIError(str(e)) from None
     if result.rank == 0 and result.rows == 0:
@@ -408,13 +486,17 @@ def cmd_embed(args) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def zero_shot(model, processor, image, labels: list[str], template: str, device, dtype) -> list[tuple[str, float]]:
-    """SigLIP zero-shot: sigmoid(logits_per_image) for each templated label, sorted by probability."""
+def zero_shot(model, processor, image, labels: list[str], template: str, device, dtype,
+              max_num_patches: int | None = None) -> list[tuple[str, float]]:
+    """SigLIP zero-shot: sigmoid(logits_per_image) for each templated label, sorted by probability. A NaFlex
+    Siglip2Model takes the image at `max_num_patches` (default: its image processor's)."""
+    from .corpus import naflex_patches
+
     texts = [template.format(label) for label in labels]
     enc = _tokenize(processor, model, texts, device)
-    pixels = processor.image_processor([image], return_tensors="pt")["pixel_values"].to(device, dtype)
+    image_inputs = _image_inputs(processor, image, naflex_patches(model, processor, max_num_patches), device, dtype)
     with torch.inference_mode():
-        logits = model(pixel_values=pixels, **enc).logits_per_image[0].float()  # (num_labels,)
+        logits = model(**image_inputs, **enc).logits_per_image[0].float()  # (num_labels,)
     probs = torch.sigmoid(logits).tolist()
     return sorted(zip(labels, probs, strict=True), key=lambda lp: -lp[1])
 
@@ -431,6 +513,8 @@ def cmd_classify(args) -> int:
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if not labels:
         raise CLIError(f"--labels: expected comma-separated labels, got {args.labels!r}")
+    if args.max_num_patches is not None and args.max_num_patches < 1:
+        raise CLIError(f"--max-num-patches must be >= 1, got {args.max_num_patches}")
     if "{}" not in args.template:
         raise CLIError(f"--template must contain '{{}}' where the label goes, got {args.template!r}")
     try:
@@ -442,10 +526,15 @@ def cmd_classify(args) -> int:
         image = load_image(args.image)
     except (ValueError, OSError) as e:
         raise CLIError(str(e)) from None
-    model = _load_model(args.model, device, dtype, args.backend)
-    processor = _load_processor(args.model)
+    from .corpus import CorpusError
+
+    model, processor = _load_dual(args.model, device, dtype, args.backend)
     width = max(len(label) for label in labels)
-    for label, prob in zero_shot(model, processor, image, labels, args.template, device, dtype):
+    try:
+        probs = zero_shot(model, processor, image, labels, args.template, device, dtype, args.max_num_patches)
+    except CorpusError as e:
+        raise CLIError(str(e)) from None
+    for label, prob in probs:
         print(f"{label.ljust(width)}  {prob:.6f}")
     return 0
 
@@ -456,11 +545,17 @@ def cmd_classify(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="siglip_fast: benchmark, embed and classify with SigLIP.")
+    parser = argparse.ArgumentParser(prog=PROG, description="siglip_fast: benchmark, embed and classify with SigLIP "
+                                                            "and SigLIP 2.")
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{bench,embed,classify}")
+
+    def max_num_patches(p, default: str):
+        p.add_argument("--max-num-patches", type=int, default=None, metavar="N",
+                       help="NaFlex SigLIP 2 only: each image is resized, keeping its aspect ratio, to at most N "
+                            f"patches and padded to N (e.g. 256 or 1024; default {default})")
 
     def common(p, *, backend: bool = True):
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -474,16 +569,19 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Time siglip_fast's backends side by side (and transformers when installed) "
                                        "after checking them against the eager reference. Default shape: "
                                        "so400m-patch14-384 on CUDA, batch 32; on CPU base-patch16-224 widths with "
-                                       f"{CPU_BENCH_LAYERS} layer per tower, batch 2.")
+                                       f"{CPU_BENCH_LAYERS} layer per tower, batch 2. SigLIP 2 names: "
+                                       "siglip2-*-naflex build a Siglip2Model (NaFlex inputs at --max-num-patches), "
+                                       "the fixed-resolution ones a SiglipModel.")
     bench.add_argument("--model", default=None,
-                       help=f"a named shape ({', '.join(VARIANTS)}; also with the google/siglip- prefix) or a "
-                            "checkpoint directory")
+                       help=f"a named shape ({', '.join(VARIANTS)}; also with the google/siglip- prefix; or SigLIP 2: "
+                            f"{', '.join(SIGLIP2_VARIANTS)}, also with the google/ prefix) or a checkpoint directory")
     bench.add_argument("--batch", type=int, default=None, help="images (and texts) per call")
     bench.add_argument("--tower", choices=["vision", "text", "both"], default="both")
     bench.add_argument("--backends", default="triton,triton-graph,sdpa,eager",
                        help="comma-separated, default triton,triton-graph,sdpa,eager (triton-graph: the triton backend "
                             "replayed from a CUDA graph, GPU only)")
     bench.add_argument("--reps", type=int, default=3, help="timed repetitions on CPU (GPU: do_bench's median)")
+    max_num_patches(bench, "the config's num_patches, 256 for the public checkpoints")
     common(bench, backend=False)
     bench.set_defaults(func=cmd_bench)
 
@@ -500,7 +598,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--out FILE.npy: one .npy plus FILE.json (written only when the run succeeds).",
             "Several processes: torchrun --nproc-per-node N -m siglip_fast embed ... (each rank takes whole shards, "
             "on cuda:LOCAL_RANK; NCCL on GPUs, gloo on CPU). Unreadable inputs are skipped and listed, never fatal. "
-            "Read the result with siglip_fast.load_embeddings(OUT).")))
+            "Read the result with siglip_fast.load_embeddings(OUT).",
+            "--model: any SigLIP or SigLIP 2 checkpoint directory (siglip_fast.load_model / load_processor). NaFlex "
+            "SigLIP 2 (model_type siglip2): each image keeps its aspect ratio, resized to at most --max-num-patches "
+            "patches. SigLIP 2 texts are padded to 64 tokens with truncation; SigLIP 2 was trained on lowercased "
+            "text: the NaFlex checkpoints' Siglip2Tokenizer lowercases, the fixed-resolution ones' GemmaTokenizer "
+            "does not (lowercase those texts yourself).")))
     embed.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or .tar shards")
     embed.add_argument("--model", required=True, help="checkpoint directory (or hub id) with the processor files")
     embed.add_argument("--out", required=True, help="a directory (sharded output) or a file name ending in .npy")
@@ -523,16 +626,21 @@ def build_parser() -> argparse.ArgumentParser:
                             "rank - 1))")
     embed.add_argument("--no-cuda-graph", action="store_true",
                        help="run the towers directly instead of replaying them from CUDA graphs (GPU)")
+    max_num_patches(embed, "the checkpoint's image processor setting")
     common(embed)
     embed.set_defaults(func=cmd_embed)
 
     classify = sub.add_parser("classify", help="zero-shot probabilities of one image over labels",
                               description="SigLIP zero-shot classification: one independent sigmoid probability "
-                                          "per label, printed from most to least likely.")
+                                          "per label, printed from most to least likely. Any SigLIP or SigLIP 2 "
+                                          "checkpoint; SigLIP 2 was trained on lowercased text (the NaFlex "
+                                          "checkpoints' tokenizer lowercases, the fixed-resolution ones' does not: "
+                                          "write labels and template in lower case).")
     classify.add_argument("image", metavar="IMAGE")
     classify.add_argument("--model", required=True, help="checkpoint directory (or hub id) with the processor files")
     classify.add_argument("--labels", required=True, help='comma-separated, e.g. "a cat,a dog"')
     classify.add_argument("--template", default=DEFAULT_TEMPLATE, help=f'default "{DEFAULT_TEMPLATE}"')
+    max_num_patches(classify, "the checkpoint's image processor setting")
     common(classify)
     classify.set_defaults(func=cmd_classify)
     return parser

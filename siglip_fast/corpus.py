@@ -20,11 +20,15 @@ The job
 - **Many processes.** Under `torchrun` (WORLD_SIZE > 1) each rank takes whole shards (shard k -> rank k % world),
   runs on its own device (cuda:LOCAL_RANK; NCCL on GPUs, gloo on CPU) and writes its shards; the result is the
   same rows in the same order as a single-process run.
+- **Models.** Any SigLIP / SigLIP 2 checkpoint (`load_model`, `load_processor`): SigLIP and fixed-resolution SigLIP 2
+  (`SiglipModel`), NaFlex SigLIP 2 (`Siglip2Model`: each image resized with its aspect ratio kept to at most
+  `max_num_patches` patches, patchified and padded by `Siglip2ImageProcessor` in the workers).
 - **The pipeline.** Decoding and resizing run in DataLoader worker processes; images travel as raw uint8 pixels
-  (SigLIP's normalisation happens in the patch embedding); on CUDA batches are pinned, copied with non_blocking, the
-  towers replayed from CUDA graphs (`compile_for_inference`) and each batch's result collected one batch later, so
-  the copy, the model and the decoding overlap. Rows stream to shards: memory does not grow with the corpus (the
-  input listing, one small record per item, is the only per-item state held).
+  (SigLIP's normalisation happens in the patch embedding; NaFlex patches are normalised on the device); on
+  CUDA batches are pinned, copied with non_blocking, the towers replayed from CUDA graphs (`compile_for_inference`)
+  and each batch's result collected one batch later, so the copy, the model and the decoding overlap. Rows stream
+  to shards: memory does not grow with the corpus (the input listing, one small record per item, is the only
+  per-item state held).
 """
 
 from __future__ import annotations
@@ -319,10 +323,14 @@ def _row(index: int, item: Item) -> dict:
 
 
 class _Decode(torch.utils.data.Dataset):
-    """Position -> (index, kind, payload or None, error or None): uint8 (or float) (3, H, W) pixels, or a text."""
+    """Position -> (index, kind, payload or None, error or None): uint8 (or float) (3, H, W) pixels; for a NaFlex
+    processor (`max_num_patches` set) its outputs before rescale and normalisation: (uint8 patches (N, p·p·3),
+    pixel_attention_mask (N,), spatial_shapes (rows, cols)), normalised on the model's device (`naflex_pixels`);
+    or a text."""
 
-    def __init__(self, items: list[tuple[int, Item]], image_processor, uint8: bool):
+    def __init__(self, items: list[tuple[int, Item]], image_processor, uint8: bool, max_num_patches: int | None = None):
         self.items, self.image_processor, self.uint8 = items, image_processor, uint8
+        self.max_num_patches = max_num_patches
 
     def __len__(self) -> int:
         return len(self.items)
@@ -336,6 +344,13 @@ class _Decode(torch.utils.data.Dataset):
                 from .image_processing import load_image
 
                 image = load_image(_read_member(item) if item.member is not None else item.source)
+                if self.max_num_patches is not None:  # NaFlex: (uint8 patches, mask, (rows, cols)), padded to N
+                    out = self.image_processor([image], num_workers=1, max_num_patches=self.max_num_patches,
+                                               do_rescale=False, do_normalize=False)
+                    patches = out["pixel_values"][0]
+                    if patches.dtype != np.uint8:  # load_image gives 8-bit RGB: never, unless that changes
+                        raise ValueError(f"expected uint8 patches from the image processor, got {patches.dtype}")
+                    return index, "image", (patches, out["pixel_attention_mask"][0], out["spatial_shapes"][0]), None
                 pixels = self.image_processor([image], return_uint8=self.uint8, num_workers=1)["pixel_values"][0]
                 return index, "image", pixels, None
             if item.member is None:
@@ -353,7 +368,11 @@ def _collate(samples):
     failed = [(i, e) for i, _, p, e in samples if e is not None]
     kind = samples[0][1]
     batch = {"kind": kind, "index": [i for i, _ in ok], "failed": failed, "pixels": None, "texts": None}
-    if ok and kind == "image":
+    if ok and kind == "image" and isinstance(ok[0][1], tuple):  # NaFlex: the three processor outputs, batched
+        batch["pixels"] = torch.from_numpy(np.stack([p[0] for _, p in ok]))
+        batch["pixel_attention_mask"] = torch.from_numpy(np.stack([p[1] for _, p in ok]))
+        batch["spatial_shapes"] = torch.tensor([tuple(p[2]) for _, p in ok], dtype=torch.long)
+    elif ok and kind == "image":
         batch["pixels"] = torch.from_numpy(np.stack([p for _, p in ok]))
     elif ok:
         batch["texts"] = [p for _, p in ok]
@@ -361,12 +380,17 @@ def _collate(samples):
 
 
 def decode_loader(positions: list[tuple[int, Item]], batches: list[list[int]], image_processor, *, workers: int,
-                  pin_memory: bool = False, uint8: bool = True) -> torch.utils.data.DataLoader:
+                  pin_memory: bool = False, uint8: bool = True,
+                  max_num_patches: int | None = None) -> torch.utils.data.DataLoader:
     """The job's input pipeline: batches (lists of positions into `positions`, (index, Item) pairs) decoded and
     resized in `workers` processes (0: in this one), in order; each batch a dict with `kind`, `index` (the decoded
-    items), `pixels` (uint8 (n, 3, H, W)) or `texts`, and `failed` ((index, reason) pairs). Also benchmarked."""
+    items), `pixels` (uint8 (n, 3, H, W)) or `texts`, and `failed` ((index, reason) pairs). With `max_num_patches`
+    (a NaFlex `Siglip2ImageProcessor`) `pixels` is its `pixel_values` before rescale and normalisation, uint8
+    (n, max_num_patches, p·p·3) (`naflex_pixels` finishes them), with `pixel_attention_mask` (n, max_num_patches) and
+    `spatial_shapes` (n, 2). Also benchmarked."""
     return torch.utils.data.DataLoader(
-        _Decode(positions, image_processor, uint8), batch_sampler=batches, num_workers=workers if batches else 0,
+        _Decode(positions, image_processor, uint8, max_num_patches), batch_sampler=batches,
+        num_workers=workers if batches else 0,
         collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=4 if workers and batches else None)
 
 
@@ -712,25 +736,70 @@ def _resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _load(model_path: str, device, dtype, backend):
+PROCESSOR_FILES = ("spiece.model (SigLIP) or tokenizer.model (SigLIP 2), tokenizer_config.json, processor_config.json "
+                   "or preprocessor_config.json")
+
+
+def load_dual_model(model_path: str, device, dtype, backend):
+    """(model, processor) of any SigLIP / SigLIP 2 checkpoint directory or hub id, through `load_model` and
+    `load_processor`: a `SiglipModel` (SigLIP, fixed-resolution SigLIP 2) or a `Siglip2Model` (NaFlex), and its
+    `SiglipProcessor` / `Siglip2Processor`. CorpusError when either is unusable or the model is not a dual encoder."""
     from . import ops
     from .modeling import SiglipModel
-    from .processing import SiglipProcessor
+    from .modeling_siglip2 import load_model
+    from .processing_siglip2 import load_processor
 
     try:
         ops.resolve(backend, torch.empty(0, device=device))
     except ValueError as e:
         raise CorpusError(f"--backend {backend}: {e}") from None
     try:
-        model = SiglipModel.from_pretrained(model_path, dtype=dtype, device=device, backend=backend).eval()
+        model = load_model(model_path, dtype=dtype, device=device, backend=backend).eval()
     except (ValueError, TypeError, FileNotFoundError, OSError) as e:
         raise CorpusError(f"--model {model_path}: {e}") from None
+    if not isinstance(model, SiglipModel):
+        raise CorpusError(f"--model {model_path}: a {type(model).__name__} checkpoint; this needs both towers (a "
+                          f"SiglipModel or Siglip2Model checkpoint, model_type 'siglip' or 'siglip2')")
     try:
-        processor = SiglipProcessor.from_pretrained(model_path)
+        processor = load_processor(model_path)
     except (ValueError, TypeError, FileNotFoundError, OSError) as e:
-        raise CorpusError(f"--model {model_path}: no usable processor files (spiece.model, tokenizer_config.json, "
-                          f"processor_config.json or preprocessor_config.json): {e}") from None
+        raise CorpusError(f"--model {model_path}: no usable processor files ({PROCESSOR_FILES}): {e}") from None
     return model, processor
+
+
+def naflex_patches(model, processor, max_num_patches: int | None) -> int | None:
+    """The max_num_patches images are padded to for a NaFlex model (`max_num_patches`, default the image processor's
+    setting); None for a fixed-resolution model, where giving `max_num_patches` is a CorpusError."""
+    from .image_processing_siglip2 import Siglip2ImageProcessor
+    from .modeling_siglip2 import Siglip2Model
+
+    if max_num_patches is not None and (isinstance(max_num_patches, bool) or not isinstance(max_num_patches, int)
+                                        or max_num_patches < 1):
+        raise CorpusError(f"--max-num-patches must be an int >= 1, got {max_num_patches!r}")
+    naflex_model = isinstance(model, Siglip2Model)
+    naflex_images = isinstance(processor.image_processor, Siglip2ImageProcessor)
+    if naflex_model != naflex_images:
+        raise CorpusError(f"the checkpoint pairs a {type(model).__name__} with a "
+                          f"{type(processor.image_processor).__name__}: NaFlex models (Siglip2Model) need the NaFlex "
+                          f"image processor (Siglip2ImageProcessor) and fixed-resolution ones a SiglipImageProcessor")
+    if not naflex_model:
+        if max_num_patches is not None:
+            raise CorpusError("--max-num-patches applies to NaFlex SigLIP 2 checkpoints (model_type 'siglip2') "
+                              "only; this one has a fixed image size")
+        return None
+    return processor.image_processor.max_num_patches if max_num_patches is None else max_num_patches
+
+
+def text_length(processor, model) -> int:
+    """Tokens per text: SigLIP's training setting, padded to max_length with truncation, max_length the tokenizer's
+    model_max_length for SigLIP and 64 for SigLIP 2 (the `Siglip2Processor` default), both at most the model's
+    max_position_embeddings."""
+    from .processing_siglip2 import TEXT_DEFAULTS, Siglip2Processor
+
+    limit = model.config.text_config.max_position_embeddings
+    if isinstance(processor, Siglip2Processor):
+        return min(TEXT_DEFAULTS["max_length"], limit)
+    return min(processor.tokenizer.model_max_length, limit)
 
 
 def _batches(positions: list[tuple[int, Item]], shard_of, batch_size: int) -> list[list[int]]:
@@ -748,19 +817,53 @@ def _batches(positions: list[tuple[int, Item]], shard_of, batch_size: int) -> li
     return batches
 
 
+class NaflexNormalizer:
+    """Finishes the workers' uint8 NaFlex patches on the model's device: rescale + normalise through the image
+    processor's own (3, 256) float32 lookup table (the values its float path computes for every uint8, so the result
+    is bitwise its `pixel_values`), padding patches zero. The workers send a quarter of the bytes and skip the
+    float work, the largest part of their time at 1024 patches."""
+
+    def __init__(self, image_processor, device):
+        ip = image_processor
+        table = ip._lookup_table(ip.rescale_factor, ip.image_mean, ip.image_std, ip.do_rescale, ip.do_normalize)
+        self.table = torch.from_numpy(table.reshape(-1)).to(device)  # (3 * 256,): channel c's values at c * 256
+        dim = 3 * ip.patch_size**2
+        self.offsets = (torch.arange(dim, device=device, dtype=torch.int32) % 3) * 256  # (p, p, C) flattening
+
+    def __call__(self, patches: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, N, p·p·3), mask (B, N) -> float32 (B, N, p·p·3)."""
+        values = self.table[patches.to(torch.int32) + self.offsets]
+        return torch.where(mask.bool()[..., None], values, 0.0)
+
+
 class _Encoder:
     """Runs the towers on batches from the loader; on CUDA through CUDA-graph runners, results collected one batch
     late so the device-to-host copy overlaps the next batch."""
 
-    def __init__(self, model, processor, device, dtype, batch_size: int, cuda_graph: bool):
+    def __init__(self, model, processor, device, dtype, batch_size: int, cuda_graph: bool,
+                 max_num_patches: int | None = None):
         self.model, self.processor, self.device, self.dtype = model, processor, device, dtype
         self.batch_size, self.cuda_graph = batch_size, cuda_graph
-        self.text_length = min(processor.tokenizer.model_max_length, model.config.text_config.max_position_embeddings)
+        self.max_num_patches = max_num_patches  # set for a NaFlex model
+        self.naflex = None if max_num_patches is None else NaflexNormalizer(processor.image_processor, device)
+        self.text_length = text_length(processor, model)
         self._vision = self._text = None
 
     def _features(self, batch) -> torch.Tensor:
         cuda = self.device.type == "cuda"
         if batch["kind"] == "image":
+            if self.max_num_patches is not None:  # NaFlex: pixel_values, pixel_attention_mask and spatial_shapes
+                mask = batch["pixel_attention_mask"].to(self.device, non_blocking=cuda)
+                inputs = {"pixel_values": self.naflex(batch["pixels"].to(self.device, non_blocking=cuda),
+                                                      mask).to(self.dtype),
+                          "pixel_attention_mask": mask,
+                          "spatial_shapes": batch["spatial_shapes"].to(self.device, non_blocking=cuda)}
+                if self.cuda_graph:
+                    if self._vision is None:
+                        self._vision = self.model.vision_model.compile_for_inference(
+                            self.batch_size, max_num_patches=self.max_num_patches)
+                    return self._vision(**inputs).pooler_output
+                return self.model.get_image_features(**inputs).pooler_output
             x = batch["pixels"].to(self.device, non_blocking=cuda)
             x = x if x.dtype == torch.uint8 else x.to(self.dtype)
             if self.cuda_graph:
@@ -796,12 +899,19 @@ def embed_corpus(inputs: Sequence[str] = (), out: str = "embeddings", *, model: 
                  texts: Sequence[str] = (), tar: bool = False, fields: Sequence[str] | str = ("image",),
                  shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 32, workers: int | None = None,
                  device=None, dtype=None, backend: str = "auto", cuda_graph: bool | None = None,
-                 progress: bool = True, stream=None) -> CorpusResult:
+                 max_num_patches: int | None = None, progress: bool = True, stream=None) -> CorpusResult:
     """Embed a corpus (see the module doc); returns this process's `CorpusResult`. Call it the same way on every
     rank under torchrun (the CLI does). `out` ending in .npy: one file (+ .json); otherwise a sharded directory.
     `workers`: decoding processes per rank (0 decodes in this process; default min(8, cores per rank - 1)).
     `cuda_graph` (default: on CUDA) runs the towers through `compile_for_inference` runners: replayed from CUDA
-    graphs on a GPU; True on CPU runs the same static-batch runners without a graph (a test of that path)."""
+    graphs on a GPU; True on CPU runs the same static-batch runners without a graph (a test of that path).
+
+    `model` is any SigLIP / SigLIP 2 checkpoint (`load_model` / `load_processor`). For a NaFlex SigLIP 2 one
+    (`Siglip2Model`), the decoding workers run its `Siglip2ImageProcessor` at `max_num_patches` (default: the
+    processor's): each image resized with its aspect ratio kept to at most that many patches, patchified and padded;
+    the model gets `pixel_values`, `pixel_attention_mask` and `spatial_shapes`. Texts of SigLIP 2 are padded to 64
+    tokens with truncation (its processor's default) and lowercased by its tokenizer when that is `Siglip2Tokenizer`
+    (SigLIP 2 was trained on lowercased text)."""
     stream = stream or sys.stderr
     t_start = time.perf_counter()
     for name, value, low in (("shard_size", shard_size, 1), ("batch_size", batch_size, 1)):
@@ -809,6 +919,9 @@ def embed_corpus(inputs: Sequence[str] = (), out: str = "embeddings", *, model: 
             raise CorpusError(f"--{name.replace('_', '-')} must be an int >= {low}, got {value!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise CorpusError(f"--workers must be an int >= 0, got {workers!r}")
+    if max_num_patches is not None and (isinstance(max_num_patches, bool) or not isinstance(max_num_patches, int)
+                                        or max_num_patches < 1):
+        raise CorpusError(f"--max-num-patches must be an int >= 1, got {max_num_patches!r}")
     out = os.fspath(out)
     single = out.endswith(".npy")
     if single:
@@ -822,7 +935,7 @@ def embed_corpus(inputs: Sequence[str] = (), out: str = "embeddings", *, model: 
     rank, world, local, device, created = _dist_context(device)
     try:
         return _run(inputs, out, single, model, files, texts, tar, fields, shard_size, batch_size, workers, device,
-                    dtype, backend, cuda_graph, progress, stream, rank, world, t_start)
+                    dtype, backend, cuda_graph, max_num_patches, progress, stream, rank, world, t_start)
     finally:
         if created:
             import torch.distributed as dist
@@ -831,7 +944,7 @@ def embed_corpus(inputs: Sequence[str] = (), out: str = "embeddings", *, model: 
 
 
 def _run(inputs, out, single, model_path, files, texts, tar, fields, shard_size, batch_size, workers, device, dtype,
-         backend, cuda_graph, progress, stream, rank, world, t_start) -> CorpusResult:
+         backend, cuda_graph, max_num_patches, progress, stream, rank, world, t_start) -> CorpusResult:
     dtype = _resolve_dtype(dtype, device)
     fields = _parse_fields(fields)
     try:
@@ -847,9 +960,10 @@ def _run(inputs, out, single, model_path, files, texts, tar, fields, shard_size,
         raise CorpusError("the ranks listed different inputs (same arguments, different files on their machines?): "
                           "every rank must see the same input listing")
 
-    model, processor = _load(model_path, device, dtype, backend)
+    model, processor = load_dual_model(model_path, device, dtype, backend)
     image_processor = processor.image_processor
-    uint8 = image_processor.is_siglip_normalization()
+    n_patches = naflex_patches(model, processor, max_num_patches)
+    uint8 = n_patches is None and image_processor.is_siglip_normalization()
     dim = model.config.text_config.projection_size
     num_shards = -(-len(items) // shard_size)
     out_dir = out + ".parts" if single else out
@@ -857,12 +971,13 @@ def _run(inputs, out, single, model_path, files, texts, tar, fields, shard_size,
         "format": FORMAT, "version": FORMAT_VERSION, "model": model_path,
         "model_fingerprint": _fingerprint_model(model_path),
         "settings": {"dtype": str(dtype).removeprefix("torch."), "fields": list(fields),
-                     "text_length": min(processor.tokenizer.model_max_length,
-                                        model.config.text_config.max_position_embeddings),
+                     "text_length": text_length(processor, model),
                      "image_size": image_processor.size if hasattr(image_processor, "size") else None},
         "inputs": {"count": len(items), "fingerprint": gathered[0]},
         "shard_size": shard_size, "num_shards": num_shards, "dim": dim, "complete": False,
     }
+    if n_patches is not None:  # NaFlex: the padded patch count changes the embeddings (part of the job's identity)
+        manifest["settings"]["max_num_patches"] = n_patches
     status = None
     if rank == 0:
         try:
@@ -885,8 +1000,10 @@ def _run(inputs, out, single, model_path, files, texts, tar, fields, shard_size,
         per_rank = (os.cpu_count() or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         workers = max(1, min(8, per_rank - 1))
     cuda = device.type == "cuda"
-    loader = decode_loader(positions, batches, image_processor, workers=workers, pin_memory=cuda, uint8=uint8)
-    encoder = _Encoder(model, processor, device, dtype, batch_size, cuda if cuda_graph is None else cuda_graph)
+    loader = decode_loader(positions, batches, image_processor, workers=workers, pin_memory=cuda, uint8=uint8,
+                           max_num_patches=n_patches)
+    encoder = _Encoder(model, processor, device, dtype, batch_size, cuda if cuda_graph is None else cuda_graph,
+                       n_patches)
 
     bar = _Progress(len(positions), rank, world, stream) if progress else None
     if progress and reused:

@@ -16,7 +16,7 @@ import torch
 
 from siglip_fast import SiglipConfig, SiglipModel
 from siglip_fast import ops as siglip_ops
-from siglip_fast.cli import main
+from siglip_fast.cli import main, pooled
 from siglip_fast.image_processing import SiglipImageProcessor, load_image
 from siglip_fast.processing import SiglipProcessor
 from siglip_fast.tokenization import SiglipTokenizer
@@ -372,3 +372,375 @@ def test_bench_says_what_runs_streams_rows_and_warns_on_gpu_sized_cpu_runs(check
     header = next(i for i, line in enumerate(lines) if line.startswith("tower"))
     rows = [line.split()[:2] for line in lines[header + 2:] if line.startswith(("vision ", "text "))]
     assert rows[0] == ["vision", "eager"] and ["text", "eager"] in rows
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# SigLIP 2: NaFlex (Siglip2Model + Siglip2ImageProcessor) and fixed resolution (SiglipModel + the Gemma tokenizer)
+# -------------------------------------------------------------------------------------------------------------------
+
+GEMMA_CORPUS = ["A photo of a cat.", "Two dogs playing in the snow!", "the quick brown fox jumps over the lazy dog",
+                "a red car parked near the river", "this is a photo of a small bird sitting on the grass"]
+NAFLEX_PATCHES = 12  # below the tiny processor's default (16): the CLI's --max-num-patches must reach the workers
+
+
+def _gemma_proto() -> bytes:
+    """A sentencepiece BPE model in Gemma's layout (<pad>=0, <eos>=1, <bos>=2, <unk>=3, byte fallback)."""
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(GEMMA_CORPUS * 40), model_writer=buffer, vocab_size=300, model_type="bpe", pad_id=0,
+        eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        byte_fallback=True, add_dummy_prefix=False, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        split_digits=True, minloglevel=2)
+    return buffer.getvalue()
+
+
+def _gemma_tokenizer():
+    from siglip_fast import GemmaTokenizer
+
+    # SigLIP 2's tokenizer_config.json settings: no BOS, EOS appended, right padding, 64 tokens
+    return GemmaTokenizer(model_proto=_gemma_proto(), add_eos_token=True, padding_side="right", model_max_length=64)
+
+
+_TINY_TEXT = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                  max_position_embeddings=64)
+_TINY_TOWER = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2)
+
+
+@pytest.fixture(scope="module")
+def naflex_checkpoint(tmp_path_factory) -> str:
+    """A tiny random NaFlex SigLIP 2 directory: Siglip2Model (4 x 4 position table, patch 4), Siglip2ImageProcessor
+    (max_num_patches 16), the Gemma tokenizer files; model_type "siglip2"."""
+    from siglip_fast import Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor
+
+    directory = tmp_path_factory.mktemp("tiny-siglip2-naflex")
+    tokenizer = _gemma_tokenizer()
+    Siglip2Processor(Siglip2ImageProcessor(patch_size=4, max_num_patches=16), tokenizer).save_pretrained(directory)
+    config = Siglip2Config(text_config=dict(_TINY_TEXT, vocab_size=len(tokenizer)),
+                           vision_config=dict(_TINY_TOWER, num_patches=16, patch_size=4))
+    torch.manual_seed(2025)
+    randomize_(Siglip2Model(config, backend="eager")).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def fixed_siglip2_checkpoint(tmp_path_factory) -> str:
+    """A tiny fixed-resolution SigLIP 2 directory: SiglipModel (model_type "siglip") with the Gemma tokenizer files
+    and a SiglipImageProcessor, as google/siglip2-base-patch16-224 is laid out."""
+    from siglip_fast import Siglip2Processor
+
+    directory = tmp_path_factory.mktemp("tiny-siglip2-fixed")
+    tokenizer = _gemma_tokenizer()
+    Siglip2Processor(SiglipImageProcessor(size={"height": 20, "width": 20}), tokenizer).save_pretrained(directory)
+    config = SiglipConfig(text_config=dict(_TINY_TEXT, vocab_size=len(tokenizer)),
+                          vision_config=dict(_TINY_TOWER, image_size=20, patch_size=5))
+    torch.manual_seed(2026)
+    randomize_(SiglipModel(config, backend="eager")).save_pretrained(directory)
+    return str(directory)
+
+
+def _readable(images: str) -> list[str]:
+    return [os.path.join(images, n) for n in ("a.png", "b.jpg", "d_gray.png")] + [os.path.join(images, "sub", "e.jpeg")]
+
+
+def _naflex_reference(checkpoint, paths, max_num_patches):
+    """(normalised rows, the processor's inputs) of Siglip2Model.get_image_features on Siglip2ImageProcessor's
+    outputs, the eager reference."""
+    import siglip_fast as sf
+
+    model = sf.load_model(checkpoint, backend="eager")
+    assert type(model) is sf.Siglip2Model
+    inputs = sf.Siglip2ImageProcessor.from_pretrained(checkpoint)(
+        [load_image(p) for p in paths], max_num_patches=max_num_patches, return_tensors="pt")
+    with torch.no_grad():
+        return _normalize(model.get_image_features(**inputs).pooler_output), inputs
+
+
+def test_embed_naflex_siglip2_images_match_the_model_and_transformers(naflex_checkpoint, images, tmp_path, capsys):
+    from siglip_fast import load_embeddings
+
+    out = tmp_path / "emb"
+    # a worker process runs Siglip2ImageProcessor; batch 2 over 4 readable images around a corrupt one
+    code = main(["embed", images, "--model", naflex_checkpoint, "--out", str(out), "--batch", "2", "--workers", "1",
+                 "--max-num-patches", str(NAFLEX_PATCHES), "--backend", "eager", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "skipped 2 unreadable or unusable input(s)" in err
+    emb, rows = load_embeddings(out)
+    paths = _readable(images)
+    assert [r["source"] for r in rows] == paths
+    emb = np.asarray(emb)
+    assert emb.shape == (4, 32)
+
+    want, inputs = _naflex_reference(naflex_checkpoint, paths, NAFLEX_PATCHES)
+    # the images really are NaFlex inputs: several patch grids, padding patches in every image but a full one
+    assert inputs["pixel_values"].shape == (4, NAFLEX_PATCHES, 3 * 4 * 4)
+    assert len({tuple(s) for s in inputs["spatial_shapes"].tolist()}) >= 3
+    assert int(inputs["pixel_attention_mask"].sum()) < 4 * NAFLEX_PATCHES
+    np.testing.assert_allclose(emb, want, rtol=0, atol=1e-5)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["max_num_patches"] == NAFLEX_PATCHES
+
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.Siglip2Model.from_pretrained(naflex_checkpoint).eval()
+    with torch.no_grad():
+        theirs = _normalize(pooled(hf.get_image_features(**inputs)))
+    np.testing.assert_allclose(emb, theirs, rtol=0, atol=1e-5)
+
+    # another max_num_patches gives other embeddings: the same --out refuses to mix them
+    code = main(["embed", images, "--model", naflex_checkpoint, "--out", str(out), "--max-num-patches", "16",
+                 "--backend", "eager", "--device", "cpu", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "different job" in err and "max_num_patches" in err
+
+
+def test_embed_naflex_default_patches_and_the_inference_runner(naflex_checkpoint, images, tmp_path):
+    """Without --max-num-patches: the processor's (16). cuda_graph=True on CPU runs the compile_for_inference
+    runner (static batch 3, the last batch of 1 padded with one-patch images) without a graph: same rows."""
+    from siglip_fast import embed_corpus
+
+    paths = _readable(images)
+    want, _ = _naflex_reference(naflex_checkpoint, paths, 16)
+    for cuda_graph in (False, True):
+        out = tmp_path / f"graph{cuda_graph}.npy"
+        result = embed_corpus(paths, str(out), model=naflex_checkpoint, batch_size=3, workers=0, device="cpu",
+                              backend="eager", cuda_graph=cuda_graph, progress=False)
+        assert result.rows == 4
+        np.testing.assert_allclose(np.load(out), want, rtol=0, atol=1e-5)
+
+
+def test_embed_siglip2_texts_with_the_gemma_tokenizer(naflex_checkpoint, tmp_path, capsys):
+    """NaFlex checkpoints' Siglip2Tokenizer lowercases (SigLIP 2's training text); texts padded to 64 with
+    truncation, as the processor's defaults; the rows are get_text_features on the processor's ids."""
+    import siglip_fast as sf
+
+    texts = ["a photo of a cat", "A PHOTO OF A CAT", "Two dogs playing in the snow!",
+             " ".join(["the quick brown fox"] * 30)]  # longer than 64 tokens: truncated
+    texts_file = tmp_path / "texts.txt"
+    texts_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out = tmp_path / "texts.npy"
+    code = main(["embed", "--texts", str(texts_file), "--model", naflex_checkpoint, "--out", str(out), "--batch", "3",
+                 "--backend", "eager", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    emb = np.load(out)
+    assert emb.shape == (4, 32)
+    np.testing.assert_array_equal(emb[0], emb[1])  # lowercased by the tokenizer
+    processor = sf.load_processor(naflex_checkpoint)
+    assert type(processor.tokenizer) is sf.Siglip2Tokenizer
+    enc = processor(text=texts, return_tensors="pt")
+    assert enc["input_ids"].shape == (4, 64) and int(enc["attention_mask"][3].sum()) == 64
+    model = sf.load_model(naflex_checkpoint, backend="eager")
+    with torch.no_grad():
+        want = _normalize(model.get_text_features(**enc).pooler_output)
+    np.testing.assert_allclose(emb, want, rtol=0, atol=1e-6)
+
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.Siglip2Model.from_pretrained(naflex_checkpoint).eval()
+    with torch.no_grad():
+        theirs = _normalize(pooled(hf.get_text_features(**enc)))
+    np.testing.assert_allclose(emb, theirs, rtol=0, atol=1e-5)
+
+
+def test_classify_naflex_siglip2(naflex_checkpoint, images, capsys):
+    import siglip_fast as sf
+
+    image = os.path.join(images, "sub", "e.jpeg")
+    labels = ["a cat", "a dog", "a red car", "a tree"]
+    code = main(["classify", image, "--model", naflex_checkpoint, "--labels", ",".join(labels), "--template",
+                 "a photo of {}", "--max-num-patches", str(NAFLEX_PATCHES), "--backend", "eager", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    got = {label.strip(): float(p) for label, p in (line.rsplit(None, 1) for line in captured.out.strip().splitlines())}
+    assert sorted(got) == sorted(labels)
+
+    model, processor = sf.load_model(naflex_checkpoint, backend="eager"), sf.load_processor(naflex_checkpoint)
+    enc = processor(text=[f"a photo of {label}" for label in labels], images=[load_image(image)],
+                    max_num_patches=NAFLEX_PATCHES, return_tensors="pt")
+    assert enc["pixel_values"].shape[1] == NAFLEX_PATCHES
+    with torch.no_grad():
+        want = torch.sigmoid(model(**enc).logits_per_image[0])
+    assert len({round(p, 6) for p in want.tolist()}) == len(labels)
+    for label, p in zip(labels, want.tolist(), strict=True):
+        assert abs(got[label] - p) <= 6e-7
+
+
+def test_fixed_resolution_siglip2_embed_and_classify(fixed_siglip2_checkpoint, images, tmp_path, capsys):
+    """SiglipModel with the Gemma tokenizer: images (uint8 path, SigLIP's processor) and texts (padded to 64, not
+    lowercased: GemmaTokenizer, as transformers) as the model on the processor's outputs; --max-num-patches refused."""
+    import siglip_fast as sf
+
+    texts_file = tmp_path / "t.txt"
+    texts_file.write_text("a dog\nA Dog\n", encoding="utf-8")
+    out = tmp_path / "fixed.npy"
+    code = main(["embed", images, "--texts", str(texts_file), "--model", fixed_siglip2_checkpoint, "--out", str(out),
+                 "--batch", "3", "--workers", "0", "--backend", "eager", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    emb = np.load(out)
+    assert emb.shape == (6, 32)
+    model, processor = sf.load_model(fixed_siglip2_checkpoint, backend="eager"), \
+        sf.load_processor(fixed_siglip2_checkpoint)
+    assert type(model) is sf.SiglipModel and isinstance(processor, sf.Siglip2Processor)
+    assert type(processor.tokenizer) is sf.GemmaTokenizer
+    enc = processor(text=["a dog", "A Dog"], images=[load_image(p) for p in _readable(images)], return_tensors="pt")
+    assert enc["input_ids"].shape == (2, 64)
+    with torch.no_grad():
+        want_images = _normalize(model.get_image_features(pixel_values=enc["pixel_values"]).pooler_output)
+        want_texts = _normalize(model.get_text_features(input_ids=enc["input_ids"],
+                                                        attention_mask=enc["attention_mask"]).pooler_output)
+    np.testing.assert_allclose(emb[:4], want_images, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(emb[4:], want_texts, rtol=0, atol=1e-6)
+    assert not np.array_equal(emb[4], emb[5])  # GemmaTokenizer does not lowercase
+
+    code = main(["classify", os.path.join(images, "a.png"), "--model", fixed_siglip2_checkpoint, "--labels", "a,b",
+                 "--backend", "eager", "--device", "cpu"])
+    assert code == 0 and len(capsys.readouterr().out.strip().splitlines()) == 2
+    code = main(["embed", images, "--model", fixed_siglip2_checkpoint, "--out", str(tmp_path / "x.npy"),
+                 "--max-num-patches", "64", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 2 and "--max-num-patches applies to NaFlex" in captured.err
+
+
+def _bench_rows(out: str) -> dict:
+    return {tuple(line.split()[:2]): line.split() for line in out.splitlines()
+            if line.startswith(("vision ", "text "))}
+
+
+def test_bench_naflex_siglip2_checkpoint(naflex_checkpoint, capsys):
+    """Siglip2Model vs its transformers twin (transformers.Siglip2Model) on NaFlex inputs at --max-num-patches, the
+    TFLOP/s from matmul_flops(num_patches=N)."""
+    import siglip_fast as sf
+    from siglip_fast.variants import matmul_flops
+
+    code = main(["bench", "--model", naflex_checkpoint, "--batch", "2", "--backends", "sdpa,eager", "--device", "cpu",
+                 "--reps", "1", "--max-num-patches", str(NAFLEX_PATCHES)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"NaFlex at max_num_patches {NAFLEX_PATCHES}" in captured.out
+    rows = _bench_rows(captured.out)
+    impls = ("eager", "sdpa") + (("transformers-sdpa",) if "transformers-sdpa" in captured.out else ())
+    for tower in ("vision", "text"):
+        for impl in impls:
+            cells = rows[(tower, impl)]
+            assert "Error" not in " ".join(cells), cells
+            assert float(cells[-1]) <= 1e-5
+    config = sf.load_model(naflex_checkpoint).config
+    ms, tflops = float(rows[("vision", "eager")][2]), float(rows[("vision", "eager")][4])
+    want = matmul_flops(config, images=2, num_patches=NAFLEX_PATCHES) / ms / 1e9
+    assert abs(tflops - want) <= 0.06 * want  # printed to 2-3 significant digits; 16 patches would be 33% more
+
+
+def test_bench_siglip2_names(capsys, monkeypatch):
+    """SigLIP 2 names: a NaFlex one builds a Siglip2Model with NaFlex inputs, a fixed-resolution one a SiglipModel
+    (config_for's shapes shrunk here to keep CPU time small; the name -> config table is tested in variants)."""
+    import siglip_fast.cli as cli
+    from siglip_fast import Siglip2Config
+
+    asked, built = [], []
+    real_config_for, real_random_model = cli.config_for, cli.random_model
+
+    def tiny_config_for(name):
+        asked.append(name)
+        config = real_config_for(name)
+        text = dict(_TINY_TEXT, vocab_size=97)
+        if isinstance(config, Siglip2Config):
+            return Siglip2Config(text_config=text, vision_config=dict(_TINY_TOWER, patch_size=16, num_patches=16))
+        return SiglipConfig(text_config=text, vision_config=dict(_TINY_TOWER, patch_size=16, image_size=32))
+
+    def recording_random_model(*args, **kwargs):
+        built.append(real_random_model(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(cli, "config_for", tiny_config_for)
+    monkeypatch.setattr(cli, "random_model", recording_random_model)
+    code = main(["bench", "--model", "google/siglip2-so400m-patch16-naflex", "--batch", "2", "--backends", "eager",
+                 "--device", "cpu", "--reps", "1", "--max-num-patches", "24"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert asked == ["siglip2-so400m-patch16-naflex"] and type(built[-1]).__name__ == "Siglip2Model"
+    assert "siglip2-so400m-patch16-naflex (random weights), NaFlex at max_num_patches 24" in captured.out
+    rows = _bench_rows(captured.out)
+    assert ("vision", "eager") in rows and ("text", "eager") in rows
+    assert not any("Error" in " ".join(cells) for cells in rows.values()), captured.out
+    if ("vision", "transformers-sdpa") in rows:
+        assert float(rows[("vision", "transformers-sdpa")][-1]) <= 1e-5
+
+    code = main(["bench", "--model", "siglip2-base-patch16-224", "--batch", "2", "--backends", "eager", "--device",
+                 "cpu", "--reps", "1", "--tower", "vision"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert asked[-1] == "siglip2-base-patch16-224" and type(built[-1]).__name__ == "SiglipModel"
+    assert "NaFlex" not in captured.out and ("vision", "eager") in _bench_rows(captured.out)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["embed", "{images}", "--model", "{naflex}", "--out", "{tmp}/e.npy", "--max-num-patches", "0"],
+     "--max-num-patches must be"),
+    (["embed", "{images}", "--model", "{ckpt}", "--out", "{tmp}/e.npy", "--max-num-patches", "16"],
+     "--max-num-patches applies to NaFlex"),
+    (["classify", "{images}/a.png", "--model", "{ckpt}", "--labels", "a", "--max-num-patches", "16"],
+     "--max-num-patches applies to NaFlex"),
+    (["bench", "--model", "{ckpt}", "--max-num-patches", "16", "--device", "cpu"], "--max-num-patches applies"),
+    (["bench", "--model", "{naflex}", "--max-num-patches", "-1", "--device", "cpu"], "--max-num-patches must be"),
+])
+def test_max_num_patches_usage_errors(argv, message, checkpoint, naflex_checkpoint, images, tmp_path, capsys):
+    subs = {"ckpt": checkpoint, "naflex": naflex_checkpoint, "images": images, "tmp": str(tmp_path)}
+    code = main([a.format(**subs) for a in argv])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert message in captured.err and "Traceback" not in captured.err
+
+
+def test_help_says_siglip2_was_trained_on_lowercased_text(capsys):
+    for command in ("embed", "classify"):
+        assert main([command, "--help"]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "SigLIP 2 was trained on lowercased text" in out and "--max-num-patches" in out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="the Triton kernels need CUDA or the Triton interpreter (TRITON_INTERPRET=1)")
+def test_naflex_through_the_fused_kernels(naflex_checkpoint, images, tmp_path, capsys):
+    """embed (the static-batch runner, masked padding patches in the fused attention) and bench's triton row on a
+    NaFlex checkpoint: fp32 within the kernel budget (1e-4) of the eager reference."""
+    from siglip_fast import embed_corpus
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    paths = _readable(images)[:3]
+    want, _ = _naflex_reference(naflex_checkpoint, paths, NAFLEX_PATCHES)
+    out = tmp_path / "triton.npy"
+    embed_corpus(paths, str(out), model=naflex_checkpoint, batch_size=2, workers=0, device=device, dtype="fp32",
+                 backend="triton", cuda_graph=True, max_num_patches=NAFLEX_PATCHES, progress=False)
+    np.testing.assert_allclose(np.load(out), want, rtol=0, atol=1e-4)
+
+    code = main(["bench", "--model", naflex_checkpoint, "--batch", "2", "--backends", "triton,eager", "--tower",
+                 "vision", "--reps", "1", "--device", device, "--dtype", "fp32", "--max-num-patches", "20"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    row = _bench_rows(captured.out)[("vision", "triton")]
+    assert "Error" not in " ".join(row) and float(row[-1]) <= 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 NaFlex through the CUDA-graph runner: GPU")
+def test_embed_naflex_on_gpu_error_budget_and_determinism(naflex_checkpoint, images, tmp_path, capsys):
+    """bf16 through the kernels and the CUDA graph at --max-num-patches: error vs an fp64 reference <= 2x the eager
+    bf16 path's; reruns bitwise equal."""
+    import siglip_fast as sf
+
+    def embed(backend, name):
+        out = tmp_path / f"{name}.npy"
+        code = main(["embed", images, "--model", naflex_checkpoint, "--out", str(out), "--backend", backend,
+                     "--device", "cuda", "--dtype", "bf16", "--max-num-patches", str(NAFLEX_PATCHES)])
+        assert code == 0, capsys.readouterr().err
+        return np.load(out)
+
+    triton_a, triton_b, eager = embed("triton", "t1"), embed("triton", "t2"), embed("eager", "e")
+    rows = json.loads((tmp_path / "t1.json").read_text())["rows"]
+    model = sf.load_model(naflex_checkpoint, backend="eager", dtype=torch.float64)
+    inputs = sf.load_processor(naflex_checkpoint).image_processor(
+        [load_image(r["source"]) for r in rows], max_num_patches=NAFLEX_PATCHES, return_tensors="pt")
+    with torch.no_grad():
+        want = _normalize(model.get_image_features(
+            pixel_values=inputs["pixel_values"].double(), pixel_attention_mask=inputs["pixel_attention_mask"],
+            spatial_shapes=inputs["spatial_shapes"]).pooler_output.double())
+    err_triton, err_eager = np.abs(triton_a - want).max(), np.abs(eager - want).max()
+    assert err_triton <= 2 * err_eager + 1e-6, (err_triton, err_eager)
+    np.testing.assert_array_equal(triton_a, triton_b)

@@ -27,6 +27,7 @@ from siglip_fast.tokenization import SiglipTokenizer
 from tests._tiny import randomize_
 from tests.test_cli import MAX_LEN, _spiece_proto
 from tests.test_cli import checkpoint as checkpoint  # noqa: F401 (the shared tiny checkpoint fixture)
+from tests.test_cli import naflex_checkpoint as naflex_checkpoint  # noqa: F401 (tiny NaFlex SigLIP 2)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = dict(device="cpu", backend="eager", progress=False)
@@ -344,3 +345,61 @@ def test_the_static_batch_runners_give_the_same_rows(checkpoint, corpus_dir, ref
     embed_corpus(texts=[str(texts)], out=plain, model=checkpoint, batch_size=4, workers=0, **RUN)
     np.testing.assert_allclose(np.asarray(array[22:]), np.load(plain), rtol=0, atol=1e-6)
     assert [r["source"] for r in rows[22:]] == ["a cat", "a red car on the grass", "the dog"]
+
+
+# -- SigLIP 2 NaFlex ------------------------------------------------------------------------------------------------
+
+def test_naflex_patches_normalised_on_the_device_are_the_processors_pixel_values(tmp_path):
+    """The decode workers send uint8 patches (no rescale/normalise); NaflexNormalizer's table lookup gives bitwise
+    the image processor's float32 pixel_values (with a non-SigLIP mean/std too), zero padding included."""
+    from siglip_fast.image_processing_siglip2 import Siglip2ImageProcessor
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, (h, w) in enumerate(((13, 40), (37, 9), (20, 20), (5, 3))):
+        paths.append(str(tmp_path / f"{i}.png"))
+        with open(paths[-1], "wb") as f:
+            f.write(_png(rng, h, w))
+    positions = [(i, corpus.Item("image", p)) for i, p in enumerate(paths)]
+    for processor in (Siglip2ImageProcessor(patch_size=4, max_num_patches=12),
+                      Siglip2ImageProcessor(patch_size=3, max_num_patches=20, image_mean=[0.48, 0.45, 0.4],
+                                            image_std=[0.26, 0.26, 0.27], rescale_factor=1 / 256)):
+        loader = corpus.decode_loader(positions, [[0, 1, 2, 3]], processor, workers=0, uint8=False,
+                                      max_num_patches=processor.max_num_patches)
+        (batch,) = list(loader)
+        assert batch["pixels"].dtype == torch.uint8 and not batch["failed"]
+        want = processor([load_image(p) for p in paths], return_tensors="pt")
+        got = corpus.NaflexNormalizer(processor, torch.device("cpu"))(batch["pixels"], batch["pixel_attention_mask"])
+        assert got.dtype == torch.float32 and torch.equal(got, want["pixel_values"])
+        assert torch.equal(batch["pixel_attention_mask"], want["pixel_attention_mask"])
+        assert torch.equal(batch["spatial_shapes"], want["spatial_shapes"])
+        assert int(want["pixel_attention_mask"].sum()) < want["pixel_attention_mask"].numel()  # padding present
+
+
+def test_naflex_webdataset_tar_images_and_captions(naflex_checkpoint, tmp_path):  # noqa: F811
+    """A NaFlex SigLIP 2 checkpoint over a tar of images and captions (--field image,txt): image rows as the model on
+    the image processor's outputs, caption rows as the model on the processor's (lowercasing) ids."""
+    rng = np.random.default_rng(4)
+    pngs = {f"s{i}": _png(rng, h, w) for i, (h, w) in enumerate(((30, 50), (44, 17), (16, 16)))}
+    captions = {"s0": "A Red Car", "s1": "two dogs", "s2": "a photo of a cat"}
+    members = {}
+    for key in pngs:
+        members[f"{key}.png"] = pngs[key]
+        members[f"{key}.txt"] = captions[key].encode()
+    _tar(tmp_path / "data.tar", members)
+    out = tmp_path / "out.npy"
+    result = embed_corpus([str(tmp_path / "data.tar")], str(out), model=naflex_checkpoint, fields="image,txt",
+                          batch_size=2, workers=0, max_num_patches=10, **RUN)
+    assert result.rows == 6
+    emb = np.load(out)
+    model, processor = siglip_fast.load_model(naflex_checkpoint, backend="eager"), \
+        siglip_fast.load_processor(naflex_checkpoint)
+    enc = processor(text=list(captions.values()), images=[load_image(b) for b in pngs.values()], max_num_patches=10,
+                    return_tensors="pt")
+    with torch.no_grad():
+        images = model.get_image_features(pixel_values=enc["pixel_values"],
+                                          pixel_attention_mask=enc["pixel_attention_mask"],
+                                          spatial_shapes=enc["spatial_shapes"]).pooler_output
+        texts = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output
+    want = torch.nn.functional.normalize(torch.cat([images, texts]), dim=-1).numpy()
+    np.testing.assert_allclose(emb, want, rtol=0, atol=1e-5)
