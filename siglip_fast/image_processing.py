@@ -76,6 +76,8 @@ def _pil_needs_rescale(image: np.ndarray, where: str) -> bool:
     """transformers' `_rescale_for_pil_conversion`: float images in [0, 1] are scaled by 255 to become uint8."""
     if image.dtype == np.uint8:
         return False
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise ValueError(f"{where}: float pixels must be finite, got NaN or inf ({_describe(image)})")
     if np.allclose(image, image.astype(int)):
         if np.all(image >= 0) and np.all(image <= 255):
             return False
