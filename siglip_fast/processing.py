@@ -24,8 +24,12 @@ from .tokenization import (
     SiglipTokenizer,
 )
 
-_TEXT_KEYS = ("add_special_tokens", "padding", "truncation", "max_length", "pad_to_multiple_of", "padding_side",
-              "return_attention_mask")
+_TEXT_KEYS = ("text_pair", "add_special_tokens", "padding", "truncation", "max_length", "pad_to_multiple_of",
+              "padding_side", "return_attention_mask", "return_token_type_ids", "return_special_tokens_mask",
+              "return_length")
+_TOKENIZER_INIT_KEYS = ("model_max_length", "model_input_names", "padding_side", "truncation_side", "do_lower_case",
+                        "eos_token", "unk_token", "pad_token", "additional_special_tokens", "extra_special_tokens",
+                        "sp_model_kwargs", "clean_up_tokenization_spaces")
 _IMAGE_CALL_KEYS = (*_IMAGE_KEYS, "return_uint8", "num_workers")
 _UNSET = object()
 
@@ -56,15 +60,25 @@ class SiglipProcessor:
 
     @property
     def model_input_names(self) -> list[str]:
-        return [*self.tokenizer.model_input_names, *self.image_processor.model_input_names]
+        """The image processor's then the tokenizer's, in transformers' attribute order."""
+        return [*self.image_processor.model_input_names, *self.tokenizer.model_input_names]
 
     def __call__(self, images: Any = None, text: Any = None, *, padding: Any = _UNSET,
                  return_tensors: str | None = None, text_kwargs: dict | None = None,
                  images_kwargs: dict | None = None, **kwargs) -> BatchFeature:
         if images is None and text is None:
             raise ValueError("SiglipProcessor needs text=, images= or both")
+        for name, value in (("text_kwargs", text_kwargs), ("images_kwargs", images_kwargs)):
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
         text_kwargs = dict(text_kwargs or {})
         images_kwargs = dict(images_kwargs or {})
+        for key in text_kwargs:
+            if key not in _TEXT_KEYS:
+                raise TypeError(f"text_kwargs: unexpected option {key!r}; text options: {list(_TEXT_KEYS)}")
+        for key in images_kwargs:
+            if key not in _IMAGE_CALL_KEYS:
+                raise TypeError(f"images_kwargs: unexpected option {key!r}; image options: {list(_IMAGE_CALL_KEYS)}")
         for key, value in kwargs.items():
             if key in _TEXT_KEYS:
                 text_kwargs[key] = value
@@ -78,6 +92,8 @@ class SiglipProcessor:
         if "padding" not in text_kwargs:  # SigLIP's training setting, see the class docstring
             text_kwargs["padding"] = "max_length"
             text_kwargs.setdefault("truncation", True)
+        if text is None and text_kwargs.get("text_pair") is not None:
+            raise ValueError("text_pair needs text= as well")
         out = BatchFeature()
         if text is not None:
             out.update(self.tokenizer(text, return_tensors=return_tensors, **text_kwargs))
@@ -107,15 +123,28 @@ class SiglipProcessor:
         return [*written, path]
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, *, revision: str | None = None) -> "SiglipProcessor":
+    def from_pretrained(cls, path_or_id: str | os.PathLike, *, revision: str | None = None,
+                        **overrides) -> "SiglipProcessor":
         """Load from a directory (v5 processor_config.json or v4/hub preprocessor_config.json, plus the tokenizer
-        files) or a hub id (needs huggingface_hub)."""
+        files) or a hub id (needs huggingface_hub). `overrides` go to the part that has them, as in transformers:
+        tokenizer options (`model_max_length=16`...) to the tokenizer, image options (`size=...`) to the image
+        processor."""
+        text_overrides, image_overrides = {}, {}
+        for key, value in overrides.items():
+            if key in _TOKENIZER_INIT_KEYS:
+                text_overrides[key] = value
+            elif key in (*_IMAGE_KEYS, "num_workers"):
+                image_overrides[key] = value
+            else:
+                raise TypeError(f"SiglipProcessor.from_pretrained got an unexpected option {key!r}; tokenizer "
+                                f"options: {list(_TOKENIZER_INIT_KEYS)}, image options: "
+                                f"{[*_IMAGE_KEYS, 'num_workers']}")
         directory = resolve_pretrained_dir(
             path_or_id, what="SiglipProcessor.from_pretrained", revision=revision,
             allow_patterns=[PROCESSOR_FILE, IMAGE_PROCESSOR_FILE, VOCAB_FILE, TOKENIZER_CONFIG_FILE,
                             SPECIAL_TOKENS_MAP_FILE])
-        image_processor = SiglipImageProcessor.from_dict(read_image_processor_config(directory))
-        return cls(image_processor, SiglipTokenizer.from_pretrained(directory))
+        image_processor = SiglipImageProcessor.from_dict(read_image_processor_config(directory), **image_overrides)
+        return cls(image_processor, SiglipTokenizer.from_pretrained(directory, **text_overrides))
 
     def __repr__(self) -> str:
         return f"SiglipProcessor(\n  image_processor={self.image_processor!r},\n  tokenizer={self.tokenizer!r})"
