@@ -498,3 +498,29 @@ def test_hostile_input(spiece_dir):
     # nothing above changed the tokenizer
     assert tok(["a cat"], ["a dog"])["input_ids"] == [tok("a cat", "a dog")["input_ids"]]
     assert "ok" not in tok.get_vocab()
+
+
+FUZZ_PIECES = ["a", "photo", "Cat", "DOG", " ", "  ", "\t", "\n", "\u00a0", "\u2003", "\u200b", "\u2581", "</s>", "<unk>",
+               "<pad>", "</S>", "<", ">", "/", "s", "!", "'", ".", "...", "…", "—", "-", "_", "é", "e\u0301", "ß", "İ",
+               "日本", "🙂", "Ⅻ", "ﬁ", "①", "x-ray", "100%", "\\", "{}", "newtok", "<sp1>"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fuzzed_strings_match_transformers(spiece_dir, hf_tokenizer_cls, seed):
+    """Random strings built from awkward pieces (whitespace kinds, ▁, special and added tokens glued to text,
+    punctuation, NFKC-sensitive and combining characters): ids, pieces, pairs and decoding as transformers."""
+    rng = random.Random(seed)
+    texts = ["".join(rng.choice(FUZZ_PIECES) for _ in range(rng.randint(0, 14))) for _ in range(250)]
+    ours = SiglipTokenizer(spiece_dir / "spiece.model", model_max_length=24)
+    theirs = hf_tokenizer_cls(str(spiece_dir / "spiece.model"), model_max_length=24)
+    for tok in (ours, theirs):
+        tok.add_tokens(["newtok"])
+        tok.add_tokens(["<sp1>"], special_tokens=True)
+    got = ours(texts)["input_ids"]
+    assert got == theirs(texts)["input_ids"]
+    for text in texts[:80]:
+        assert ours.tokenize(text) == theirs.tokenize(text), repr(text)
+    kwargs = {"padding": "max_length", "truncation": True}
+    assert _plain(ours(texts, texts[::-1], **kwargs)) == _plain(theirs(texts, texts[::-1], **kwargs))
+    for skip in (False, True):
+        assert ours.batch_decode(got, skip_special_tokens=skip) == theirs.batch_decode(got, skip_special_tokens=skip)
