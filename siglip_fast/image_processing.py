@@ -134,8 +134,11 @@ def _check_size(size: Any) -> dict:
     else:
         raise ValueError(f"size must be {{'height': H, 'width': W}} or (H, W), got {size!r} (SigLIP resizes to an "
                          "exact size; shortest_edge resizing is not supported)")
-    if not all(isinstance(v, (int, np.integer)) and v > 0 for v in (h, w)):
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in (h, w)):
         raise ValueError(f"size must hold positive ints, got {size!r}")
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    if limit and h * w > limit:  # PIL's decompression-bomb bound: beyond it a resize only exhausts memory
+        raise ValueError(f"size {h}x{w} = {h * w} pixels per image exceeds PIL.Image.MAX_IMAGE_PIXELS ({limit})")
     return {"height": int(h), "width": int(w)}
 
 
@@ -347,6 +350,7 @@ class SiglipImageProcessor:
         """Preprocess one image or a list -> BatchFeature(pixel_values=...): a (B, 3, H, W) tensor/array with
         return_tensors 'pt'/'np', else a list of (3, H, W) float32 arrays (uint8 with return_uint8=True)."""
         opts = self._options(overrides)
+        return_uint8 = _check_bool("return_uint8", return_uint8)
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
         if return_uint8 and not self.is_siglip_normalization(**overrides):

@@ -110,6 +110,8 @@ class SiglipProcessor:
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
         """Write what transformers v5 writes: processor_config.json (with the image processor nested), spiece.model
         and tokenizer_config.json."""
+        if not isinstance(save_directory, (str, os.PathLike)):
+            raise TypeError(f"save_directory must be a path, got {type(save_directory).__name__}")
         save_directory = os.fspath(save_directory)
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory: {save_directory!r} is a file, expected a directory")

@@ -181,8 +181,14 @@ class SiglipTokenizer:
                 "{'name_token': '...'} to the constructor, or call tok.add_special_tokens({...}) after loading")
         if (vocab_file is None) == (model_proto is None):
             raise ValueError("SiglipTokenizer needs exactly one of vocab_file (a spiece.model path) or model_proto")
+        if sp_model_kwargs is not None and not isinstance(sp_model_kwargs, dict):
+            raise TypeError(f"sp_model_kwargs must be a dict, got {type(sp_model_kwargs).__name__}")
         self.sp_model_kwargs = dict(sp_model_kwargs or {})
-        self.sp_model = spm.SentencePieceProcessor(**self.sp_model_kwargs)
+        try:
+            self.sp_model = spm.SentencePieceProcessor(**self.sp_model_kwargs)
+        except TypeError as e:
+            raise TypeError(f"sp_model_kwargs {self.sp_model_kwargs!r} are not SentencePieceProcessor options: "
+                            f"{e}") from None
         if vocab_file is not None:
             if not isinstance(vocab_file, (str, os.PathLike)):
                 raise TypeError(f"vocab_file must be a path, got {type(vocab_file).__name__}")
@@ -214,8 +220,12 @@ class SiglipTokenizer:
         if not _is_int(model_max_length) or model_max_length < 1:
             raise ValueError(f"model_max_length must be a positive int, got {model_max_length!r}")
         self.model_max_length = int(model_max_length)
-        self.do_lower_case = bool(do_lower_case)
-        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+        for name, value in (("do_lower_case", do_lower_case), ("clean_up_tokenization_spaces",
+                                                                clean_up_tokenization_spaces)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+        self.do_lower_case = do_lower_case
+        self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         if model_input_names is not None:
             model_input_names = _check_str_list("model_input_names", model_input_names)
         self.model_input_names = model_input_names if model_input_names is not None else [
@@ -637,6 +647,8 @@ class SiglipTokenizer:
         else:
             raise ValueError(f"padding must be False, True, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
         try:
+            if not (truncation is None or isinstance(truncation, (bool, str))):
+                raise KeyError(truncation)  # 1 would otherwise match True
             truncate = _TRUNCATIONS[truncation]
         except (KeyError, TypeError):
             raise ValueError(f"truncation must be a bool, 'longest_first', 'only_first', 'only_second' or "
@@ -729,6 +741,13 @@ class SiglipTokenizer:
         if return_offsets_mapping:
             raise NotImplementedError("return_offset_mapping is not available for SiglipTokenizer (transformers' "
                                       "slow tokenizers do not offer it either)")
+        for name, value in (("add_special_tokens", add_special_tokens), ("return_special_tokens_mask",
+                            return_special_tokens_mask), ("return_length", return_length), ("verbose", verbose),
+                            ("return_attention_mask", return_attention_mask),
+                            ("return_token_type_ids", return_token_type_ids)):
+            if not isinstance(value, bool) and not (value is None and name.startswith("return_") and
+                                                    name.endswith(("mask", "ids"))):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
         batched, texts, pairs = self._texts(text, text_pair)
         padding_side = self.padding_side if padding_side is None else padding_side
         if padding_side not in ("left", "right"):
@@ -955,6 +974,8 @@ class SiglipTokenizer:
             if not isinstance(s, (list, tuple)):
                 raise TypeError(f"sequences[{i}] must be a list of ids, got {type(s).__name__} (decode() takes one "
                                 "sequence)")
+            if s and isinstance(s[0], (list, tuple)):
+                raise TypeError(f"sequences[{i}] must be a flat list of ids, got nested lists (a 3-D input?)")
             out.append(self.decode(list(s), skip_special_tokens, clean_up_tokenization_spaces))
         return out
 

@@ -358,6 +358,10 @@ def test_hostile_options_and_inputs(rng, tmp_path):
         (lambda: proc(torch.zeros(0, 3, 8, 8)), ValueError, "empty batch"),
         (lambda: proc(image, return_tensors="tf"), ValueError, "return_tensors must be 'pt', 'np' or None"),
         (lambda: proc.to_json_file(3), TypeError, "json_file_path must be a path"),
+        (lambda: proc(image, return_uint8="yes"), TypeError, r"return_uint8 must be a bool, got str \('yes'\)"),
+        (lambda: SiglipImageProcessor(size={"height": 10**6, "width": 10**6}), ValueError,
+         "exceeds PIL.Image.MAX_IMAGE_PIXELS"),
+        (lambda: SiglipImageProcessor(size={"height": True, "width": 4}), ValueError, "size must hold positive ints"),
     ]
     for call, error, message in cases:
         with pytest.raises(error, match=message):

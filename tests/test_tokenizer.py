@@ -491,6 +491,19 @@ def test_hostile_input(spiece_dir):
         (lambda: SiglipTokenizer(spiece_dir / "spiece.model", model_input_names="input_ids"), TypeError,
          "model_input_names must be a list of str"),
         (lambda: SiglipTokenizer(3), TypeError, "vocab_file must be a path, got int"),
+        (lambda: tok("a", truncation=1), ValueError, "truncation must be a bool, .* got 1"),
+        (lambda: tok("a", add_special_tokens="no"), TypeError, r"add_special_tokens must be a bool, got str \('no'\)"),
+        (lambda: tok("a", return_attention_mask="x"), TypeError, "return_attention_mask must be a bool"),
+        (lambda: tok.decode(torch.zeros(2, 2, 2, dtype=torch.long)), TypeError, "nested lists"),
+        (lambda: tok.decode(torch.tensor([1.0, 2.0])), TypeError, r"ids\[0\] must be an int, got float"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", do_lower_case="False"), TypeError,
+         r"do_lower_case must be a bool, got str \('False'\)"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", sp_model_kwargs={"bogus": 1}), TypeError,
+         "sp_model_kwargs .* are not SentencePieceProcessor options"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", sp_model_kwargs=[1]), TypeError,
+         "sp_model_kwargs must be a dict, got list"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", added_tokens_decoder={"x": "<a>"}), ValueError,
+         "added_tokens_decoder keys must be token ids, got 'x'"),
     ]
     for call, error, message in cases:
         with pytest.raises(error, match=message):
@@ -500,8 +513,8 @@ def test_hostile_input(spiece_dir):
     assert "ok" not in tok.get_vocab()
 
 
-FUZZ_PIECES = ["a", "photo", "Cat", "DOG", " ", "  ", "\t", "\n", "\u00a0", "\u2003", "\u200b", "\u2581", "</s>", "<unk>",
-               "<pad>", "</S>", "<", ">", "/", "s", "!", "'", ".", "...", "…", "—", "-", "_", "é", "e\u0301", "ß", "İ",
+FUZZ_PIECES = ["a", "photo", "Cat", "DOG", " ", "  ", "\t", "\n", "\u00a0", "\u2003", "\u200b", "\u2581", "</s>",
+               "<unk>", "<pad>", "</S>", "<", ">", "/", "s", "!", "'", ".", "...", "…", "—", "-", "_", "é", "e\u0301", "ß", "İ",
                "日本", "🙂", "Ⅻ", "ﬁ", "①", "x-ray", "100%", "\\", "{}", "newtok", "<sp1>"]
 
 
