@@ -185,6 +185,10 @@ class SiglipImageProcessor:
     """
 
     model_input_names = ["pixel_values"]
+    # what a subclass (e.g. SigLIP 2's NaFlex processor) extends: its option names (each an __init__ argument and
+    # attribute, overridable per call) and the image_processor_type it writes and accepts
+    config_keys: tuple = _CONFIG_KEYS
+    image_processor_type = "SiglipImageProcessor"
 
     def __init__(
         self,
@@ -326,24 +330,25 @@ class SiglipImageProcessor:
                 and o["do_normalize"] and o["image_mean"] == SIGLIP_MEAN and o["image_std"] == SIGLIP_STD)
 
     def _options(self, overrides: dict) -> dict:
-        opts = {k: getattr(self, k) for k in _CONFIG_KEYS}
+        opts = {k: getattr(self, k) for k in self.config_keys}
         for key, value in overrides.items():
             if key not in opts:
-                raise TypeError(f"SiglipImageProcessor got an unexpected option {key!r}; valid: {list(opts)}")
-            if value is None:
-                continue
-            if key == "size":
-                value = _check_size(value)
-            elif key == "resample":
-                value = self._check_resample(value)
-            elif key in ("image_mean", "image_std"):
-                value = _check_triple(key, value)
-            elif key == "rescale_factor":
-                value = _check_factor(value)
-            else:
-                value = _check_bool(key, value)
-            opts[key] = value
+                raise TypeError(f"{type(self).__name__} got an unexpected option {key!r}; valid: {list(opts)}")
+            if value is not None:
+                opts[key] = self._check_option(key, value)
         return opts
+
+    def _check_option(self, key: str, value: Any) -> Any:
+        """The checked value of a per-call option; a subclass with more `config_keys` checks its own here."""
+        if key == "size":
+            return _check_size(value)
+        if key == "resample":
+            return self._check_resample(value)
+        if key in ("image_mean", "image_std"):
+            return _check_triple(key, value)
+        if key == "rescale_factor":
+            return _check_factor(value)
+        return _check_bool(key, value)
 
     def __call__(self, images: Any, *, return_tensors: str | None = None, return_uint8: bool = False,
                  num_workers: int | None = None, **overrides) -> BatchFeature:
@@ -476,7 +481,7 @@ class SiglipImageProcessor:
             "do_rescale": self.do_rescale,
             "do_resize": self.do_resize,
             "image_mean": self._saved("image_mean"),
-            "image_processor_type": "SiglipImageProcessor",
+            "image_processor_type": self.image_processor_type,
             "image_std": self._saved("image_std"),
             "resample": self.resample,
             "rescale_factor": self.rescale_factor,
@@ -500,19 +505,19 @@ class SiglipImageProcessor:
         they would change the output (`do_center_crop`/`do_pad` true), ignored otherwise."""
         if not isinstance(config, dict):
             raise TypeError(f"image processor config must be a dict, got {type(config).__name__}")
+        keys = (*cls.config_keys, "num_workers")
         for key in overrides:
-            if key not in _CONFIG_KEYS and key != "num_workers":
-                raise TypeError(f"SiglipImageProcessor.from_dict got an unexpected option {key!r}; valid: "
-                                f"{[*_CONFIG_KEYS, 'num_workers']}")
+            if key not in keys:
+                raise TypeError(f"{cls.__name__}.from_dict got an unexpected option {key!r}; valid: {list(keys)}")
         config = {**config, **overrides}
-        unknown = sorted(set(config) - set(_CONFIG_KEYS) - set(_METADATA_KEYS) - {"num_workers"})
+        unknown = sorted(set(config) - set(keys) - set(_METADATA_KEYS))
         for key in unknown:
             if key in ("do_center_crop", "do_pad") and config[key]:
                 raise ValueError(f"image processor config sets {key}=true, which SigLIP's processor does not do")
-        kind = config.get("image_processor_type", "SiglipImageProcessor")
-        if not isinstance(kind, str) or kind.removesuffix("Pil").removesuffix("Fast") != "SiglipImageProcessor":
-            raise ValueError(f"not a SigLIP image processor config: image_processor_type={kind!r}")
-        return cls(**{k: config[k] for k in (*_CONFIG_KEYS, "num_workers") if k in config})
+        kind = config.get("image_processor_type", cls.image_processor_type)
+        if not isinstance(kind, str) or kind.removesuffix("Pil").removesuffix("Fast") != cls.image_processor_type:
+            raise ValueError(f"not a {cls.image_processor_type} config: image_processor_type={kind!r}")
+        return cls(**{k: config[k] for k in keys if k in config})
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
         """Write preprocessor_config.json (what transformers' image processors write)."""
@@ -527,11 +532,11 @@ class SiglipImageProcessor:
                         **overrides) -> "SiglipImageProcessor":
         """Read preprocessor_config.json (v4/hub), or processor_config.json's nested "image_processor" (v5)."""
         directory = resolve_pretrained_dir(path_or_id, allow_patterns=[IMAGE_PROCESSOR_FILE, PROCESSOR_FILE],
-                                           what="SiglipImageProcessor.from_pretrained", revision=revision)
+                                           what=f"{cls.__name__}.from_pretrained", revision=revision)
         return cls.from_dict(read_image_processor_config(directory), **overrides)
 
     def __repr__(self) -> str:
-        return f"SiglipImageProcessor({json.dumps(self.to_dict(), sort_keys=True)})"
+        return f"{type(self).__name__}({json.dumps(self.to_dict(), sort_keys=True)})"
 
 
 def _read_json(path: str) -> dict:

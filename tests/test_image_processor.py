@@ -301,7 +301,7 @@ def test_from_dict_with_overrides_matches_transformers(hf_pil_cls, rng):
         SiglipImageProcessor.from_dict(saved, crop_size=3)
     with pytest.raises(ValueError, match="do_center_crop=true"):
         SiglipImageProcessor.from_dict({**saved, "do_center_crop": True})
-    with pytest.raises(ValueError, match="not a SigLIP image processor config"):
+    with pytest.raises(ValueError, match="not a SiglipImageProcessor config: image_processor_type=.CLIPImage"):
         SiglipImageProcessor.from_dict({**saved, "image_processor_type": "CLIPImageProcessor"})
 
 
@@ -372,3 +372,39 @@ def test_hostile_options_and_inputs(rng, tmp_path):
     (tmp_path / "preprocessor_config.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="must hold a JSON object, got list"):
         SiglipImageProcessor.from_pretrained(tmp_path)
+
+
+def test_subclass_extension_points(rng, tmp_path):
+    """What a SigLIP 2 image processor built on this one overrides: config_keys, image_processor_type,
+    _check_option, to_dict (and __init__); per-call overrides, from_dict and from_pretrained then follow."""
+
+    class Sub(SiglipImageProcessor):
+        config_keys = (*SiglipImageProcessor.config_keys, "patch_size")
+        image_processor_type = "Siglip2ImageProcessor"
+
+        def __init__(self, patch_size: int = 16, **kwargs):
+            super().__init__(**kwargs)
+            self.patch_size = self._check_option("patch_size", patch_size)
+
+        def _check_option(self, key, value):
+            if key == "patch_size":
+                if not isinstance(value, int) or value < 1:
+                    raise ValueError(f"patch_size must be a positive int, got {value!r}")
+                return value
+            return super()._check_option(key, value)
+
+        def to_dict(self):
+            return {**super().to_dict(), "patch_size": self.patch_size}
+
+    sub = Sub(patch_size=8, size={"height": 16, "width": 16})
+    assert sub._options({"patch_size": 4})["patch_size"] == 4
+    with pytest.raises(ValueError, match="patch_size must be a positive int"):
+        sub(_rgb(rng, 9, 9), patch_size=0)
+    sub.save_pretrained(tmp_path)
+    again = Sub.from_pretrained(tmp_path)
+    assert again.to_dict() == sub.to_dict() and again.to_dict()["image_processor_type"] == "Siglip2ImageProcessor"
+    with pytest.raises(ValueError, match="not a SiglipImageProcessor config"):
+        SiglipImageProcessor.from_pretrained(tmp_path)
+    image = _rgb(rng, 20, 30)
+    _equal(again(image, return_tensors="np")["pixel_values"],
+           SiglipImageProcessor(size={"height": 16, "width": 16})(image, return_tensors="np")["pixel_values"])
