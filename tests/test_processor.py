@@ -2,6 +2,7 @@
 
 import io
 import json
+import pickle
 import random
 
 import numpy as np
@@ -197,3 +198,24 @@ def test_bad_input_is_named(checkpoint_dir, images, tmp_path):
     (tmp_path / "preprocessor_config.json").write_text((checkpoint_dir / "preprocessor_config.json").read_text())
     with pytest.raises(ValueError, match=r"spiece\.model' is empty"):
         SiglipProcessor.from_pretrained(tmp_path)
+
+
+def test_round_trips_with_added_tokens_and_pickle(checkpoint_dir, hf_processor_cls, images, tmp_path):
+    """A processor whose tokenizer has added tokens and whose image processor is customised: saved here and loaded
+    by transformers, saved there and loaded here, and pickled (DataLoader workers) — the same outputs each time."""
+    ours = SiglipProcessor.from_pretrained(checkpoint_dir, size={"height": 24, "width": 20}, model_max_length=12)
+    ours.tokenizer.add_tokens(["newtok"])
+    ours.tokenizer.add_special_tokens({"extra_special_tokens": ["<sp>"]})
+    texts = ["a newtok cat <sp> dog", "café newtok", "<sp>"]
+    kwargs = {"padding": "max_length", "truncation": True, "return_tensors": "pt"}
+    expected = ours(images=images, text=texts, **kwargs)
+    ours.save_pretrained(tmp_path / "ours")
+    processor_cls, pil_cls = hf_processor_cls
+    theirs = processor_cls.from_pretrained(str(tmp_path / "ours"))
+    theirs.image_processor = pil_cls.from_dict(json.loads(
+        (tmp_path / "ours" / "processor_config.json").read_text())["image_processor"])
+    _same(theirs(images=images, text=texts, **kwargs), expected)
+    assert len(theirs.tokenizer) == len(ours.tokenizer)
+    theirs.save_pretrained(str(tmp_path / "theirs"))
+    _same(SiglipProcessor.from_pretrained(tmp_path / "theirs")(images=images, text=texts, **kwargs), expected)
+    _same(pickle.loads(pickle.dumps(ours))(images=images, text=texts, **kwargs), expected)
