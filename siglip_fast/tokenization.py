@@ -140,12 +140,14 @@ class SiglipTokenizer:
     pairs `tok(a, b)` give `a </s> b </s>`. Note that, as in transformers, the tokenizer itself does not pad unless
     asked; SigLIP was trained on `padding="max_length"` (see `SiglipProcessor`, which pads that way by default).
 
-    Extension points for a subclass with another text -> ids algorithm (e.g. SigLIP 2's Gemma tokenizer): override
-    `_encode_batch(texts, out_type)` (texts -> ids without special tokens, one sentencepiece call per batch),
-    `build_inputs_with_special_tokens`, `get_special_tokens_mask`, `num_special_tokens_to_add` (the special tokens
-    around one text or a pair), `convert_tokens_to_string` and `to_config`; `__call__`, `pad`, truncation and
-    tensor conversion are generic and only use those plus `pad_token_id`, `model_input_names`, `padding_side`,
-    `truncation_side` and `model_max_length`.
+    Extension points for a subclass with another text -> ids algorithm (e.g. SigLIP 2's Gemma tokenizer, also a
+    sentencepiece model): class attributes `vocab_files_names` (the model file's name) and `padding_side` /
+    `truncation_side` (defaults); override `_encode_batch(texts, out_type)` (texts -> ids without special tokens, one
+    sentencepiece call per batch), `build_inputs_with_special_tokens` and `get_special_tokens_mask` (the special
+    tokens around one text or a pair; `num_special_tokens_to_add` and `create_token_type_ids_from_sequences` follow),
+    and if needed `canonicalize_text`, `convert_tokens_to_string`, `to_config`. A BOS goes in as a named token:
+    `extra_special_tokens={"bos_token": "<bos>"}` gives `bos_token_id`. `__call__`, `pad`, truncation, padding,
+    masks, tensors, files and decoding are generic.
     """
 
     vocab_files_names = {"vocab_file": VOCAB_FILE}
@@ -168,8 +170,8 @@ class SiglipTokenizer:
         do_lower_case: bool = True,
         model_input_names: Sequence[str] | None = None,
         clean_up_tokenization_spaces: bool = False,
-        padding_side: str = "right",
-        truncation_side: str = "right",
+        padding_side: str | None = None,
+        truncation_side: str | None = None,
         added_tokens_decoder: dict | None = None,
         add_special_tokens: Any = _UNSET,
     ):
@@ -212,6 +214,8 @@ class SiglipTokenizer:
         if self.sp_model.get_piece_size() == 0:
             raise ValueError(f"{what} holds a sentencepiece model with an empty vocabulary")
         self.vocab_file = vocab_file
+        padding_side = type(self).padding_side if padding_side is None else padding_side  # class default
+        truncation_side = type(self).truncation_side if truncation_side is None else truncation_side
         for name, side in (("padding_side", padding_side), ("truncation_side", truncation_side)):
             if side not in ("left", "right"):
                 raise ValueError(f"{name} must be 'left' or 'right', got {side!r}")
@@ -998,14 +1002,14 @@ class SiglipTokenizer:
             "model_input_names": list(self.model_input_names),
             "model_max_length": self.model_max_length,
             "sp_model_kwargs": dict(self.sp_model_kwargs),
-            "tokenizer_class": "SiglipTokenizer",
+            "tokenizer_class": type(self).__name__,
         }
         config.update(self.special_tokens_map)
         if "pad_token" not in config:
             config["pad_token"] = None
-        if self.padding_side != "right":
+        if self.padding_side != "right" or type(self).padding_side != "right":
             config["padding_side"] = self.padding_side
-        if self.truncation_side != "right":
+        if self.truncation_side != "right" or type(self).truncation_side != "right":
             config["truncation_side"] = self.truncation_side
         return config
 
@@ -1017,7 +1021,7 @@ class SiglipTokenizer:
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory: {save_directory!r} is a file, expected a directory")
         os.makedirs(save_directory, exist_ok=True)
-        vocab_path = os.path.join(save_directory, VOCAB_FILE)
+        vocab_path = os.path.join(save_directory, self.vocab_files_names["vocab_file"])
         with open(vocab_path, "wb") as f:
             f.write(self.sp_model.serialized_model_proto())
         config = self.to_config()
@@ -1035,12 +1039,13 @@ class SiglipTokenizer:
         """Load from a directory with spiece.model (+ tokenizer_config.json), or a hub id (needs huggingface_hub).
 
         `overrides` (e.g. `model_max_length=16`) take precedence over the saved config."""
+        vocab_name = cls.vocab_files_names["vocab_file"]
         directory = resolve_pretrained_dir(
-            path_or_id, allow_patterns=[VOCAB_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE],
-            what="SiglipTokenizer.from_pretrained", revision=revision)
-        vocab_file = os.path.join(directory, VOCAB_FILE)
+            path_or_id, allow_patterns=[vocab_name, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE],
+            what=f"{cls.__name__}.from_pretrained", revision=revision)
+        vocab_file = os.path.join(directory, vocab_name)
         if not os.path.isfile(vocab_file):
-            raise FileNotFoundError(f"SiglipTokenizer.from_pretrained: no {VOCAB_FILE} in {os.fspath(path_or_id)!r}")
+            raise FileNotFoundError(f"{cls.__name__}.from_pretrained: no {vocab_name} in {os.fspath(path_or_id)!r}")
         config: dict = {}
         for name in (SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE):  # the tokenizer config wins
             path = os.path.join(directory, name)
@@ -1058,8 +1063,9 @@ class SiglipTokenizer:
             if key in config:
                 kwargs[key] = _token_content(config[key])
         extra = config.get("additional_special_tokens") or config.get("extra_special_tokens") or []
-        named = {k: _token_content(v) for k, v in config.items()
-                 if k.endswith("_token") and k not in _SPECIAL_TOKENS_ATTRIBUTES and isinstance(_token_content(v), str)}
+        named = {k: _content_of(v) for k, v in config.items()  # bos_token, image_token...: named special tokens
+                 if k.endswith("_token") and k not in ("eos_token", "unk_token", "pad_token")
+                 and isinstance(_content_of(v), str)}
         if isinstance(extra, dict):  # named model-specific tokens
             named.update({k: _token_content(v) for k, v in extra.items()})
             extra = []
@@ -1076,5 +1082,5 @@ class SiglipTokenizer:
         return cls(vocab_file, **kwargs)
 
     def __repr__(self) -> str:
-        return (f"SiglipTokenizer(vocab_size={self.vocab_size}, model_max_length={self.model_max_length}, "
+        return (f"{type(self).__name__}(vocab_size={self.vocab_size}, model_max_length={self.model_max_length}, "
                 f"do_lower_case={self.do_lower_case}, model_input_names={self.model_input_names})")

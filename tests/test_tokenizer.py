@@ -537,3 +537,47 @@ def test_fuzzed_strings_match_transformers(spiece_dir, hf_tokenizer_cls, seed):
     assert _plain(ours(texts, texts[::-1], **kwargs)) == _plain(theirs(texts, texts[::-1], **kwargs))
     for skip in (False, True):
         assert ours.batch_decode(got, skip_special_tokens=skip) == theirs.batch_decode(got, skip_special_tokens=skip)
+
+
+def test_subclass_extension_points(spiece_dir, tmp_path):
+    """What a SigLIP 2-style tokenizer built on this one overrides (vocab_files_names, padding_side, _encode_batch,
+    build_inputs_with_special_tokens, get_special_tokens_mask): calls, truncation, padding, pad(), masks, files
+    and decoding then follow from the generic code."""
+
+    class BosTokenizer(SiglipTokenizer):
+        vocab_files_names = {"vocab_file": "tokenizer.model"}
+        padding_side = "left"
+
+        def _encode_batch(self, texts, out_type=int):  # no canonicalisation: plain sentencepiece
+            return [list(ids) for ids in self.sp_model.encode(list(texts), out_type=out_type)]
+
+        def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
+            out = [self.bos_token_id, *token_ids_0, self.eos_token_id]
+            return out if token_ids_1 is None else [*out, *token_ids_1, self.eos_token_id]
+
+        def get_special_tokens_mask(self, token_ids_0, token_ids_1=None, already_has_special_tokens=False):
+            if already_has_special_tokens:
+                return super().get_special_tokens_mask(token_ids_0, None, True)
+            mask = [1, *[0] * len(token_ids_0), 1]
+            return mask if token_ids_1 is None else [*mask, *[0] * len(token_ids_1), 1]
+
+    (tmp_path / "tokenizer.model").write_bytes((spiece_dir / "spiece.model").read_bytes())
+    tok = BosTokenizer(tmp_path / "tokenizer.model", extra_special_tokens={"bos_token": "<s>"}, model_max_length=8,
+                       model_input_names=["input_ids"])
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    assert bos == len(tok) - 1 and tok.all_special_tokens[0] == "<s>" and tok.num_special_tokens_to_add() == 2
+    plain = tok.sp_model.encode("a cat")
+    enc = tok(["a cat", "dog " * 20], padding="max_length", truncation=True, return_special_tokens_mask=True)
+    assert enc["input_ids"][0] == [eos] * (6 - len(plain)) + [bos, *plain, eos]  # left padding, pad id = eos
+    assert enc["special_tokens_mask"][0] == [1] * (6 - len(plain)) + [1, *[0] * len(plain), 1]
+    assert len(enc["input_ids"][1]) == 8 and enc["input_ids"][1][0] == bos and enc["input_ids"][1][-1] == eos
+    pair = tok("a cat", "dog", return_special_tokens_mask=True)
+    assert pair["input_ids"] == [bos, *plain, eos, *tok.sp_model.encode("dog"), eos]
+    assert tok.pad({"input_ids": [[5, 6], [7]]}) == {"input_ids": [[5, 6], [eos, 7]]}
+    assert tok.decode(enc["input_ids"][0], skip_special_tokens=True) == "a cat"
+    tok.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["tokenizer.model", "tokenizer_config.json"]
+    config = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "BosTokenizer" and config["padding_side"] == "left"
+    again = BosTokenizer.from_pretrained(tmp_path / "saved")
+    assert again(["a cat", "dog " * 20], padding="max_length", truncation=True) == {"input_ids": enc["input_ids"]}
