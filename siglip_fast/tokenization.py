@@ -799,6 +799,13 @@ class SiglipTokenizer:
             if return_token_type_ids:
                 type_ids.append([self.pad_token_type_id] * len(sequence))
 
+        if verbose and max_length is None and rows:
+            longest = max(len(r) for r in rows)
+            if longest > self.model_max_length:  # transformers' (logged) warning; the model would fail later
+                warnings.warn(f"Token indices sequence length is longer than the specified maximum sequence length "
+                              f"for this model ({longest} > {self.model_max_length}). Running this sequence through "
+                              "the model will result in indexing errors; pass truncation=True (SigLIP was trained "
+                              "with padding='max_length', truncation=True).", UserWarning, stacklevel=2)
         data: dict[str, Any] = {"input_ids": rows}
         if return_token_type_ids:
             data["token_type_ids"] = type_ids

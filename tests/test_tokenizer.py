@@ -87,7 +87,19 @@ def _plain(enc) -> dict:
 def _quiet_eos_warning():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="This sequence already has")
+        warnings.filterwarnings("ignore", message="Token indices sequence length is longer")
         yield
+
+
+def test_too_long_warning(spiece_dir):
+    tok = SiglipTokenizer(spiece_dir / "spiece.model", model_max_length=8)
+    with pytest.warns(UserWarning, match=r"sequence length is longer .* \(\d+ > 8\).*pass truncation=True"):
+        tok(["a cat", "dog " * 20])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok(["a cat", "dog " * 20], truncation=True)
+        tok(["a cat", "dog " * 20], verbose=False)
+        tok(["a cat", "dog " * 20], padding="max_length", max_length=40)
 
 
 def test_ids_match_transformers(spiece_dir, hf_tokenizer_cls):
