@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
@@ -41,6 +42,12 @@ _CONFIG_KEYS = ("do_resize", "size", "resample", "do_rescale", "rescale_factor",
                 "image_std", "do_convert_rgb")
 _METADATA_KEYS = ("image_processor_type", "processor_class", "feature_extractor_type", "auto_map", "backend",
                   "default_to_square")
+
+
+# transformers v4's warning (SiglipImageProcessor.preprocess, `is_scaled_image(images[0])`); v5 gives none.
+RESCALE_WARNING = ("It looks like you are trying to rescale already rescaled images. If the input images have pixel "
+                   "values between 0 and 1, set `do_rescale=False` to avoid rescaling them again.")
+_WIDE_PIL_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
 class BatchFeature(BatchEncoding):
@@ -69,6 +76,8 @@ def _pil_needs_rescale(image: np.ndarray, where: str) -> bool:
     """transformers' `_rescale_for_pil_conversion`: float images in [0, 1] are scaled by 255 to become uint8."""
     if image.dtype == np.uint8:
         return False
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise ValueError(f"{where}: float pixels must be finite, got NaN or inf ({_describe(image)})")
     if np.allclose(image, image.astype(int)):
         if np.all(image >= 0) and np.all(image <= 255):
             return False
@@ -125,17 +134,45 @@ def _check_size(size: Any) -> dict:
     else:
         raise ValueError(f"size must be {{'height': H, 'width': W}} or (H, W), got {size!r} (SigLIP resizes to an "
                          "exact size; shortest_edge resizing is not supported)")
-    if not all(isinstance(v, (int, np.integer)) and v > 0 for v in (h, w)):
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in (h, w)):
         raise ValueError(f"size must hold positive ints, got {size!r}")
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    if limit and h * w > limit:  # PIL's decompression-bomb bound: beyond it a resize only exhausts memory
+        raise ValueError(f"size {h}x{w} = {h * w} pixels per image exceeds PIL.Image.MAX_IMAGE_PIXELS ({limit})")
     return {"height": int(h), "width": int(w)}
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and \
+        math.isfinite(float(v))
+
+
 def _check_triple(name: str, value: Any) -> tuple:
-    if isinstance(value, (int, float)):
+    if _is_number(value):
         value = [value] * 3
-    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(_is_number(v) for v in value):
         raise ValueError(f"{name} must be a float or 3 floats (one per RGB channel), got {value!r}")
+    if name == "image_std" and any(float(v) == 0 for v in value):
+        raise ValueError(f"image_std must not contain 0 (it divides the pixels), got {value!r}")
     return tuple(float(v) for v in value)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+    return bool(value)
+
+
+def _check_factor(value: Any) -> float:
+    if not _is_number(value):
+        raise ValueError(f"rescale_factor must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_workers(value: Any) -> int | None:
+    if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0):
+        raise ValueError(f"num_workers must be None or an int >= 0, got {value!r}")
+    return value
 
 
 class SiglipImageProcessor:
@@ -148,6 +185,10 @@ class SiglipImageProcessor:
     """
 
     model_input_names = ["pixel_values"]
+    # what a subclass (e.g. SigLIP 2's NaFlex processor) extends: its option names (each an __init__ argument and
+    # attribute, overridable per call) and the image_processor_type it writes and accepts
+    config_keys: tuple = _CONFIG_KEYS
+    image_processor_type = "SiglipImageProcessor"
 
     def __init__(
         self,
@@ -162,16 +203,19 @@ class SiglipImageProcessor:
         do_convert_rgb: bool | None = True,
         num_workers: int | None = None,
     ):
-        self.do_resize = bool(do_resize)
+        self.do_resize = _check_bool("do_resize", do_resize)
         self.size = _check_size(size if size is not None else {"height": 224, "width": 224})
         self.resample = self._check_resample(resample)
-        self.do_rescale = bool(do_rescale)
-        self.rescale_factor = float(rescale_factor)
-        self.do_normalize = bool(do_normalize)
+        self.do_rescale = _check_bool("do_rescale", do_rescale)
+        self.rescale_factor = _check_factor(rescale_factor)
+        self.do_normalize = _check_bool("do_normalize", do_normalize)
         self.image_mean = _check_triple("image_mean", SIGLIP_MEAN if image_mean is None else image_mean)
         self.image_std = _check_triple("image_std", SIGLIP_STD if image_std is None else image_std)
-        self.do_convert_rgb = True if do_convert_rgb is None else bool(do_convert_rgb)  # v4 saved null = default
-        self.num_workers = num_workers
+        # transformers saves a single mean/std given as one number as that number
+        self._scalar_keys = {k for k, v in (("image_mean", image_mean), ("image_std", image_std)) if _is_number(v)}
+        # v4 saved null = the default
+        self.do_convert_rgb = True if do_convert_rgb is None else _check_bool("do_convert_rgb", do_convert_rgb)
+        self.num_workers = _check_workers(num_workers)
 
     @staticmethod
     def _check_resample(resample: Any) -> int:
@@ -194,10 +238,19 @@ class SiglipImageProcessor:
                     return _composite_pil(image)
                 except ValueError as e:
                     raise ValueError(f"{where}: cannot convert {_describe(image)} to RGB: {e}") from None
+            if len(image.getbands()) != 3:
+                raise ValueError(f"{where}: expected a 3-channel (RGB) image, got a {_describe(image)} with "
+                                 f"{len(image.getbands())} channel(s) and do_convert_rgb=False; pass "
+                                 "do_convert_rgb=True to convert it (alpha composited onto white)")
             array = np.array(image)
             return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
         if isinstance(image, torch.Tensor):
-            image = image.detach().cpu().numpy()
+            image = image.detach().cpu()
+            if image.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+                image = image.float()
+            if image.is_complex() or image.dtype == torch.bool:
+                raise TypeError(f"{where}: pixel dtype must be an integer or float type, got {image.dtype}")
+            image = image.numpy()
         if not isinstance(image, np.ndarray):
             raise TypeError(f"{where}: expected a PIL image, numpy array, torch tensor, path or bytes, got "
                             f"{_describe(image)}")
@@ -277,30 +330,32 @@ class SiglipImageProcessor:
                 and o["do_normalize"] and o["image_mean"] == SIGLIP_MEAN and o["image_std"] == SIGLIP_STD)
 
     def _options(self, overrides: dict) -> dict:
-        opts = {k: getattr(self, k) for k in _CONFIG_KEYS}
+        opts = {k: getattr(self, k) for k in self.config_keys}
         for key, value in overrides.items():
             if key not in opts:
-                raise TypeError(f"SiglipImageProcessor got an unexpected option {key!r}; valid: {list(opts)}")
-            if value is None:
-                continue
-            if key == "size":
-                value = _check_size(value)
-            elif key == "resample":
-                value = self._check_resample(value)
-            elif key in ("image_mean", "image_std"):
-                value = _check_triple(key, value)
-            elif key == "rescale_factor":
-                value = float(value)
-            else:
-                value = bool(value)
-            opts[key] = value
+                raise TypeError(f"{type(self).__name__} got an unexpected option {key!r}; valid: {list(opts)}")
+            if value is not None:
+                opts[key] = self._check_option(key, value)
         return opts
+
+    def _check_option(self, key: str, value: Any) -> Any:
+        """The checked value of a per-call option; a subclass with more `config_keys` checks its own here."""
+        if key == "size":
+            return _check_size(value)
+        if key == "resample":
+            return self._check_resample(value)
+        if key in ("image_mean", "image_std"):
+            return _check_triple(key, value)
+        if key == "rescale_factor":
+            return _check_factor(value)
+        return _check_bool(key, value)
 
     def __call__(self, images: Any, *, return_tensors: str | None = None, return_uint8: bool = False,
                  num_workers: int | None = None, **overrides) -> BatchFeature:
         """Preprocess one image or a list -> BatchFeature(pixel_values=...): a (B, 3, H, W) tensor/array with
         return_tensors 'pt'/'np', else a list of (3, H, W) float32 arrays (uint8 with return_uint8=True)."""
         opts = self._options(overrides)
+        return_uint8 = _check_bool("return_uint8", return_uint8)
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
         if return_uint8 and not self.is_siglip_normalization(**overrides):
@@ -315,9 +370,14 @@ class SiglipImageProcessor:
             table = self._lookup_table(opts["rescale_factor"], opts["image_mean"], opts["image_std"],
                                        opts["do_rescale"], opts["do_normalize"])
 
+        notes: list[str] = []  # warnings, issued once per call after the (possibly threaded) work
+
         def one(i_image):
             i, image = i_image
             where = f"images[{i}]"
+            note = self._silent_garbage(image, where, opts)
+            if note is not None:
+                notes.append(note)
             image = self._prepare(image, where, opts["do_convert_rgb"])
             self._check_channels(image, where)
             if opts["do_resize"]:
@@ -328,7 +388,7 @@ class SiglipImageProcessor:
                 return self._as_uint8(image, where)
             return self._finish(image, table, opts)
 
-        workers = self.num_workers if num_workers is None else num_workers
+        workers = self.num_workers if num_workers is None else _check_workers(num_workers)
         if workers is None:
             workers = min(8, os.cpu_count() or 1) if len(images) >= 8 else 1
         if workers > 1:
@@ -336,6 +396,8 @@ class SiglipImageProcessor:
                 pixels = list(pool.map(one, enumerate(images)))
         else:
             pixels = [one(x) for x in enumerate(images)]
+        for note in dict.fromkeys(notes):
+            warnings.warn(note, UserWarning, stacklevel=2)
         if return_tensors is not None:
             shapes = {p.shape for p in pixels}
             if len(shapes) > 1:
@@ -346,6 +408,42 @@ class SiglipImageProcessor:
         return BatchFeature(pixel_values=pixels)
 
     preprocess = __call__
+
+    @staticmethod
+    def _silent_garbage(image: Any, where: str, opts: dict) -> str | None:
+        """A warning for inputs that transformers turns into near-black or clipped pixels without a word (the output
+        stays transformers'): float pixels already in [0, 1] rescaled again (v4's warning and condition), PIL
+        16/32-bit or float images whose values RGB conversion clips to [0, 255] or truncates to 0/1."""
+        if isinstance(image, PIL.Image.Image):
+            if image.mode not in _WIDE_PIL_MODES or not opts["do_convert_rgb"]:
+                return None
+            try:
+                lo, hi = image.getextrema()
+            except ValueError:  # PIL cannot for some 16-bit layouts (I;16B)
+                array = np.asarray(image)
+                lo, hi = array.min().item(), array.max().item()
+            if image.mode == "F" and 0 <= lo and hi <= 1 and hi > 0:
+                return (f"{where}: a PIL mode 'F' image with values in [0, 1] becomes black: converting it to RGB "
+                        "(PIL's convert, as transformers does) truncates every value to 0 or 1 out of 255. Pass it as "
+                        "a float numpy array instead (scaled from [0, 1]), or multiply it by 255 first.")
+            if lo < 0 or hi > 255:
+                return (f"{where}: a PIL mode {image.mode!r} image has values in [{lo}, {hi}]; converting it to RGB "
+                        "(PIL's convert, as transformers does) clips them to [0, 255]. Scale it to 8 bits first "
+                        "(e.g. np.asarray(image) / 257 for 16-bit data) if that is not what you want.")
+            return None
+        if not opts["do_rescale"] or not isinstance(image, (np.ndarray, torch.Tensor)):
+            return None
+        if isinstance(image, torch.Tensor):
+            if image.dtype in (torch.uint8, torch.bool) or image.is_complex() or image.numel() == 0:
+                return None
+        elif image.dtype in (np.uint8, bool) or not np.issubdtype(image.dtype, np.number) or image.size == 0 or \
+                np.issubdtype(image.dtype, np.complexfloating):
+            return None
+        try:
+            lo, hi = float(image.min()), float(image.max())
+        except (TypeError, ValueError, RuntimeError):
+            return None  # reported by the checks that follow
+        return f"{where}: {RESCALE_WARNING}" if 0 <= lo and hi <= 1 else None
 
     @staticmethod
     def _as_list(images: Any) -> list:
@@ -370,43 +468,63 @@ class SiglipImageProcessor:
 
     # -- files ------------------------------------------------------------------------------------------------
 
+    def _saved(self, key: str):
+        value = list(getattr(self, key))
+        return value[0] if key in self._scalar_keys and len(set(value)) == 1 else value
+
     def to_dict(self) -> dict:
-        """The preprocessor_config.json fields transformers writes."""
+        """The preprocessor_config.json fields transformers writes, JSON-native (lists, an int resample), in the
+        order of its sorted JSON."""
         return {
             "do_convert_rgb": self.do_convert_rgb,
             "do_normalize": self.do_normalize,
             "do_rescale": self.do_rescale,
             "do_resize": self.do_resize,
-            "image_mean": list(self.image_mean),
-            "image_processor_type": "SiglipImageProcessor",
-            "image_std": list(self.image_std),
+            "image_mean": self._saved("image_mean"),
+            "image_processor_type": self.image_processor_type,
+            "image_std": self._saved("image_std"),
             "resample": self.resample,
             "rescale_factor": self.rescale_factor,
             "size": dict(self.size),
         }
 
+    def to_json_string(self) -> str:
+        """The JSON transformers writes (`to_json_string`: sorted keys, 2-space indent, trailing newline)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike) -> None:
+        if not isinstance(json_file_path, (str, os.PathLike)):
+            raise TypeError(f"json_file_path must be a path, got {type(json_file_path).__name__}")
+        with open(json_file_path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
     @classmethod
-    def from_dict(cls, config: dict) -> "SiglipImageProcessor":
+    def from_dict(cls, config: dict, **overrides) -> "SiglipImageProcessor":
+        """Build from a preprocessor_config.json dict; `overrides` (e.g. `size={"height": 384, "width": 384}`) win.
+        Metadata keys transformers writes are accepted; options SigLIP's processor does not have are refused when
+        they would change the output (`do_center_crop`/`do_pad` true), ignored otherwise."""
         if not isinstance(config, dict):
             raise TypeError(f"image processor config must be a dict, got {type(config).__name__}")
-        unknown = sorted(set(config) - set(_CONFIG_KEYS) - set(_METADATA_KEYS))
+        keys = (*cls.config_keys, "num_workers")
+        for key in overrides:
+            if key not in keys:
+                raise TypeError(f"{cls.__name__}.from_dict got an unexpected option {key!r}; valid: {list(keys)}")
+        config = {**config, **overrides}
+        unknown = sorted(set(config) - set(keys) - set(_METADATA_KEYS))
         for key in unknown:
             if key in ("do_center_crop", "do_pad") and config[key]:
                 raise ValueError(f"image processor config sets {key}=true, which SigLIP's processor does not do")
-        if config.get("image_processor_type", "SiglipImageProcessor").removesuffix("Pil").removesuffix("Fast") \
-                != "SiglipImageProcessor":
-            raise ValueError(f"not a SigLIP image processor config: image_processor_type="
-                             f"{config['image_processor_type']!r}")
-        return cls(**{k: config[k] for k in _CONFIG_KEYS if k in config})
+        kind = config.get("image_processor_type", cls.image_processor_type)
+        if not isinstance(kind, str) or kind.removesuffix("Pil").removesuffix("Fast") != cls.image_processor_type:
+            raise ValueError(f"not a {cls.image_processor_type} config: image_processor_type={kind!r}")
+        return cls(**{k: config[k] for k in keys if k in config})
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
         """Write preprocessor_config.json (what transformers' image processors write)."""
         save_directory = os.fspath(save_directory)
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, IMAGE_PROCESSOR_FILE)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        self.to_json_file(path)
         return [path]
 
     @classmethod
@@ -414,25 +532,32 @@ class SiglipImageProcessor:
                         **overrides) -> "SiglipImageProcessor":
         """Read preprocessor_config.json (v4/hub), or processor_config.json's nested "image_processor" (v5)."""
         directory = resolve_pretrained_dir(path_or_id, allow_patterns=[IMAGE_PROCESSOR_FILE, PROCESSOR_FILE],
-                                           what="SiglipImageProcessor.from_pretrained", revision=revision)
-        config = read_image_processor_config(directory)
-        config.update(overrides)
-        return cls.from_dict(config)
+                                           what=f"{cls.__name__}.from_pretrained", revision=revision)
+        return cls.from_dict(read_image_processor_config(directory), **overrides)
 
     def __repr__(self) -> str:
-        return f"SiglipImageProcessor({json.dumps(self.to_dict(), sort_keys=True)})"
+        return f"{type(self).__name__}({json.dumps(self.to_dict(), sort_keys=True)})"
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path!r} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path!r} must hold a JSON object, got {type(config).__name__}")
+    return config
 
 
 def read_image_processor_config(directory: str) -> dict:
     """preprocessor_config.json if present, else processor_config.json["image_processor"]."""
     path = os.path.join(directory, IMAGE_PROCESSOR_FILE)
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return _read_json(path)
     path = os.path.join(directory, PROCESSOR_FILE)
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            nested = json.load(f).get("image_processor")
+        nested = _read_json(path).get("image_processor")
         if isinstance(nested, dict):
             return dict(nested)
     raise FileNotFoundError(f"no {IMAGE_PROCESSOR_FILE}, nor a {PROCESSOR_FILE} with an 'image_processor' entry, "

@@ -5,6 +5,7 @@ default path must match exactly (max difference 0), and so must every override.
 """
 
 import json
+import warnings
 
 import numpy as np
 import PIL.Image
@@ -12,6 +13,10 @@ import pytest
 import torch
 
 from siglip_fast.image_processing import BatchFeature, SiglipImageProcessor
+
+# parity tests feed [0, 1] floats on purpose; the warning itself is tested in
+# test_float_images_in_unit_range_warn_like_transformers_v4 (pytest.warns sees it regardless of this filter)
+pytestmark = pytest.mark.filterwarnings("ignore:.*It looks like you are trying to rescale already rescaled")
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +36,22 @@ def _rgb(rng, h, w) -> PIL.Image.Image:
 
 def _pil_in_mode(rng, mode: str) -> PIL.Image.Image:
     h, w = int(rng.integers(17, 61)), int(rng.integers(17, 61))
-    if mode == "I;16":
-        return PIL.Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+    mode, _, values = mode.partition(" ")  # e.g. "I;16 low": 16-bit storage, 8-bit values
+    if mode in ("I;16", "I;16B", "I;16L"):
+        high = 256 if values == "low" else 65536
+        data = rng.integers(0, high, (h, w)).astype(">u2" if mode == "I;16B" else "<u2")
+        return PIL.Image.frombytes(mode, (w, h), data.tobytes())
     if mode == "I":
-        return PIL.Image.fromarray(rng.integers(-300, 70000, (h, w), dtype=np.int32))
+        low, high = (0, 256) if values == "low" else (-300, 70000)
+        return PIL.Image.fromarray(rng.integers(low, high, (h, w), dtype=np.int32))
     if mode == "F":
-        return PIL.Image.fromarray(rng.uniform(-5, 400, (h, w)).astype(np.float32))
+        low, high = {"unit": (0, 1), "low": (0, 255)}.get(values, (-5, 400))
+        return PIL.Image.fromarray(rng.uniform(low, high, (h, w)).astype(np.float32))
     if mode in ("LA", "RGBA"):
         return PIL.Image.fromarray(rng.integers(0, 256, (h, w, len(mode)), dtype=np.uint8), mode=mode)
     image = _rgb(rng, h, w)
+    if mode in ("RGBa", "PA"):
+        image = PIL.Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), mode="RGBA")
     if mode == "P+transparency":
         image = image.convert("P")
         image.info["transparency"] = int(np.asarray(image)[0, 0])
@@ -55,17 +67,49 @@ def _equal(ours, theirs):
     assert not np.isnan(np.asarray(ours, dtype=np.float64)).any()
 
 
-MODES = ["1", "L", "LA", "P", "P+transparency", "RGB", "RGBA", "CMYK", "I", "F", "I;16", "YCbCr"]
+MODES = ["1", "L", "LA", "P", "P+transparency", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV", "LAB",
+         "I", "I low", "I;16", "I;16 low", "I;16B", "I;16B low", "I;16L", "F", "F unit", "F low"]
+# what PIL's RGB conversion (transformers' too) does with wide values: clip to [0, 255], or truncate [0, 1] to 0/1
+CLIPPED = {"I", "I;16", "I;16B", "I;16L", "F"}
+BLACKENED = {"F unit"}
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_pil_modes_match_transformers(hf_pil_cls, rng, mode):
+    """Every PIL mode, including 16/32-bit integer and float images at several value ranges: bit-exact with
+    transformers (both convert with PIL), and a warning where that conversion clips or blackens the values."""
     image = _pil_in_mode(rng, mode)
     ours, theirs = SiglipImageProcessor(), hf_pil_cls()
-    _equal(ours(image, return_tensors="pt")["pixel_values"], theirs(image, return_tensors="pt")["pixel_values"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = ours(image, return_tensors="pt")["pixel_values"]
+    _equal(got, theirs(image, return_tensors="pt")["pixel_values"])
+    messages = [str(w.message) for w in caught]
+    if mode in CLIPPED:
+        assert len(messages) == 1 and f"mode {mode.split()[0]!r} image has values in" in messages[0], messages
+        assert "clips them to [0, 255]" in messages[0]
+    elif mode in BLACKENED:
+        assert len(messages) == 1 and "becomes black" in messages[0], messages
+        assert float(got.max()) < -0.99  # what transformers gives too: 0/1 out of 255
+    else:
+        assert messages == [], messages
     size = {"height": 19, "width": 45}  # odd and upsampling one way, downsampling the other
-    _equal(ours(image, size=size, return_tensors="np")["pixel_values"],
-           theirs(image, size=size, return_tensors="np")["pixel_values"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _equal(ours(image, size=size, return_tensors="np")["pixel_values"],
+               theirs(image, size=size, return_tensors="np")["pixel_values"])
+
+
+@pytest.mark.parametrize("mode", ["I", "I;16", "I;16 low", "F", "F unit", "L", "RGBA"])
+def test_pil_modes_without_rgb_conversion_fail_clearly(hf_pil_cls, rng, mode):
+    """do_convert_rgb=False: transformers fails on these too (some with 'mean must have 1 elements'); ours names
+    the image, its mode and the fix."""
+    image = _pil_in_mode(rng, mode)
+    with pytest.raises(ValueError):
+        hf_pil_cls(do_convert_rgb=False)(image)
+    with pytest.raises(ValueError, match=rf"images\[0\]: expected a 3-channel \(RGB\) image, got a PIL image mode "
+                                         rf"{mode.split()[0]} size .*pass do_convert_rgb=True"):
+        SiglipImageProcessor(do_convert_rgb=False)(image)
 
 
 def test_arrays_and_tensors_match_transformers(hf_pil_cls, rng):
@@ -163,6 +207,8 @@ def test_bad_input(rng, tmp_path):
         proc(rng.integers(0, 256, (20, 30, 2), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"images\[0\]: expected a 3-channel"):
         proc(_pil_in_mode(rng, "RGBA"), do_convert_rgb=False)
+    with pytest.raises(ValueError, match=r"images\[0\]: expected a 3-channel"):
+        proc(np.asarray(_pil_in_mode(rng, "RGBA")), do_convert_rgb=False)
     with pytest.raises(ValueError, match="empty list"):
         proc([])
     with pytest.raises(TypeError, match=r"images\[1\]: expected a PIL image"):
@@ -213,3 +259,152 @@ def test_config_round_trip(hf_pil_cls, rng, tmp_path):
     assert SiglipImageProcessor.from_pretrained(tmp_path / "v5").to_dict() == ours.to_dict()
     with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
         SiglipImageProcessor.from_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issues 13/14: config dicts and JSON as transformers writes them, the double-rescale warning, hostile input
+# ---------------------------------------------------------------------------------------------------------------
+
+CONFIGS = [
+    {},
+    {"size": {"height": 384, "width": 320}, "resample": 2, "image_mean": [0.1, 0.2, 0.3], "do_convert_rgb": False},
+    {"size": (19, 21), "rescale_factor": 1 / 127.5, "image_std": 0.25, "do_normalize": False},
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_to_dict_and_json_match_transformers(hf_pil_cls, tmp_path, config):
+    ours, theirs = SiglipImageProcessor(**config), hf_pil_cls(**config)
+    expected = json.loads(theirs.to_json_string())
+    assert ours.to_dict() == expected and list(ours.to_dict()) == sorted(expected)  # same keys, values, order
+    native = json.loads(json.dumps(ours.to_dict()))  # JSON-native: lists, not tuples; resample an int
+    assert native == ours.to_dict() and type(ours.to_dict()["resample"]) is int
+    assert isinstance(ours.to_dict()["image_mean"], list) and isinstance(ours.to_dict()["size"], dict)
+    assert ours.to_json_string() == theirs.to_json_string()
+    ours.to_json_file(tmp_path / "ours.json")
+    theirs.to_json_file(str(tmp_path / "theirs.json"))
+    assert (tmp_path / "ours.json").read_text() == (tmp_path / "theirs.json").read_text()
+    ours.save_pretrained(tmp_path / "dir")
+    assert (tmp_path / "dir" / "preprocessor_config.json").read_text() == (tmp_path / "theirs.json").read_text()
+
+
+def test_from_dict_with_overrides_matches_transformers(hf_pil_cls, rng):
+    saved = json.loads(hf_pil_cls(size={"height": 30, "width": 40}).to_json_string())
+    overrides = {"resample": 2, "do_normalize": False, "size": {"height": 17, "width": 23}}
+    ours = SiglipImageProcessor.from_dict(saved, **overrides)
+    theirs = hf_pil_cls.from_dict(saved, **overrides)
+    assert ours.to_dict() == json.loads(theirs.to_json_string())
+    assert saved["size"] == {"height": 30, "width": 40}  # the given dict is not modified
+    image = _rgb(rng, 50, 60)
+    _equal(ours(image, return_tensors="np")["pixel_values"], theirs(image, return_tensors="np")["pixel_values"])
+    with pytest.raises(TypeError, match="unexpected option 'crop_size'"):
+        SiglipImageProcessor.from_dict(saved, crop_size=3)
+    with pytest.raises(ValueError, match="do_center_crop=true"):
+        SiglipImageProcessor.from_dict({**saved, "do_center_crop": True})
+    with pytest.raises(ValueError, match="not a SiglipImageProcessor config: image_processor_type=.CLIPImage"):
+        SiglipImageProcessor.from_dict({**saved, "image_processor_type": "CLIPImageProcessor"})
+
+
+def test_float_images_in_unit_range_warn_like_transformers_v4(hf_pil_cls, rng):
+    """Pixels already in [0, 1] rescaled again come out near-black (transformers v5 does so silently): same output,
+    plus transformers v4's warning. No warning for uint8, [0, 255] floats or do_rescale=False."""
+    unit = (np.asarray(_rgb(rng, 33, 47)) / 255).astype(np.float32)
+    ours, theirs = SiglipImageProcessor(), hf_pil_cls()
+    for image in (unit, torch.from_numpy(unit), [np.asarray(_rgb(rng, 20, 20)), unit]):
+        with pytest.warns(UserWarning, match=r"images\[\d\]: It looks like you are trying to rescale already "
+                                             r"rescaled images\. If the input images have pixel values between 0 "
+                                             r"and 1, set `do_rescale=False` to avoid rescaling them again\."):
+            got = ours(image, return_tensors="np")["pixel_values"]
+        _equal(got, theirs(image, return_tensors="np")["pixel_values"])
+        assert got[-1].max() < -0.99  # near-black: what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails
+        for image, kwargs in ((unit, {"do_rescale": False}), (np.asarray(_rgb(rng, 9, 9)), {}),
+                              (np.asarray(_rgb(rng, 9, 9)).astype(np.float32), {}), (_rgb(rng, 9, 9), {})):
+            _equal(ours(image, return_tensors="np", **kwargs)["pixel_values"],
+                   theirs(image, return_tensors="np", **kwargs)["pixel_values"])
+
+
+def test_bfloat16_tensors(rng):
+    hwc = torch.from_numpy(np.asarray(_rgb(rng, 21, 34)).astype(np.float32))  # integer values: exact in bf16
+    proc = SiglipImageProcessor()
+    _equal(proc(hwc.to(torch.bfloat16), return_tensors="np")["pixel_values"],
+           proc(hwc, return_tensors="np")["pixel_values"])
+
+
+def test_hostile_options_and_inputs(rng, tmp_path):
+    proc = SiglipImageProcessor()
+    image = _rgb(rng, 9, 9)
+    cases = [
+        (lambda: SiglipImageProcessor(do_resize="false"), TypeError, r"do_resize must be a bool, got str \('false'\)"),
+        (lambda: SiglipImageProcessor(do_convert_rgb=1), TypeError, "do_convert_rgb must be a bool, got int"),
+        (lambda: proc(image, do_normalize="no"), TypeError, "do_normalize must be a bool, got str"),
+        (lambda: SiglipImageProcessor(rescale_factor="1/255"), ValueError, "rescale_factor must be a finite number"),
+        (lambda: SiglipImageProcessor(rescale_factor=float("nan")), ValueError, "rescale_factor must be a finite"),
+        (lambda: SiglipImageProcessor(image_std=[0.5, 0, 0.5]), ValueError, "image_std must not contain 0"),
+        (lambda: SiglipImageProcessor(image_mean=["a", 0, 0]), ValueError, "image_mean must be a float or 3 floats"),
+        (lambda: SiglipImageProcessor(image_mean=True), ValueError, "image_mean must be a float or 3 floats"),
+        (lambda: SiglipImageProcessor(size={"height": -3, "width": 4}), ValueError, "size must hold positive ints"),
+        (lambda: SiglipImageProcessor(size={"shortest_edge": 224}), ValueError, "shortest_edge resizing is not"),
+        (lambda: SiglipImageProcessor(num_workers=-1), ValueError, "num_workers must be None or an int >= 0"),
+        (lambda: proc(image, num_workers="2"), ValueError, "num_workers must be None or an int >= 0"),
+        (lambda: proc(None), TypeError, r"images\[0\]: expected a PIL image, numpy array, torch tensor, path or "
+                                        r"bytes, got NoneType"),
+        (lambda: proc([[image, image]]), TypeError, r"images\[0\]: expected a PIL image.*got list"),
+        (lambda: proc(torch.zeros(4, 4, 3, dtype=torch.complex64)), TypeError, "pixel dtype must be an integer"),
+        (lambda: proc(np.full((4, 4, 3), np.nan, dtype=np.float32)), ValueError, "pixels must be finite, got NaN"),
+        (lambda: proc(torch.full((3, 4, 4), float("inf"))), ValueError, "pixels must be finite, got NaN or inf"),
+        (lambda: proc(np.zeros((4, 4, 3), dtype=np.uint16) + 300), ValueError, r"must lie in \[0, 255\]"),
+        (lambda: proc(torch.zeros(0, 3, 8, 8)), ValueError, "empty batch"),
+        (lambda: proc(image, return_tensors="tf"), ValueError, "return_tensors must be 'pt', 'np' or None"),
+        (lambda: proc.to_json_file(3), TypeError, "json_file_path must be a path"),
+        (lambda: proc(image, return_uint8="yes"), TypeError, r"return_uint8 must be a bool, got str \('yes'\)"),
+        (lambda: SiglipImageProcessor(size={"height": 10**6, "width": 10**6}), ValueError,
+         "exceeds PIL.Image.MAX_IMAGE_PIXELS"),
+        (lambda: SiglipImageProcessor(size={"height": True, "width": 4}), ValueError, "size must hold positive ints"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+    (tmp_path / "preprocessor_config.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"preprocessor_config\.json' is not valid JSON"):
+        SiglipImageProcessor.from_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must hold a JSON object, got list"):
+        SiglipImageProcessor.from_pretrained(tmp_path)
+
+
+def test_subclass_extension_points(rng, tmp_path):
+    """What a SigLIP 2 image processor built on this one overrides: config_keys, image_processor_type,
+    _check_option, to_dict (and __init__); per-call overrides, from_dict and from_pretrained then follow."""
+
+    class Sub(SiglipImageProcessor):
+        config_keys = (*SiglipImageProcessor.config_keys, "patch_size")
+        image_processor_type = "Siglip2ImageProcessor"
+
+        def __init__(self, patch_size: int = 16, **kwargs):
+            super().__init__(**kwargs)
+            self.patch_size = self._check_option("patch_size", patch_size)
+
+        def _check_option(self, key, value):
+            if key == "patch_size":
+                if not isinstance(value, int) or value < 1:
+                    raise ValueError(f"patch_size must be a positive int, got {value!r}")
+                return value
+            return super()._check_option(key, value)
+
+        def to_dict(self):
+            return {**super().to_dict(), "patch_size": self.patch_size}
+
+    sub = Sub(patch_size=8, size={"height": 16, "width": 16})
+    assert sub._options({"patch_size": 4})["patch_size"] == 4
+    with pytest.raises(ValueError, match="patch_size must be a positive int"):
+        sub(_rgb(rng, 9, 9), patch_size=0)
+    sub.save_pretrained(tmp_path)
+    again = Sub.from_pretrained(tmp_path)
+    assert again.to_dict() == sub.to_dict() and again.to_dict()["image_processor_type"] == "Siglip2ImageProcessor"
+    with pytest.raises(ValueError, match="not a SiglipImageProcessor config"):
+        SiglipImageProcessor.from_pretrained(tmp_path)
+    image = _rgb(rng, 20, 30)
+    _equal(again(image, return_tensors="np")["pixel_values"],
+           SiglipImageProcessor(size={"height": 16, "width": 16})(image, return_tensors="np")["pixel_values"])

@@ -2,6 +2,7 @@
 
 import io
 import json
+import pickle
 import random
 
 import numpy as np
@@ -12,6 +13,9 @@ import torch
 
 from siglip_fast import image_processing, tokenization
 from siglip_fast.processing import SiglipProcessor
+
+# some parity cases tokenize a long text without truncation on purpose (the tokenizer tests check the warning)
+pytestmark = pytest.mark.filterwarnings("ignore:Token indices sequence length is longer")
 
 WORDS = ["a", "photo", "of", "the", "cat", "dog", "this", "is", "an", "image", "café", "zebra", "quick", "brown"]
 TEXTS = ["a photo of a cat.", "This is a DOG!", "", "zebra " * 30, "café </s> cat"]
@@ -137,3 +141,84 @@ def test_round_trip_without_transformers(checkpoint_dir, tmp_path, images):
     a, b = ours(images=images, text=TEXTS, return_tensors="np"), again(images=images, text=TEXTS, return_tensors="np")
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
     assert ours.decode(a["input_ids"][0], skip_special_tokens=True) == "a photo of a cat"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 14: the processor surface (model_input_names, decode, pairs, overrides); issue 13: clear errors
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_surface_matches_transformers(checkpoint_dir, hf_processor_cls, images):
+    ours, theirs = SiglipProcessor.from_pretrained(checkpoint_dir), _hf(hf_processor_cls, checkpoint_dir)
+    assert ours.model_input_names == theirs.model_input_names == ["pixel_values", "input_ids"]
+    assert isinstance(ours.tokenizer, tokenization.SiglipTokenizer)
+    assert isinstance(ours.image_processor, image_processing.SiglipImageProcessor)
+    assert ours.attributes == ["image_processor", "tokenizer"]
+    ids = theirs(text=TEXTS, padding="max_length", truncation=True)["input_ids"]
+    for skip in (False, True):
+        assert ours.batch_decode(ids, skip_special_tokens=skip) == theirs.batch_decode(ids, skip_special_tokens=skip)
+        assert ours.decode(ids[1], skip_special_tokens=skip) == theirs.decode(ids[1], skip_special_tokens=skip)
+    assert ours.batch_decode(torch.tensor(ids)) == theirs.batch_decode(ids)
+    # text pairs and the tokenizer's extra outputs go through, as in transformers
+    kwargs = {"padding": "max_length", "truncation": True, "return_tensors": "pt", "return_token_type_ids": True,
+              "return_special_tokens_mask": True}
+    _same(ours(text=["a cat", "zebra " * 9], text_pair=["a dog", "café"], images=images, **kwargs),
+          theirs(text=["a cat", "zebra " * 9], text_pair=["a dog", "café"], images=images, **kwargs))
+    # from_pretrained overrides reach the part that has them
+    for cls in (SiglipProcessor, hf_processor_cls[0]):
+        loaded = cls.from_pretrained(str(checkpoint_dir), model_max_length=9, size={"height": 20, "width": 24})
+        assert loaded.tokenizer.model_max_length == 9 and loaded.image_processor.size["height"] == 20
+    again = SiglipProcessor.from_pretrained(checkpoint_dir, model_max_length=9, size={"height": 20, "width": 24})
+    out = again(images=images, text=TEXTS, return_tensors="pt")
+    assert out.input_ids.shape == (len(TEXTS), 9) and out.pixel_values.shape == (2, 3, 20, 24)
+
+
+def test_bad_input_is_named(checkpoint_dir, images, tmp_path):
+    ours = SiglipProcessor.from_pretrained(checkpoint_dir)
+    cases = [
+        (lambda: ours(text=["a", "b"], text_pair=["c"]), ValueError, "same batch size, got 2 texts and 1 pairs"),
+        (lambda: ours(text_pair="a dog", images=images), ValueError, "text_pair needs text="),
+        (lambda: ours(text=[]), ValueError, "text: got an empty list"),
+        (lambda: ours(images=[]), ValueError, "images: got an empty list"),
+        (lambda: ours(text=["a", None]), TypeError, r"text\[1\] must be a str"),
+        (lambda: ours(text="a", max_length=-2), ValueError, "max_length must be a positive int or None, got -2"),
+        (lambda: ours(text="a", text_kwargs=["padding"]), TypeError, "text_kwargs must be a dict, got list"),
+        (lambda: ours(text="a", text_kwargs={"sizee": 3}), TypeError, "text_kwargs: unexpected option 'sizee'"),
+        (lambda: ours(images=images, images_kwargs={"max_length": 3}), TypeError,
+         "images_kwargs: unexpected option 'max_length'"),
+        (lambda: ours(images=images, do_resize="yes"), TypeError, "do_resize must be a bool, got str"),
+        (lambda: ours(text="a", return_tensors="tf"), ValueError, "return_tensors must be 'pt', 'np' or None"),
+        (lambda: SiglipProcessor.from_pretrained(checkpoint_dir, max_lenght=3), TypeError,
+         "unexpected option 'max_lenght'"),
+        (lambda: SiglipProcessor(ours.tokenizer, ours.image_processor), TypeError,
+         "image_processor must be a SiglipImageProcessor, got SiglipTokenizer"),
+        (lambda: ours.save_pretrained(3), TypeError, "save_directory must be a path, got int"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+    (tmp_path / "spiece.model").write_bytes(b"")
+    (tmp_path / "preprocessor_config.json").write_text((checkpoint_dir / "preprocessor_config.json").read_text())
+    with pytest.raises(ValueError, match=r"spiece\.model' is empty"):
+        SiglipProcessor.from_pretrained(tmp_path)
+
+
+def test_round_trips_with_added_tokens_and_pickle(checkpoint_dir, hf_processor_cls, images, tmp_path):
+    """A processor whose tokenizer has added tokens and whose image processor is customised: saved here and loaded
+    by transformers, saved there and loaded here, and pickled (DataLoader workers) — the same outputs each time."""
+    ours = SiglipProcessor.from_pretrained(checkpoint_dir, size={"height": 24, "width": 20}, model_max_length=12)
+    ours.tokenizer.add_tokens(["newtok"])
+    ours.tokenizer.add_special_tokens({"extra_special_tokens": ["<sp>"]})
+    texts = ["a newtok cat <sp> dog", "café newtok", "<sp>"]
+    kwargs = {"padding": "max_length", "truncation": True, "return_tensors": "pt"}
+    expected = ours(images=images, text=texts, **kwargs)
+    ours.save_pretrained(tmp_path / "ours")
+    processor_cls, pil_cls = hf_processor_cls
+    theirs = processor_cls.from_pretrained(str(tmp_path / "ours"))
+    theirs.image_processor = pil_cls.from_dict(json.loads(
+        (tmp_path / "ours" / "processor_config.json").read_text())["image_processor"])
+    _same(theirs(images=images, text=texts, **kwargs), expected)
+    assert len(theirs.tokenizer) == len(ours.tokenizer)
+    theirs.save_pretrained(str(tmp_path / "theirs"))
+    _same(SiglipProcessor.from_pretrained(tmp_path / "theirs")(images=images, text=texts, **kwargs), expected)
+    _same(pickle.loads(pickle.dumps(ours))(images=images, text=texts, **kwargs), expected)

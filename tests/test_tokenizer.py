@@ -75,6 +75,7 @@ def spiece_dir(request, tmp_path_factory):
 def hf_tokenizer_cls():
     pytest.importorskip("google.protobuf", reason="transformers' SiglipTokenizer needs protobuf")
     transformers = pytest.importorskip("transformers", reason="transformers is the parity peer")
+    transformers.logging.set_verbosity_error()  # its pair-truncation notices would flood the output
     return transformers.SiglipTokenizer
 
 
@@ -86,7 +87,19 @@ def _plain(enc) -> dict:
 def _quiet_eos_warning():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="This sequence already has")
+        warnings.filterwarnings("ignore", message="Token indices sequence length is longer")
         yield
+
+
+def test_too_long_warning(spiece_dir):
+    tok = SiglipTokenizer(spiece_dir / "spiece.model", model_max_length=8)
+    with pytest.warns(UserWarning, match=r"sequence length is longer .* \(\d+ > 8\).*pass truncation=True"):
+        tok(["a cat", "dog " * 20])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok(["a cat", "dog " * 20], truncation=True)
+        tok(["a cat", "dog " * 20], verbose=False)
+        tok(["a cat", "dog " * 20], padding="max_length", max_length=40)
 
 
 def test_ids_match_transformers(spiece_dir, hf_tokenizer_cls):
@@ -220,3 +233,363 @@ def test_bad_input(spiece_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(OSError, match="huggingface_hub is not installed"):
         SiglipTokenizer.from_pretrained("google/siglip-base-patch16-224")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The transformers surface (issue 14): vocab, properties, pairs, masks, added tokens, pad
+# ---------------------------------------------------------------------------------------------------------------
+
+# no literal </s>: when one ends a (truncated) sequence, transformers' masks are one entry too long (see below)
+PAIR_TEXTS = [t for t in TEXTS if "</s>" not in t]
+
+
+def _properties(tok) -> dict:
+    return {name: getattr(tok, name) for name in (
+        "vocab_size", "all_special_tokens", "all_special_ids", "pad_token_id", "eos_token_id", "unk_token_id",
+        "bos_token_id", "pad_token", "eos_token", "unk_token", "bos_token", "model_max_length", "padding_side",
+        "truncation_side", "special_tokens_map", "model_input_names", "extra_special_tokens")} | {
+        "len": len(tok), "vocab": tok.get_vocab()}
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"model_max_length": 16, "additional_special_tokens": ["<a>", "<bb>"]},
+    {"extra_special_tokens": {"image_token": "<img>"}, "padding_side": "left"},
+])
+def test_vocab_and_properties_match_transformers(spiece_dir, hf_tokenizer_cls, kwargs):
+    ours = SiglipTokenizer(spiece_dir / "spiece.model", **kwargs)
+    theirs = hf_tokenizer_cls(str(spiece_dir / "spiece.model"), **kwargs)
+    assert _properties(ours) == _properties(theirs)
+    assert len(ours) == len(ours.get_vocab()) >= ours.vocab_size
+    tokens = ["</s>", "<unk>", "<pad>", "\u2581a", "\u2581photo", "no-such-piece", *ours.all_special_tokens]
+    assert ours.convert_tokens_to_ids(tokens) == theirs.convert_tokens_to_ids(tokens)
+    assert ours.convert_tokens_to_ids("</s>") == theirs.convert_tokens_to_ids("</s>") == 1
+    ids = list(range(len(theirs)))
+    assert ours.convert_ids_to_tokens(ids) == theirs.convert_ids_to_tokens(ids)
+    assert ours.convert_ids_to_tokens(ids, skip_special_tokens=True) == theirs.convert_ids_to_tokens(
+        ids, skip_special_tokens=True)
+    assert ours.convert_ids_to_tokens(2) == theirs.convert_ids_to_tokens(2) == "<unk>"
+    assert ours(TEXTS + ["a <a> cat <img><bb>"])["input_ids"] == theirs(TEXTS + ["a <a> cat <img><bb>"])["input_ids"]
+    if "extra_special_tokens" in kwargs:
+        assert (ours.image_token, ours.image_token_id) == (theirs.image_token, theirs.image_token_id)
+
+
+PAIR_KWARGS = [
+    {},
+    {"padding": True, "return_token_type_ids": True, "return_special_tokens_mask": True},
+    {"padding": "max_length", "truncation": True, "return_length": True},
+    {"truncation": True, "max_length": 9, "return_special_tokens_mask": True},
+    {"truncation": "only_first", "max_length": 7, "padding": "max_length", "return_token_type_ids": True},
+    {"truncation": "only_second", "max_length": 8, "padding": True, "padding_side": "left"},
+    {"truncation": "longest_first", "max_length": 6, "return_length": True, "return_attention_mask": False},
+    {"add_special_tokens": False, "padding": True, "return_special_tokens_mask": True},
+]
+
+
+@pytest.mark.parametrize("kwargs", PAIR_KWARGS)
+def test_pairs_and_masks_match_transformers(spiece_dir, hf_tokenizer_cls, kwargs):
+    ours = SiglipTokenizer(spiece_dir / "spiece.model", model_max_length=12)
+    theirs = hf_tokenizer_cls(str(spiece_dir / "spiece.model"), model_max_length=12)
+    firsts, seconds = PAIR_TEXTS, PAIR_TEXTS[::-1]
+    for a, b in zip(firsts, seconds, strict=True):  # one pair at a time: flat lists
+        assert _plain(ours(a, b, **kwargs)) == _plain(theirs(a, b, **kwargs)), (a, b)
+        assert _plain(ours(a, **kwargs)) == _plain(theirs(a, **kwargs)), a
+    assert _plain(ours(firsts, seconds, **kwargs)) == _plain(theirs(firsts, seconds, **kwargs))
+    as_tuples = list(zip(firsts, seconds, strict=True))
+    assert _plain(ours(as_tuples, **kwargs)) == _plain(theirs(as_tuples, **kwargs))
+    assert _plain(ours(firsts, **kwargs)) == _plain(theirs(firsts, **kwargs))
+    for side in ("left",):  # truncation side is honoured for pairs too
+        ours.truncation_side = theirs.truncation_side = side
+        assert _plain(ours(firsts, seconds, **kwargs)) == _plain(theirs(firsts, seconds, **kwargs))
+
+
+def test_pairs_to_tensors_match_transformers(spiece_dir, hf_tokenizer_cls):
+    ours = SiglipTokenizer(spiece_dir / "spiece.model", model_max_length=10)
+    theirs = hf_tokenizer_cls(str(spiece_dir / "spiece.model"), model_max_length=10)
+    kwargs = {"padding": "max_length", "truncation": True, "return_token_type_ids": True,
+              "return_special_tokens_mask": True, "return_length": True}
+    for return_tensors in ("pt", "np"):
+        got = ours(PAIR_TEXTS, PAIR_TEXTS[::-1], return_tensors=return_tensors, **kwargs)
+        expected = theirs(PAIR_TEXTS, PAIR_TEXTS[::-1], return_tensors=return_tensors, **kwargs)
+        assert _plain(got) == _plain(expected)
+        assert all(type(got[k]) is type(expected[k]) and got[k].dtype == expected[k].dtype for k in got)
+        single = ours("a cat", "a dog", return_tensors=return_tensors, **kwargs)
+        assert _plain(single) == _plain(theirs("a cat", "a dog", return_tensors=return_tensors, **kwargs))
+
+
+def test_masks_have_the_ids_length_with_a_literal_eos(spiece_dir, hf_tokenizer_cls):
+    """A text ending in a literal </s> gets no second EOS; transformers' token_type_ids/special_tokens_mask are then
+    one entry longer than the ids (a bug); ours always have the ids' length, the literal </s> counting as text."""
+    ours = SiglipTokenizer(spiece_dir / "spiece.model")
+    theirs = hf_tokenizer_cls(str(spiece_dir / "spiece.model"))
+    kwargs = {"return_special_tokens_mask": True, "return_token_type_ids": True}
+    got, expected = ours("a cat </s>", "dog", **kwargs), theirs("a cat </s>", "dog", **kwargs)
+    assert got["input_ids"] == expected["input_ids"] and got["input_ids"].count(1) == 2
+    assert len(expected["special_tokens_mask"]) == len(got["input_ids"]) + 1  # transformers' off-by-one
+    assert got["special_tokens_mask"] == [0] * (len(got["input_ids"]) - 1) + [1]
+    assert got["token_type_ids"] == [0] * len(got["input_ids"])
+
+
+def test_add_tokens_match_transformers(spiece_dir, hf_tokenizer_cls, tmp_path):
+    ours = SiglipTokenizer(spiece_dir / "spiece.model")
+    theirs = hf_tokenizer_cls(str(spiece_dir / "spiece.model"))
+    before = len(ours)
+    for tok in (ours, theirs):
+        assert tok.add_tokens(["newtok", "Cat Dog", "newtok", "", "\u2581a"]) == 2  # ▁a is a piece already
+        assert tok.add_tokens("<sp1>", special_tokens=True) == 1
+        assert tok.add_special_tokens({"extra_special_tokens": ["<sp1>", "<sp2>"]}) == 1
+    assert len(ours) == len(theirs) == before + 4
+    assert _properties(ours) == _properties(theirs)
+    assert ours.get_added_vocab() == dict(theirs.get_added_vocab())
+    texts = TEXTS + ["a newtok cat", "NEWTOK cat dog", "xnewtoky <sp1>cat dog<sp2> </s>", "\u2581a \u2581a newtok"]
+    enc = ours(texts, padding=True)
+    assert _plain(enc) == _plain(theirs(texts, padding=True))
+    for text in texts:
+        assert ours.tokenize(text) == theirs.tokenize(text), text
+    for skip in (False, True):
+        assert ours.batch_decode(enc["input_ids"], skip_special_tokens=skip) == theirs.batch_decode(
+            enc["input_ids"], skip_special_tokens=skip)
+    # new ids survive a save in either direction
+    ours.save_pretrained(tmp_path / "ours")
+    reloaded = hf_tokenizer_cls.from_pretrained(str(tmp_path / "ours"))
+    assert _plain(reloaded(texts)) == _plain(theirs(texts)) and len(reloaded) == len(ours)
+    theirs.save_pretrained(str(tmp_path / "theirs"))
+    again = SiglipTokenizer.from_pretrained(tmp_path / "theirs")
+    assert _plain(again(texts)) == _plain(theirs(texts)) and _properties(again) == _properties(theirs)
+
+
+def test_add_special_tokens_named_matches_transformers(spiece_dir, hf_tokenizer_cls):
+    ours = SiglipTokenizer(spiece_dir / "spiece.model")
+    theirs = hf_tokenizer_cls(str(spiece_dir / "spiece.model"))
+    for tok in (ours, theirs):
+        assert tok.add_special_tokens({"pad_token": "<pad>", "mask_token": "<mask>"}) == 1  # <pad> is piece 0
+    assert _properties(ours) == _properties(theirs)
+    assert ours.pad_token_id == 0
+    kwargs = {"padding": "max_length", "max_length": 20, "truncation": True}
+    assert _plain(ours(TEXTS, **kwargs)) == _plain(theirs(TEXTS, **kwargs))
+    with pytest.raises(ValueError, match="not a special token name"):
+        ours.add_special_tokens({"image_tokn": "<img>"})
+
+
+PAD_CASES = [
+    {},
+    {"padding": "max_length", "max_length": 9},
+    {"padding": True, "pad_to_multiple_of": 4, "padding_side": "left"},
+    {"padding": False},
+    {"padding": "longest", "return_attention_mask": False},
+    {"padding": "max_length"},
+]
+
+
+@pytest.mark.parametrize("kwargs", PAD_CASES)
+def test_pad_matches_transformers(spiece_dir, hf_tokenizer_cls, kwargs):
+    ours = SiglipTokenizer(spiece_dir / "spiece.model", model_max_length=16)
+    theirs = hf_tokenizer_cls(str(spiece_dir / "spiece.model"), model_max_length=16)
+    # (with return_attention_mask=False transformers leaves a given attention_mask unpadded, ragged; ours is
+    # padded with the ids, see test_pad_keeps_rows_aligned: compare on inputs without one there)
+    extra = {"return_special_tokens_mask": True, "return_token_type_ids": True,
+             "return_attention_mask": kwargs.get("return_attention_mask")}
+    examples = [theirs(t, **extra) for t in PAIR_TEXTS[:6]]  # a collate_fn gets a list of per-example dicts
+    assert _plain(ours.pad([dict(e) for e in examples], **kwargs)) == _plain(
+        theirs.pad([dict(e) for e in examples], **kwargs))
+    batch = theirs(PAIR_TEXTS[:6], **extra)
+    assert _plain(ours.pad(dict(batch), **kwargs)) == _plain(theirs.pad(dict(batch), **kwargs))
+    assert _plain(ours.pad({"input_ids": batch["input_ids"][1]}, **kwargs)) == _plain(
+        theirs.pad({"input_ids": batch["input_ids"][1]}, **kwargs))  # one row: flat lists
+    with_labels = {"input_ids": batch["input_ids"], "labels": list(range(6))}  # other keys pass through
+    assert _plain(ours.pad(with_labels, **kwargs)) == _plain(theirs.pad(dict(with_labels), **kwargs))
+    tensors = [{"input_ids": torch.tensor(e["input_ids"])} for e in examples]
+    if kwargs.get("padding", True) is not False:
+        got = ours.pad(tensors, **kwargs)
+        expected = theirs.pad([dict(t) for t in tensors], **kwargs)
+        assert isinstance(got["input_ids"], torch.Tensor) and _plain(got) == _plain(expected)
+        got = ours.pad(dict(batch), return_tensors="np", **kwargs)
+        assert isinstance(got["input_ids"], np.ndarray)
+        assert _plain(got) == _plain(theirs.pad(dict(batch), return_tensors="np", **kwargs))
+
+
+def test_pad_keeps_rows_aligned(spiece_dir):
+    tok = SiglipTokenizer(spiece_dir / "spiece.model", model_input_names=["input_ids"])
+    batch = {"input_ids": [[5, 6, 7], [8]], "attention_mask": [[1, 1, 1], [1]], "special_tokens_mask": [[0, 0, 1], [1]]}
+    out = tok.pad(batch, return_attention_mask=False)
+    assert out == {"input_ids": [[5, 6, 7], [8, 1, 1]], "attention_mask": [[1, 1, 1], [1, 0, 0]],
+                   "special_tokens_mask": [[0, 0, 1], [1, 1, 1]]}
+    assert tok.pad({"input_ids": [[5, 6, 7], [8]]}, return_tensors="pt")["input_ids"].shape == (2, 3)
+    assert list(tok.pad({"input_ids": [[5], [8, 9]]})) == ["input_ids"]  # no mask: model_input_names says so
+    with pytest.raises(ValueError, match="different lengths"):  # padding=False cannot be stacked
+        tok.pad({"input_ids": [[5, 6, 7], [8]]}, padding=False, return_tensors="pt")
+
+
+def test_constructor_options_as_transformers(spiece_dir, hf_tokenizer_cls, tmp_path):
+    # transformers v5 refuses add_special_tokens= in the constructor (it is a method); so do we, saying what to use
+    with pytest.raises(AttributeError, match="conflicts with the method"):
+        hf_tokenizer_cls(str(spiece_dir / "spiece.model"), add_special_tokens={"image_token": "<img>"})
+    with pytest.raises(TypeError, match="extra_special_tokens"):
+        SiglipTokenizer(spiece_dir / "spiece.model", add_special_tokens={"image_token": "<img>"})
+    with pytest.raises(TypeError, match="not a constructor option"):
+        SiglipTokenizer.from_pretrained(spiece_dir, add_special_tokens=True)
+    # a dict of extra special tokens gives named tokens (tok.image_token), saved and reloaded both ways
+    ours = SiglipTokenizer(spiece_dir / "spiece.model", extra_special_tokens={"image_token": "<img>"})
+    ours.save_pretrained(tmp_path)
+    theirs = hf_tokenizer_cls.from_pretrained(str(tmp_path))
+    assert theirs.image_token == "<img>" and theirs.image_token_id == ours.image_token_id
+    assert SiglipTokenizer.from_pretrained(tmp_path).image_token_id == ours.image_token_id
+    assert ours.bos_token is None and ours.bos_token_id is None
+    with pytest.raises(AttributeError, match="no attribute 'video_token'"):
+        _ = ours.video_token
+
+
+@pytest.mark.parametrize("content", [b"", b"not a sentencepiece model at all", "truncated"])
+def test_corrupt_spiece_model_names_the_file(spiece_dir, tmp_path, content):
+    if content == "truncated":
+        content = (spiece_dir / "spiece.model").read_bytes()[:-1]  # cut inside the last field
+    path = tmp_path / "spiece.model"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"vocab_file '.*spiece\.model' is (empty|not a valid sentencepiece model)"):
+        SiglipTokenizer(path)
+    with pytest.raises(ValueError, match=r"spiece\.model' is (empty|not a valid sentencepiece model)"):
+        SiglipTokenizer.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model_proto is (empty|not a valid)"):
+        SiglipTokenizer(model_proto=content)
+    (tmp_path / "spiece.model").write_bytes((spiece_dir / "spiece.model").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json' is not valid JSON"):
+        SiglipTokenizer.from_pretrained(tmp_path)
+
+
+def test_hostile_input(spiece_dir):
+    tok = SiglipTokenizer(spiece_dir / "spiece.model")
+    cases = [
+        (lambda: tok(None), ValueError, "text must be a str or a list of str, got None"),
+        (lambda: tok([]), ValueError, "text: got an empty list"),
+        (lambda: tok(["a", None]), TypeError, r"text\[1\] must be a str, got NoneType"),
+        (lambda: tok("a", ["b"]), TypeError, "text_pair must be a str too, got list"),
+        (lambda: tok(["a", "b"], ["c"]), ValueError, "same batch size, got 2 texts and 1 pairs"),
+        (lambda: tok(["a", "b"], "c"), TypeError, "text_pair must be a list of 2 str, got str"),
+        (lambda: tok(["a"], [3]), TypeError, r"text_pair\[0\] must be a str, got int"),
+        (lambda: tok([("a", "b", "c")]), TypeError, r"text\[0\] must be a str or a \(text, text_pair\) pair"),
+        (lambda: tok("a", max_length=-1), ValueError, "max_length must be a positive int or None, got -1"),
+        (lambda: tok("a", max_length=2.5), ValueError, "max_length must be a positive int or None, got 2.5"),
+        (lambda: tok("a", truncation="sideways"), ValueError, "truncation must be"),
+        (lambda: tok("a", padding_side="up"), ValueError, "padding_side must be 'left' or 'right', got 'up'"),
+        (lambda: tok("a", pad_to_multiple_of=0), ValueError, "pad_to_multiple_of must be a positive int"),
+        (lambda: tok(["a b"], is_split_into_words=True), ValueError, "is_split_into_words"),
+        (lambda: tok("a", stride=2), ValueError, "stride"),
+        (lambda: tok.add_tokens([5]), TypeError, r"new_tokens\[0\] must be a str"),
+        (lambda: tok.add_tokens(["ok", None]), TypeError, r"new_tokens\[1\] must be a str"),
+        (lambda: tok.add_special_tokens(["<x>"]), TypeError, "special_tokens_dict must be a dict"),
+        (lambda: tok.add_special_tokens({"pad_token": 3}), TypeError, r"special_tokens_dict\['pad_token'\]"),
+        (lambda: tok.convert_tokens_to_ids(5), TypeError, "tokens must be a str or a list of str, got int"),
+        (lambda: tok.convert_tokens_to_ids(["a", 5]), TypeError, r"tokens\[1\] must be a str"),
+        (lambda: tok.convert_ids_to_tokens([1, "2"]), TypeError, r"ids\[1\] must be an int, got str"),
+        (lambda: tok.decode([5000]), ValueError, r"token id 5000 is out of range: the vocabulary has ids 0\.\."),
+        (lambda: tok.decode([-1]), ValueError, "token id -1 is out of range"),
+        (lambda: tok.decode("a cat"), TypeError, "token_ids must be ints"),
+        (lambda: tok.batch_decode([1, 2]), TypeError, r"sequences\[0\] must be a list of ids"),
+        (lambda: tok.pad([]), ValueError, "encoded_inputs: got an empty list"),
+        (lambda: tok.pad([{"input_ids": [1]}, {"input_ids": [1], "x": [2]}]), ValueError, r"encoded_inputs\[1\] has"),
+        (lambda: tok.pad({"attention_mask": [[1]]}), ValueError, "must include 'input_ids'"),
+        (lambda: tok.pad({"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1]]}), ValueError, "has 1 rows"),
+        (lambda: tok.pad({"input_ids": [[1, 2], [3]], "attention_mask": [[1], [1]]}), ValueError,
+         r"\['attention_mask'\]\[0\] has length 1 but 'input_ids'\[0\] has 2"),
+        (lambda: tok.pad({"input_ids": [[1, "a"]]}), TypeError, r"\['input_ids'\]\[0\] must be a list of ints"),
+        (lambda: tok.pad("ids"), TypeError, "encoded_inputs must be a dict"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", model_max_length=0), ValueError, "model_max_length"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", eos_token=None), ValueError, "eos_token must be a str"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", additional_special_tokens=[1]), TypeError,
+         r"additional_special_tokens\[0\] must be a str"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", extra_special_tokens="<x>"), TypeError,
+         "extra_special_tokens must be a list of str or a dict"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", model_input_names="input_ids"), TypeError,
+         "model_input_names must be a list of str"),
+        (lambda: SiglipTokenizer(3), TypeError, "vocab_file must be a path, got int"),
+        (lambda: tok("a", truncation=1), ValueError, "truncation must be a bool, .* got 1"),
+        (lambda: tok("a", add_special_tokens="no"), TypeError, r"add_special_tokens must be a bool, got str \('no'\)"),
+        (lambda: tok("a", return_attention_mask="x"), TypeError, "return_attention_mask must be a bool"),
+        (lambda: tok.decode(torch.zeros(2, 2, 2, dtype=torch.long)), TypeError, "nested lists"),
+        (lambda: tok.decode(torch.tensor([1.0, 2.0])), TypeError, r"ids\[0\] must be an int, got float"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", do_lower_case="False"), TypeError,
+         r"do_lower_case must be a bool, got str \('False'\)"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", sp_model_kwargs={"bogus": 1}), TypeError,
+         "sp_model_kwargs .* are not SentencePieceProcessor options"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", sp_model_kwargs=[1]), TypeError,
+         "sp_model_kwargs must be a dict, got list"),
+        (lambda: SiglipTokenizer(spiece_dir / "spiece.model", added_tokens_decoder={"x": "<a>"}), ValueError,
+         "added_tokens_decoder keys must be token ids, got 'x'"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+    # nothing above changed the tokenizer
+    assert tok(["a cat"], ["a dog"])["input_ids"] == [tok("a cat", "a dog")["input_ids"]]
+    assert "ok" not in tok.get_vocab()
+
+
+FUZZ_PIECES = ["a", "photo", "Cat", "DOG", " ", "  ", "\t", "\n", "\u00a0", "\u2003", "\u200b", "\u2581", "</s>",
+               "<unk>", "<pad>", "</S>", "<", ">", "/", "s", "!", "'", ".", "...", "…", "—", "-", "_", "é", "e\u0301",
+               "ß", "İ", "日本", "🙂", "Ⅻ", "ﬁ", "①", "x-ray", "100%", "\\", "{}", "newtok", "<sp1>"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fuzzed_strings_match_transformers(spiece_dir, hf_tokenizer_cls, seed):
+    """Random strings built from awkward pieces (whitespace kinds, ▁, special and added tokens glued to text,
+    punctuation, NFKC-sensitive and combining characters): ids, pieces, pairs and decoding as transformers."""
+    rng = random.Random(seed)
+    texts = ["".join(rng.choice(FUZZ_PIECES) for _ in range(rng.randint(0, 14))) for _ in range(250)]
+    ours = SiglipTokenizer(spiece_dir / "spiece.model", model_max_length=24)
+    theirs = hf_tokenizer_cls(str(spiece_dir / "spiece.model"), model_max_length=24)
+    for tok in (ours, theirs):
+        tok.add_tokens(["newtok"])
+        tok.add_tokens(["<sp1>"], special_tokens=True)
+    got = ours(texts)["input_ids"]
+    assert got == theirs(texts)["input_ids"]
+    for text in texts[:80]:
+        assert ours.tokenize(text) == theirs.tokenize(text), repr(text)
+    kwargs = {"padding": "max_length", "truncation": True}
+    assert _plain(ours(texts, texts[::-1], **kwargs)) == _plain(theirs(texts, texts[::-1], **kwargs))
+    for skip in (False, True):
+        assert ours.batch_decode(got, skip_special_tokens=skip) == theirs.batch_decode(got, skip_special_tokens=skip)
+
+
+def test_subclass_extension_points(spiece_dir, tmp_path):
+    """What a SigLIP 2-style tokenizer built on this one overrides (vocab_files_names, padding_side, _encode_batch,
+    build_inputs_with_special_tokens, get_special_tokens_mask): calls, truncation, padding, pad(), masks, files
+    and decoding then follow from the generic code."""
+
+    class BosTokenizer(SiglipTokenizer):
+        vocab_files_names = {"vocab_file": "tokenizer.model"}
+        padding_side = "left"
+
+        def _encode_batch(self, texts, out_type=int):  # no canonicalisation: plain sentencepiece
+            return [list(ids) for ids in self.sp_model.encode(list(texts), out_type=out_type)]
+
+        def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
+            out = [self.bos_token_id, *token_ids_0, self.eos_token_id]
+            return out if token_ids_1 is None else [*out, *token_ids_1, self.eos_token_id]
+
+        def get_special_tokens_mask(self, token_ids_0, token_ids_1=None, already_has_special_tokens=False):
+            if already_has_special_tokens:
+                return super().get_special_tokens_mask(token_ids_0, None, True)
+            mask = [1, *[0] * len(token_ids_0), 1]
+            return mask if token_ids_1 is None else [*mask, *[0] * len(token_ids_1), 1]
+
+    (tmp_path / "tokenizer.model").write_bytes((spiece_dir / "spiece.model").read_bytes())
+    tok = BosTokenizer(tmp_path / "tokenizer.model", extra_special_tokens={"bos_token": "<s>"}, model_max_length=8,
+                       model_input_names=["input_ids"])
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    assert bos == len(tok) - 1 and tok.all_special_tokens[0] == "<s>" and tok.num_special_tokens_to_add() == 2
+    plain = tok.sp_model.encode("a cat")
+    enc = tok(["a cat", "dog " * 20], padding="max_length", truncation=True, return_special_tokens_mask=True)
+    assert enc["input_ids"][0] == [eos] * (6 - len(plain)) + [bos, *plain, eos]  # left padding, pad id = eos
+    assert enc["special_tokens_mask"][0] == [1] * (6 - len(plain)) + [1, *[0] * len(plain), 1]
+    assert len(enc["input_ids"][1]) == 8 and enc["input_ids"][1][0] == bos and enc["input_ids"][1][-1] == eos
+    pair = tok("a cat", "dog", return_special_tokens_mask=True)
+    assert pair["input_ids"] == [bos, *plain, eos, *tok.sp_model.encode("dog"), eos]
+    assert tok.pad({"input_ids": [[5, 6], [7]]}) == {"input_ids": [[5, 6], [eos, 7]]}
+    assert tok.decode(enc["input_ids"][0], skip_special_tokens=True) == "a cat"
+    tok.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["tokenizer.model", "tokenizer_config.json"]
+    config = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "BosTokenizer" and config["padding_side"] == "left"
+    again = BosTokenizer.from_pretrained(tmp_path / "saved")
+    assert again(["a cat", "dog " * 20], padding="max_length", truncation=True) == {"input_ids": enc["input_ids"]}
