@@ -154,6 +154,9 @@ class SiglipTokenizer:
     padding_side = "right"
     truncation_side = "right"
     pad_token_type_id = 0
+    # the tokenizer_config.json keys from_pretrained passes to __init__ as they are (besides the special tokens)
+    config_init_keys = ("sp_model_kwargs", "do_lower_case", "model_input_names", "clean_up_tokenization_spaces",
+                        "padding_side", "truncation_side", "added_tokens_decoder")
 
     def __init__(
         self,
@@ -481,7 +484,7 @@ class SiglipTokenizer:
             ids = ids.tolist()
         if not isinstance(ids, (list, tuple)):
             raise TypeError(f"ids must be an int or a list of ints, got {type(ids).__name__}")
-        skip = set(self.all_special_ids) if skip_special_tokens else set()
+        skip = self._skipped_ids() if skip_special_tokens else set()
         out = []
         for i, index in enumerate(ids):
             if not _is_int(index):
@@ -489,6 +492,10 @@ class SiglipTokenizer:
             if int(index) not in skip:
                 out.append(self._id_to_token(int(index)))
         return out
+
+    def _skipped_ids(self) -> set[int]:
+        """The ids decode(skip_special_tokens=True) leaves out."""
+        return set(self.all_special_ids)
 
     def _id_to_token(self, index: int) -> str:
         token = self._id_to_added.get(index)
@@ -517,14 +524,13 @@ class SiglipTokenizer:
             text = text.lower()
         return _WHITESPACE.sub(" ", text.translate(_PUNCTUATION)).strip()
 
-    def _encode_batch(self, texts: Sequence[str], out_type: type = int) -> list[list]:
-        """Ids (or pieces, out_type=str) of each text, without EOS: transformers' tokenize(), batched."""
-        plans = []  # per text: ("chunk", index into chunks) or ("token", an added/special token)
-        chunks = []
-        unk = str(self.unk_token)
+    def _split_encode(self, texts: Sequence[str], out_type: type = int, prefix: str = "", drop: int = 0):
+        """Split each text on the added tokens and sentencepiece-encode every other chunk, canonicalised and prefixed
+        with `prefix` (its first `drop` pieces dropped again), in one call for the whole batch.
+        -> (tokens per text, plans, chunks, encoded chunks); a plan lists ("chunk", index) / ("token", token)."""
+        plans, chunks = [], []  # per text: ("chunk", index into chunks) or ("token", an added/special token)
         canonicalize = self.canonicalize_text
         for text in texts:
-            text = SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " ")
             parts = self._split.split(text) if self._split is not None else [text]
             plan = []
             for i, part in enumerate(parts):
@@ -532,12 +538,11 @@ class SiglipTokenizer:
                     plan.append(("token", part))
                 elif part:
                     plan.append(("chunk", len(chunks)))
-                    chunks.append(unk + canonicalize(part))
+                    chunks.append(prefix + canonicalize(part))
             plans.append(plan)
         encoded = self.sp_model.encode(chunks, out_type=out_type) if chunks else []
-        n = self._unk_length
-        encoded = [e[n:] if len(e) >= n else e for e in encoded]  # drop the pieces of the "<unk>" prefix
-        special = set(self.all_special_tokens)
+        if drop:
+            encoded = [e[drop:] if len(e) >= drop else e for e in encoded]
         out = []
         for plan in plans:
             tokens: list = []
@@ -546,6 +551,16 @@ class SiglipTokenizer:
                     tokens.append(self._added[value] if out_type is int else value)
                 else:
                     tokens.extend(encoded[value])
+            out.append(tokens)
+        return out, plans, chunks, encoded
+
+    def _encode_batch(self, texts: Sequence[str], out_type: type = int) -> list[list]:
+        """Ids (or pieces, out_type=str) of each text, without EOS: transformers' tokenize(), batched."""
+        texts = [SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " ") for text in texts]
+        n = self._unk_length
+        out, plans, chunks, encoded = self._split_encode(texts, out_type, prefix=str(self.unk_token), drop=n)
+        special = set(self.all_special_tokens)
+        for tokens, plan in zip(out, plans, strict=True):
             # transformers drops a leading lone "▁" piece when a special token follows it
             if (len(plan) > 1 and plan[0][0] == "chunk" and plan[1][0] == "token" and plan[1][1] in special
                     and len(encoded[plan[0][1]]) == 1):
@@ -554,8 +569,7 @@ class SiglipTokenizer:
                     piece = self.sp_model.encode(chunks[plan[0][1]], out_type=str)[n:]
                     piece = piece[0] if len(piece) == 1 else None
                 if piece == SPIECE_UNDERLINE:
-                    tokens = tokens[1:]
-            out.append(tokens)
+                    del tokens[0]
         return out
 
     def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False) -> list[str]:
@@ -607,6 +621,12 @@ class SiglipTokenizer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return [0] * len(self.build_inputs_with_special_tokens(token_ids_0, token_ids_1))
+
+    def _token_type_ids(self, ids: list[int], pair_ids: list[int] | None, add_special_tokens: bool) -> list[int]:
+        """The token type ids of one (truncated) text or pair, as the call returns them (all 0 for SigLIP)."""
+        if add_special_tokens:
+            return self.create_token_type_ids_from_sequences(ids, pair_ids)
+        return [0] * (len(ids) + len(pair_ids or []))
 
     def truncate_sequences(self, ids: list[int], pair_ids: list[int] | None = None, num_tokens_to_remove: int = 0,
                            truncation_strategy: str = "longest_first") -> tuple[list[int], list[int] | None]:
@@ -797,7 +817,7 @@ class SiglipTokenizer:
                     special_masks.append([0] * len(sequence))
             rows.append(sequence)
             if return_token_type_ids:
-                type_ids.append([self.pad_token_type_id] * len(sequence))
+                type_ids.append(self._token_type_ids(ids, pair_ids, add_special_tokens))
 
         if verbose and max_length is None and rows:
             longest = max(len(r) for r in rows)
@@ -1079,8 +1099,7 @@ class SiglipTokenizer:
         kwargs["additional_special_tokens"] = [_token_content(t) for t in extra]
         if named:
             kwargs["extra_special_tokens"] = named
-        for key in ("sp_model_kwargs", "do_lower_case", "model_input_names", "clean_up_tokenization_spaces",
-                    "padding_side", "truncation_side", "added_tokens_decoder"):
+        for key in cls.config_init_keys:
             if config.get(key) is not None:
                 kwargs[key] = config[key]
         if config.get("model_max_length") is not None:
