@@ -189,6 +189,7 @@ class SiglipImageProcessor:
     # attribute, overridable per call) and the image_processor_type it writes and accepts
     config_keys: tuple = _CONFIG_KEYS
     image_processor_type = "SiglipImageProcessor"
+    config_name = "SiglipImageProcessor config"  # in errors: "not a ..."
 
     def __init__(
         self,
@@ -381,12 +382,11 @@ class SiglipImageProcessor:
             image = self._prepare(image, where, opts["do_convert_rgb"])
             self._check_channels(image, where)
             if opts["do_resize"]:
-                image = self._resize(image, opts["size"], opts["resample"], where)
+                image = self._resize(image, self._target_size(image, opts), opts["resample"], where)
             elif isinstance(image, PIL.Image.Image):
                 image = np.moveaxis(np.asarray(image), -1, 0)
-            if return_uint8:
-                return self._as_uint8(image, where)
-            return self._finish(image, table, opts)
+            image = self._as_uint8(image, where) if return_uint8 else self._finish(image, table, opts)
+            return self._postprocess(image, opts, where)
 
         workers = self.num_workers if num_workers is None else _check_workers(num_workers)
         if workers is None:
@@ -398,16 +398,31 @@ class SiglipImageProcessor:
             pixels = [one(x) for x in enumerate(images)]
         for note in dict.fromkeys(notes):
             warnings.warn(note, UserWarning, stacklevel=2)
+        return self._collate(pixels, return_tensors)
+
+    preprocess = __call__
+
+    # what a subclass with another layout (e.g. SigLIP 2's NaFlex patches) overrides: the size each image is
+    # resized to, what becomes of it after rescale/normalise, and how the results become the outputs
+
+    def _target_size(self, image, opts: dict) -> dict:
+        """{"height", "width"} that `image` (a PIL image or a (C, H, W) array) is resized to."""
+        return opts["size"]
+
+    def _postprocess(self, image: np.ndarray, opts: dict, where: str) -> Any:
+        """One image's result from its finished (C, H, W) pixels."""
+        return image
+
+    def _collate(self, results: list, return_tensors: str | None) -> BatchFeature:
+        """The outputs from the images' results: `pixel_values`, stacked into one tensor/array if asked."""
         if return_tensors is not None:
-            shapes = {p.shape for p in pixels}
+            shapes = {p.shape for p in results}
             if len(shapes) > 1:
                 raise ValueError(f"cannot stack images of different sizes {sorted(shapes)} into one tensor; "
                                  "use do_resize=True or return_tensors=None")
-            stacked = np.stack(pixels)
+            stacked = np.stack(results)
             return BatchFeature(pixel_values=torch.from_numpy(stacked) if return_tensors == "pt" else stacked)
-        return BatchFeature(pixel_values=pixels)
-
-    preprocess = __call__
+        return BatchFeature(pixel_values=results)
 
     @staticmethod
     def _silent_garbage(image: Any, where: str, opts: dict) -> str | None:
@@ -473,20 +488,14 @@ class SiglipImageProcessor:
         return value[0] if key in self._scalar_keys and len(set(value)) == 1 else value
 
     def to_dict(self) -> dict:
-        """The preprocessor_config.json fields transformers writes, JSON-native (lists, an int resample), in the
-        order of its sorted JSON."""
-        return {
-            "do_convert_rgb": self.do_convert_rgb,
-            "do_normalize": self.do_normalize,
-            "do_rescale": self.do_rescale,
-            "do_resize": self.do_resize,
-            "image_mean": self._saved("image_mean"),
-            "image_processor_type": self.image_processor_type,
-            "image_std": self._saved("image_std"),
-            "resample": self.resample,
-            "rescale_factor": self.rescale_factor,
-            "size": dict(self.size),
-        }
+        """The preprocessor_config.json fields transformers writes (`config_keys` and image_processor_type),
+        JSON-native (lists, an int resample), in the order of its sorted JSON."""
+        out = {"image_processor_type": self.image_processor_type}
+        for key in self.config_keys:
+            value = getattr(self, key)
+            out[key] = self._saved(key) if key in ("image_mean", "image_std") else \
+                dict(value) if isinstance(value, dict) else value
+        return dict(sorted(out.items()))
 
     def to_json_string(self) -> str:
         """The JSON transformers writes (`to_json_string`: sorted keys, 2-space indent, trailing newline)."""
@@ -513,10 +522,10 @@ class SiglipImageProcessor:
         unknown = sorted(set(config) - set(keys) - set(_METADATA_KEYS))
         for key in unknown:
             if key in ("do_center_crop", "do_pad") and config[key]:
-                raise ValueError(f"image processor config sets {key}=true, which SigLIP's processor does not do")
+                raise ValueError(f"image processor config sets {key}=true, which {cls.__name__} does not do")
         kind = config.get("image_processor_type", cls.image_processor_type)
         if not isinstance(kind, str) or kind.removesuffix("Pil").removesuffix("Fast") != cls.image_processor_type:
-            raise ValueError(f"not a {cls.image_processor_type} config: image_processor_type={kind!r}")
+            raise ValueError(f"not a {cls.config_name}: image_processor_type={kind!r}")
         return cls(**{k: config[k] for k in keys if k in config})
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
