@@ -15,20 +15,26 @@ from .image_processing import (
     read_image_processor_config,
 )
 from .tokenization import (
+    LARGE_INTEGER,
     SPECIAL_TOKENS_MAP_FILE,
     TOKENIZER_CONFIG_FILE,
     VOCAB_FILE,
     SiglipTokenizer,
 )
+from .tokenization_gemma import GEMMA_VOCAB_FILE, gemma_tokenizer_class
 
 _TEXT_KEYS = ("text_pair", "add_special_tokens", "padding", "truncation", "max_length", "pad_to_multiple_of",
               "padding_side", "return_attention_mask", "return_token_type_ids", "return_special_tokens_mask",
               "return_length")
 _TOKENIZER_INIT_KEYS = ("model_max_length", "model_input_names", "padding_side", "truncation_side", "do_lower_case",
                         "eos_token", "unk_token", "pad_token", "additional_special_tokens", "extra_special_tokens",
-                        "sp_model_kwargs", "clean_up_tokenization_spaces")
+                        "sp_model_kwargs", "clean_up_tokenization_spaces", "bos_token", "mask_token", "add_bos_token",
+                        "add_eos_token")
 _IMAGE_CALL_EXTRAS = ("return_uint8", "num_workers")
 _UNSET = object()
+# max_length of the default padding when the tokenizer's model_max_length is unlimited (SigLIP 2's Gemma configs):
+# SigLIP 2's text length, transformers' Siglip2Processor default
+DEFAULT_TEXT_LENGTH = 64
 
 
 class SiglipProcessor:
@@ -40,16 +46,25 @@ class SiglipProcessor:
 
     One deliberate difference from transformers: when the caller does not say how to pad (no `padding`
     argument), texts are padded to `max_length` (the tokenizer's `model_max_length`: 64, or 16 for
-    so400m-patch14-224) with truncation, because SigLIP was trained that way; ragged or longest padding silently
-    changes the text embeddings (last-token pooling, no attention mask). Pass `padding=...` explicitly to get
-    transformers' behaviour exactly (transformers pads nothing by default).
+    so400m-patch14-224; 64 when it is unlimited, as in SigLIP 2's Gemma configs) with truncation, because SigLIP
+    was trained that way; ragged or longest padding silently changes the text embeddings (last-token pooling, no
+    attention mask). Pass `padding=...` explicitly to get transformers' behaviour exactly (transformers pads nothing
+    by default).
+
+    The tokenizer may be a `GemmaTokenizer` (a fixed-resolution SigLIP 2 checkpoint: model_type "siglip" with
+    Gemma's tokenizer.model, which `from_pretrained` loads as transformers' AutoTokenizer does).
+
+    Extension points (see `Siglip2Processor`): the class attributes below, `text_defaults` (text options applied
+    to every call unless given) and `_tokenizer_class_for` (the tokenizer class for a directory).
     """
 
     attributes = ["image_processor", "tokenizer"]
     # what a subclass (e.g. SigLIP 2's processor) swaps: the part classes and the name written to the files
-    image_processor_class = SiglipImageProcessor
-    tokenizer_class = SiglipTokenizer
+    image_processor_class = SiglipImageProcessor  # accepted by __init__ (subclasses included)
+    image_processor_classes: tuple = (SiglipImageProcessor,)  # from_pretrained picks by image_processor_type
+    tokenizer_class = SiglipTokenizer  # accepted by __init__ (subclasses included: GemmaTokenizer)
     processor_class = "SiglipProcessor"
+    text_defaults: dict = {}
 
     def __init__(self, image_processor: SiglipImageProcessor, tokenizer: SiglipTokenizer):
         if not isinstance(image_processor, self.image_processor_class):
@@ -69,7 +84,7 @@ class SiglipProcessor:
                  return_tensors: str | None = None, text_kwargs: dict | None = None,
                  images_kwargs: dict | None = None, **kwargs) -> BatchFeature:
         if images is None and text is None:
-            raise ValueError("SiglipProcessor needs text=, images= or both")
+            raise ValueError(f"{type(self).__name__} needs text=, images= or both")
         for name, value in (("text_kwargs", text_kwargs), ("images_kwargs", images_kwargs)):
             if value is not None and not isinstance(value, dict):
                 raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
@@ -88,13 +103,17 @@ class SiglipProcessor:
             elif key in image_keys:
                 images_kwargs[key] = value
             else:
-                raise TypeError(f"SiglipProcessor got an unexpected option {key!r}; text options: {list(_TEXT_KEYS)}, "
-                                f"image options: {list(image_keys)}")
+                raise TypeError(f"{type(self).__name__} got an unexpected option {key!r}; text options: "
+                                f"{list(_TEXT_KEYS)}, image options: {list(image_keys)}")
         if padding is not _UNSET:
             text_kwargs["padding"] = padding
+        for key, value in self.text_defaults.items():
+            text_kwargs.setdefault(key, value)
         if "padding" not in text_kwargs:  # SigLIP's training setting, see the class docstring
             text_kwargs["padding"] = "max_length"
             text_kwargs.setdefault("truncation", True)
+            if self.tokenizer.model_max_length > LARGE_INTEGER:
+                text_kwargs.setdefault("max_length", DEFAULT_TEXT_LENGTH)
         if text is None and text_kwargs.get("text_pair") is not None:
             raise ValueError("text_pair needs text= as well")
         out = BatchFeature()
@@ -111,8 +130,8 @@ class SiglipProcessor:
         return self.tokenizer.batch_decode(*args, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
-        """Write what transformers v5 writes: processor_config.json (with the image processor nested), spiece.model
-        and tokenizer_config.json."""
+        """Write what transformers v5 writes: processor_config.json (with the image processor nested), the
+        tokenizer's model (spiece.model / tokenizer.model) and tokenizer_config.json."""
         if not isinstance(save_directory, (str, os.PathLike)):
             raise TypeError(f"save_directory must be a path, got {type(save_directory).__name__}")
         save_directory = os.fspath(save_directory)
@@ -129,29 +148,53 @@ class SiglipProcessor:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, revision: str | None = None,
-                        **overrides) -> "SiglipProcessor":
+                        lowercase: bool | None = None, **overrides) -> "SiglipProcessor":
         """Load from a directory (v5 processor_config.json or v4/hub preprocessor_config.json, plus the tokenizer
         files) or a hub id (needs huggingface_hub). `overrides` go to the part that has them, as in transformers:
         tokenizer options (`model_max_length=16`...) to the tokenizer, image options (`size=...`) to the image
-        processor."""
+        processor.
+
+        A fixed-resolution SigLIP 2 directory (Gemma's tokenizer.model, no spiece.model) gets the Gemma tokenizer
+        transformers' AutoTokenizer gives it (`GemmaTokenizer`, or `Siglip2Tokenizer` where tokenizer_config.json
+        or model_type "siglip2" says so); `lowercase=True` / `False` picks `Siglip2Tokenizer` / `GemmaTokenizer`
+        instead (Gemma tokenizers only)."""
         text_overrides, image_overrides = {}, {}
-        image_keys = (*cls.image_processor_class.config_keys, "num_workers")
+        image_keys = tuple(dict.fromkeys(k for c in cls.image_processor_classes for k in (*c.config_keys,
+                                                                                        "num_workers")))
         for key, value in overrides.items():
             if key in _TOKENIZER_INIT_KEYS:
                 text_overrides[key] = value
             elif key in image_keys:
                 image_overrides[key] = value
             else:
-                raise TypeError(f"SiglipProcessor.from_pretrained got an unexpected option {key!r}; tokenizer "
-                                f"options: {list(_TOKENIZER_INIT_KEYS)}, image options: "
-                                f"{list(image_keys)}")
+                raise TypeError(f"{cls.__name__}.from_pretrained got an unexpected option {key!r}; tokenizer "
+                                f"options: {list(_TOKENIZER_INIT_KEYS)}, image options: {list(image_keys)}")
+        if lowercase is not None and not isinstance(lowercase, bool):
+            raise TypeError(f"lowercase must be a bool or None, got {type(lowercase).__name__}")
         directory = resolve_pretrained_dir(
             path_or_id, what=f"{cls.__name__}.from_pretrained", revision=revision,
-            allow_patterns=[PROCESSOR_FILE, IMAGE_PROCESSOR_FILE, VOCAB_FILE, TOKENIZER_CONFIG_FILE,
-                            SPECIAL_TOKENS_MAP_FILE])
-        image_processor = cls.image_processor_class.from_dict(read_image_processor_config(directory),
-                                                              **image_overrides)
-        return cls(image_processor, cls.tokenizer_class.from_pretrained(directory, **text_overrides))
+            allow_patterns=[PROCESSOR_FILE, IMAGE_PROCESSOR_FILE, VOCAB_FILE, GEMMA_VOCAB_FILE, TOKENIZER_CONFIG_FILE,
+                            SPECIAL_TOKENS_MAP_FILE, "config.json"])
+        image_config = read_image_processor_config(directory)
+        kind = str(image_config.get("image_processor_type", "")).removesuffix("Pil").removesuffix("Fast")
+        image_class = next((c for c in cls.image_processor_classes if c.image_processor_type == kind),
+                           cls.image_processor_classes[-1])  # from_dict names a mismatch
+        image_processor = image_class.from_dict(image_config, **image_overrides)
+        tokenizer_class = cls._tokenizer_class_for(directory, lowercase)
+        return cls(image_processor, tokenizer_class.from_pretrained(directory, **text_overrides))
+
+    @classmethod
+    def _tokenizer_class_for(cls, directory: str, lowercase: bool | None) -> type[SiglipTokenizer]:
+        """SigLIP's tokenizer for spiece.model; Gemma's for a directory with only tokenizer.model (fixed-resolution
+        SigLIP 2)."""
+        if not os.path.isfile(os.path.join(directory, VOCAB_FILE)) and \
+                os.path.isfile(os.path.join(directory, GEMMA_VOCAB_FILE)):
+            return gemma_tokenizer_class(directory, lowercase)
+        if lowercase is not None:
+            raise ValueError(f"lowercase= picks a Gemma tokenizer (SigLIP 2), but {directory!r} holds SigLIP's "
+                             f"{VOCAB_FILE}; SigLIP's tokenizer lowercases by itself (do_lower_case)")
+        return cls.tokenizer_class
 
     def __repr__(self) -> str:
-        return f"SiglipProcessor(\n  image_processor={self.image_processor!r},\n  tokenizer={self.tokenizer!r})"
+        return (f"{type(self).__name__}(\n  image_processor={self.image_processor!r},\n  tokenizer="
+                f"{self.tokenizer!r})")

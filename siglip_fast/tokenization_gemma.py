@@ -56,7 +56,9 @@ class GemmaTokenizer(SiglipTokenizer):
     vocab_files_names = {"vocab_file": GEMMA_VOCAB_FILE}
     padding_side = "left"
     default_lower_case = False
-    config_init_keys = (*SiglipTokenizer.config_init_keys, "add_bos_token", "add_eos_token")
+    # lowercasing is the class's (as in transformers, where GemmaTokenizer ignores a do_lower_case in the config)
+    config_init_keys = (*(k for k in SiglipTokenizer.config_init_keys if k != "do_lower_case"), "add_bos_token",
+                        "add_eos_token")
 
     def __init__(
         self,
@@ -176,6 +178,7 @@ class GemmaTokenizer(SiglipTokenizer):
         """tokenizer_config.json as transformers v5 reads it."""
         config = super().to_config()
         config.pop("backend", None)  # transformers' Gemma tokenizers are `tokenizers`-backed
+        config.pop("do_lower_case", None)  # the class says it: tokenizer_class
         config.update(add_bos_token=self.add_bos_token, add_eos_token=self.add_eos_token,
                       padding_side=self.padding_side, truncation_side=self.truncation_side)
         return config
