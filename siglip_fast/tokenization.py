@@ -419,9 +419,9 @@ class SiglipTokenizer:
                 index, added = len(self), added + 1
             self._added[content] = index
             self._id_to_added[index] = content
-            self._added_flags[content] = {"lstrip": bool(getattr(token, "lstrip", False)), "normalized": normalized,
-                                          "rstrip": bool(getattr(token, "rstrip", False)),
-                                          "single_word": bool(getattr(token, "single_word", False))}
+            flags = {k: False if isinstance(token, str) else bool(getattr(token, k, False))  # str.lstrip: a method
+                     for k in ("lstrip", "rstrip", "single_word")}
+            self._added_flags[content] = {**flags, "normalized": normalized}
             if is_special:
                 self._special.add(content)
                 if content not in self.all_special_tokens:
@@ -1096,7 +1096,8 @@ class SiglipTokenizer:
         if isinstance(extra, dict):  # named model-specific tokens
             named.update({k: _token_content(v) for k, v in extra.items()})
             extra = []
-        kwargs["additional_special_tokens"] = [_token_content(t) for t in extra]
+        if extra or "additional_special_tokens" in config or "extra_special_tokens" in config:
+            kwargs["additional_special_tokens"] = [_token_content(t) for t in extra]
         if named:
             kwargs["extra_special_tokens"] = named
         for key in cls.config_init_keys:

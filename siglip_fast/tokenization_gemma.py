@@ -98,6 +98,8 @@ class GemmaTokenizer(SiglipTokenizer):
                 decoder.update(_proto_added_tokens(bytes(proto)))
             except Exception:  # noqa: BLE001 - not a proto: SiglipTokenizer says so, with the details
                 pass
+        if additional_special_tokens is None:  # transformers: the proto's control and user-defined pieces, by id
+            additional_special_tokens = [t["content"] for _, t in sorted(decoder.items())]
         if isinstance(added_tokens_decoder, dict):
             decoder.update(added_tokens_decoder)  # the config's entries last: they win
         elif added_tokens_decoder is not None:
@@ -156,8 +158,10 @@ class GemmaTokenizer(SiglipTokenizer):
     # -- ids -> text ------------------------------------------------------------------------------------------
 
     def _skipped_ids(self) -> set[int]:
-        # tokenizers skips every added token marked special (the proto's control pieces too)
-        return {*self.all_special_ids, *(self._added[t] for t in self._special if t in self._added)}
+        # tokenizers skips the named special tokens and every added token marked special (the proto's control
+        # pieces, not its user-defined ones, though those are listed in extra_special_tokens)
+        return {*(self._added[t] for t in self.special_tokens_map.values()),
+                *(self._added[t] for t in self._special if t in self._added)}
 
     def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
         """Pieces -> text: byte-fallback pieces fused, `▁` -> space, added tokens as their text (no spaces added)."""

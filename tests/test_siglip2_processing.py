@@ -296,3 +296,213 @@ def test_matmul_flops_of_a_naflex_config():
     dual = sf.variants.matmul_flops(config, images=2, texts=2, num_patches=1024, backward=True)
     text = sf.variants.text_flops(config.text_config)
     assert dual == 3 * (2 * naflex_vision_flops(vc, 1024) + 2 * text + 2 * 2 * 2 * 768)
+
+
+# -- the SiglipTokenizer surface on the Gemma tokenizers (they are SiglipTokenizer subclasses) -----------------------
+
+PAIRS = [("A photo of a cat.", "Two dogs"), ("hello <mask> world", "x<pad>y"), ("", "only the pair"),
+         ("a much longer text that goes on and on and on for a while", "and a pair that is long as well, long")]
+
+
+@pytest.mark.parametrize("config_name", ["siglip2", "bos_and_eos"])
+@pytest.mark.parametrize("lower", [False, True], ids=["GemmaTokenizer", "Siglip2Tokenizer"])
+def test_tokenizer_pairs_masks_and_pad_match_transformers(gemma_model, tmp_path, config_name, lower):
+    d = _tokenizer_dir(tmp_path, gemma_model, TOKENIZER_CONFIGS[config_name])
+    theirs = (transformers.Siglip2Tokenizer if lower else transformers.GemmaTokenizer).from_pretrained(d)
+    ours = (sf.Siglip2Tokenizer if lower else sf.GemmaTokenizer).from_pretrained(d)
+    assert isinstance(ours, sf.SiglipTokenizer)
+    a_texts, b_texts = [p[0] for p in PAIRS], [p[1] for p in PAIRS]
+    for kw in [{}, dict(return_token_type_ids=True, return_special_tokens_mask=True),
+               dict(padding="max_length", max_length=14, truncation=True, return_token_type_ids=True),
+               dict(padding=True, truncation="only_second", max_length=48),
+               dict(padding="longest", truncation="longest_first", max_length=9, padding_side="left",
+                    return_special_tokens_mask=True),
+               dict(add_special_tokens=False, return_token_type_ids=True)]:
+        a, b = theirs(a_texts, b_texts, **kw), ours(a_texts, b_texts, **kw)
+        assert set(b) == set(a), kw
+        for key in a:
+            assert b[key] == a[key], (key, kw)
+        assert ours(PAIRS, **kw)["input_ids"] == a["input_ids"], kw  # a batch of (text, pair) tuples
+        one_a, one_b = theirs(*PAIRS[0], **kw), ours(*PAIRS[0], **kw)
+        assert {k: one_b[k] for k in one_a} == dict(one_a), kw
+    ids = theirs(TEXTS)["input_ids"]
+    for kw in [dict(padding=True), dict(padding="max_length", max_length=70), dict(padding=True, pad_to_multiple_of=8),
+               dict(padding=True, padding_side="left", return_tensors="pt")]:
+        a = theirs.pad({"input_ids": ids}, **kw)
+        b = ours.pad({"input_ids": ids}, **kw)
+        for key in a:
+            assert (torch.equal(b[key], a[key]) if kw.get("return_tensors") else b[key] == a[key]), (key, kw)
+    for first, second in [(TEXTS[0], None), *PAIRS]:  # (transformers' Gemma implements these through its template)
+        expected = theirs(first, second, return_special_tokens_mask=True)
+        a, b = (None if t is None else theirs(t, add_special_tokens=False)["input_ids"] for t in (first, second))
+        assert ours.build_inputs_with_special_tokens(a, b) == expected["input_ids"]
+        assert ours.get_special_tokens_mask(a, b) == expected["special_tokens_mask"]
+    for row in ids:
+        assert ours.get_special_tokens_mask(row, already_has_special_tokens=True) == \
+            theirs.get_special_tokens_mask(row, already_has_special_tokens=True)
+    for pair in (False, True):
+        assert ours.num_special_tokens_to_add(pair) == theirs.num_special_tokens_to_add(pair)
+    assert len(ours) == len(theirs) and ours.get_vocab() == theirs.get_vocab()
+    assert ours.special_tokens_map == theirs.special_tokens_map
+    assert ours.all_special_tokens == theirs.all_special_tokens and ours.all_special_ids == theirs.all_special_ids
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "mask_token_id"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.convert_ids_to_tokens(ids[3]) == theirs.convert_ids_to_tokens(ids[3])
+    assert ours.convert_tokens_to_ids(theirs.convert_ids_to_tokens(ids[3])) == ids[3]
+    assert ours.batch_decode(ids, skip_special_tokens=True) == theirs.batch_decode(ids, skip_special_tokens=True)
+    assert ours.tokenize(*PAIRS[0]) == theirs.tokenize(*PAIRS[0])
+
+
+@pytest.mark.parametrize("lower", [False, True], ids=["GemmaTokenizer", "Siglip2Tokenizer"])
+def test_tokenizer_added_tokens_match_transformers(gemma_model, tmp_path, lower):
+    d = _tokenizer_dir(tmp_path, gemma_model, SIGLIP2_TOKENIZER_CONFIG)
+    theirs = (transformers.Siglip2Tokenizer if lower else transformers.GemmaTokenizer).from_pretrained(d)
+    ours = (sf.Siglip2Tokenizer if lower else sf.GemmaTokenizer).from_pretrained(d)
+    assert ours.add_tokens(["<new_one>", "zebra"]) == theirs.add_tokens(["<new_one>", "zebra"])
+    assert ours.add_special_tokens({"extra_special_tokens": ["<img>"]}) == \
+        theirs.add_special_tokens({"extra_special_tokens": ["<img>"]})
+    assert len(ours) == len(theirs) and ours.get_added_vocab() == theirs.get_added_vocab()
+    texts = ["a <new_one> and a zebra", "<img> the image", "plain text", "<img><new_one>"]
+    kw = dict(padding="max_length", max_length=20, truncation=True)
+    assert ours(texts, **kw)["input_ids"] == theirs(texts, **kw)["input_ids"]
+    ids = theirs(texts)["input_ids"]
+    for skip in (False, True):
+        assert ours.batch_decode(ids, skip_special_tokens=skip) == theirs.batch_decode(ids, skip_special_tokens=skip)
+    assert ours.extra_special_tokens == theirs.extra_special_tokens == ["<img>"]
+    ours.save_pretrained(tmp_path / "saved")
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path / "saved")
+    assert type(again).__name__ == type(theirs).__name__
+    assert again(texts, **kw)["input_ids"] == theirs(texts, **kw)["input_ids"]
+    assert type(ours).from_pretrained(tmp_path / "saved")(texts, **kw)["input_ids"] == theirs(texts, **kw)["input_ids"]
+
+
+def test_tokenizer_control_pieces_are_special_tokens(tmp_path):
+    """The proto's control pieces are special added tokens (skipped by decode(skip_special_tokens=True)), its
+    user-defined ones plain added tokens, as transformers converts them."""
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 40), model_writer=buf, vocab_size=400, model_type="bpe", pad_id=0, eos_id=1,
+        bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        byte_fallback=True, add_dummy_prefix=False, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        control_symbols=["<ctrl>"], user_defined_symbols=["<mask>", "<user>"], minloglevel=2)
+    d = _tokenizer_dir(tmp_path, buf.getvalue(), SIGLIP2_TOKENIZER_CONFIG)
+    theirs, ours = transformers.GemmaTokenizer.from_pretrained(d), sf.GemmaTokenizer.from_pretrained(d)
+    texts = ["a <ctrl> b <user> c", "<ctrl><user>"]
+    ids = theirs(texts)["input_ids"]
+    assert ours(texts)["input_ids"] == ids
+    for skip in (False, True):
+        assert ours.batch_decode(ids, skip_special_tokens=skip) == theirs.batch_decode(ids, skip_special_tokens=skip)
+
+
+# -- the SiglipImageProcessor surface on Siglip2ImageProcessor ------------------------------------------------------
+
+@pytest.mark.parametrize("options", [{}, dict(max_num_patches=64, patch_size=8, do_convert_rgb=True),
+                                     dict(image_mean=[0.1, 0.2, 0.3], image_std=0.25, resample=3)])
+def test_image_processor_dict_and_json_match_transformers(options, tmp_path):
+    ours, theirs = sf.Siglip2ImageProcessor(**options), transformers.Siglip2ImageProcessorPil(**options)
+    assert isinstance(ours, sf.SiglipImageProcessor)
+    mine = ours.to_dict()
+    their = {k: v for k, v in theirs.to_dict().items() if k in mine}
+    assert {k: mine[k] for k in their} == {k: list(v) if isinstance(v, tuple) else v for k, v in their.items()}
+    assert mine["image_processor_type"] == "Siglip2ImageProcessor"
+    again = sf.Siglip2ImageProcessor.from_dict(json.loads(ours.to_json_string()))
+    assert again.to_dict() == mine
+    ours.to_json_file(tmp_path / "preprocessor_config.json")
+    loaded = transformers.Siglip2ImageProcessorPil.from_pretrained(tmp_path)
+    images = _images(2)
+    a, b = loaded(images, return_tensors="pt"), sf.Siglip2ImageProcessor.from_pretrained(tmp_path)(images,
+                                                                                                   return_tensors="pt")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    over = sf.Siglip2ImageProcessor.from_pretrained(tmp_path, max_num_patches=32)
+    assert over.max_num_patches == 32 and over(images, return_tensors="pt")["pixel_values"].shape[1] == 32
+    with pytest.raises(TypeError, match="no size option"):
+        sf.Siglip2ImageProcessor(size={"height": 4, "width": 4})
+
+
+def test_image_processor_uint8_patches_and_grayscale():
+    """return_uint8 (the resized pixels, patchified) and RGB conversion come from SiglipImageProcessor."""
+    images = _images(3)[:3]
+    proc = sf.Siglip2ImageProcessor(max_num_patches=64, patch_size=8)
+    raw = proc(images, return_uint8=True, return_tensors="np")
+    full = proc(images, return_tensors="np")
+    assert raw["pixel_values"].dtype == np.uint8
+    mask = full["pixel_attention_mask"].astype(bool)
+    expected = (raw["pixel_values"].astype(np.float64) / 255).astype(np.float32)
+    assert np.allclose((expected[mask] - 0.5) / 0.5, full["pixel_values"][mask], atol=1e-6)
+    gray = PIL.Image.fromarray(np.asarray(images[0])[..., 0])
+    theirs = transformers.Siglip2ImageProcessorPil(max_num_patches=64, patch_size=8, do_convert_rgb=True)
+    ours = sf.Siglip2ImageProcessor(max_num_patches=64, patch_size=8, do_convert_rgb=True)
+    assert torch.equal(ours(gray, return_tensors="pt")["pixel_values"],
+                       theirs(gray, return_tensors="pt")["pixel_values"])
+
+
+# -- the SiglipProcessor surface on Siglip2Processor; SiglipProcessor on a fixed-resolution SigLIP 2 directory -------
+
+def test_processor_surface_matches_transformers(gemma_model, tmp_path):
+    d = _tokenizer_dir(tmp_path / "tok", gemma_model, SIGLIP2_TOKENIZER_CONFIG)
+    theirs = transformers.Siglip2Processor(image_processor=transformers.Siglip2ImageProcessorPil(),
+                                           tokenizer=transformers.Siglip2Tokenizer.from_pretrained(d))
+    ours = sf.Siglip2Processor(sf.Siglip2ImageProcessor(), sf.Siglip2Tokenizer.from_pretrained(d))
+    assert isinstance(ours, sf.SiglipProcessor)
+    assert ours.model_input_names == theirs.model_input_names
+    a_texts, b_texts = [p[0] for p in PAIRS], [p[1] for p in PAIRS]
+    for kw in [{}, dict(padding=True), dict(max_length=10, return_token_type_ids=True),
+               dict(text_kwargs=dict(padding="longest", truncation=False))]:
+        a = theirs(text=a_texts, text_pair=b_texts, **kw)
+        b = ours(text=a_texts, text_pair=b_texts, **kw)
+        assert dict(b) == dict(a), kw
+    ids = theirs(text=TEXTS)["input_ids"]
+    assert ours.batch_decode(ids, skip_special_tokens=True) == theirs.batch_decode(ids, skip_special_tokens=True)
+    with pytest.raises(TypeError, match="Siglip2Processor got an unexpected option 'colour'"):
+        ours(text=["a"], colour="red")
+    ours.save_pretrained(tmp_path / "saved")
+    loaded = transformers.AutoProcessor.from_pretrained(tmp_path / "saved")
+    assert type(loaded).__name__ == "Siglip2Processor"
+    images = _images()[:2]
+    a, b = loaded(text=TEXTS, images=images, return_tensors="pt"), ours(text=TEXTS, images=images, return_tensors="pt")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    again = sf.Siglip2Processor.from_pretrained(tmp_path / "saved", max_num_patches=64, model_max_length=32)
+    assert again.image_processor.max_num_patches == 64 and again.tokenizer.model_max_length == 32
+    assert "Siglip2Processor(" in repr(again)
+
+
+def _fixed_resolution_dir(path, gemma_model, tokenizer_config):
+    _tokenizer_dir(path, gemma_model, {**tokenizer_config, "processor_class": "SiglipProcessor"})
+    (path / "config.json").write_text(json.dumps({"model_type": "siglip"}))
+    transformers.SiglipImageProcessorPil(size={"height": 20, "width": 20}).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("model_max_length", [64, 1000000000000000019884624838656], ids=["64", "unlimited"])
+def test_siglip_processor_on_fixed_resolution_siglip2_directory(gemma_model, tmp_path, model_max_length):
+    """SiglipProcessor.from_pretrained on a fixed-resolution SigLIP 2 directory (model_type "siglip", Gemma's
+    tokenizer.model, no spiece.model): the Gemma tokenizer and SigLIP's image processor, ids and pixels as
+    transformers' SiglipProcessor / AutoProcessor there. One difference, as for SigLIP: with no padding argument
+    texts are padded to 64 with truncation (transformers pads nothing)."""
+    d = _fixed_resolution_dir(tmp_path, gemma_model, {**SIGLIP2_TOKENIZER_CONFIG, "model_max_length": model_max_length})
+    ours = sf.SiglipProcessor.from_pretrained(d)
+    assert type(ours.tokenizer) is sf.GemmaTokenizer and type(ours.image_processor) is sf.SiglipImageProcessor
+    texts, images = [t.lower() for t in TEXTS], _images()[:3]
+    for hf in (transformers.SiglipProcessor.from_pretrained(d), transformers.AutoProcessor.from_pretrained(d)):
+        assert type(hf).__name__ == "SiglipProcessor" and type(hf.tokenizer).__name__ == "GemmaTokenizer"
+        explicit = dict(padding="max_length", max_length=64, truncation=True)
+        a = hf(text=texts, images=images, return_tensors="pt", **explicit)
+        b = ours(text=texts, images=images, return_tensors="pt")  # the default: 64 tokens, truncated
+        assert set(a) == set(b) and b["input_ids"].shape == (len(texts), 64)
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+        assert ours(text=texts, padding=False)["input_ids"] == hf(text=texts)["input_ids"]
+        assert dict(ours(text=texts, padding=True)) == dict(hf(text=texts, padding=True))
+    assert sf.SiglipProcessor(sf.SiglipImageProcessor(), ours.tokenizer).tokenizer is ours.tokenizer
+    lowered = sf.SiglipProcessor.from_pretrained(d, lowercase=True)
+    assert type(lowered.tokenizer) is sf.Siglip2Tokenizer
+    assert lowered(text=["A Cat"])["input_ids"] == ours(text=["a cat"])["input_ids"]
+    assert type(sf.load_processor(d)) is sf.Siglip2Processor  # the dispatcher's choice for Gemma directories
+    ours.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["processor_config.json", "tokenizer.model",
+                                                                      "tokenizer_config.json"]
+    again = transformers.AutoProcessor.from_pretrained(tmp_path / "saved")
+    assert type(again).__name__ == "SiglipProcessor" and type(again.tokenizer).__name__ == "GemmaTokenizer"
+    assert again(text=texts, **explicit)["input_ids"] == ours(text=texts)["input_ids"]
