@@ -37,6 +37,16 @@ _UNSET = object()
 DEFAULT_TEXT_LENGTH = 64
 
 
+def _route(options: dict, *parts: tuple[str, tuple, dict], what: str) -> None:
+    """Put each option into the dict of the part (name, keys, dict) that has it; TypeError for one none has."""
+    for key, value in options.items():
+        target = next((into for _, keys, into in parts if key in keys), None)
+        if target is None:
+            raise TypeError(f"{what} got an unexpected option {key!r}; " + ", ".join(
+                f"{name} options: {list(keys)}" for name, keys, _ in parts))
+        target[key] = value
+
+
 class SiglipProcessor:
     """`processor(images=..., text=...)` -> BatchFeature with `pixel_values` and/or `input_ids` (+ `attention_mask`
     when the tokenizer's `model_input_names` list it), as transformers' `SiglipProcessor`.
@@ -97,14 +107,8 @@ class SiglipProcessor:
         for key in images_kwargs:
             if key not in image_keys:
                 raise TypeError(f"images_kwargs: unexpected option {key!r}; image options: {list(image_keys)}")
-        for key, value in kwargs.items():
-            if key in _TEXT_KEYS:
-                text_kwargs[key] = value
-            elif key in image_keys:
-                images_kwargs[key] = value
-            else:
-                raise TypeError(f"{type(self).__name__} got an unexpected option {key!r}; text options: "
-                                f"{list(_TEXT_KEYS)}, image options: {list(image_keys)}")
+        _route(kwargs, ("text", _TEXT_KEYS, text_kwargs), ("image", image_keys, images_kwargs),
+               what=type(self).__name__)
         if padding is not _UNSET:
             text_kwargs["padding"] = padding
         for key, value in self.text_defaults.items():
@@ -161,14 +165,8 @@ class SiglipProcessor:
         text_overrides, image_overrides = {}, {}
         image_keys = tuple(dict.fromkeys(k for c in cls.image_processor_classes for k in (*c.config_keys,
                                                                                         "num_workers")))
-        for key, value in overrides.items():
-            if key in _TOKENIZER_INIT_KEYS:
-                text_overrides[key] = value
-            elif key in image_keys:
-                image_overrides[key] = value
-            else:
-                raise TypeError(f"{cls.__name__}.from_pretrained got an unexpected option {key!r}; tokenizer "
-                                f"options: {list(_TOKENIZER_INIT_KEYS)}, image options: {list(image_keys)}")
+        _route(overrides, ("tokenizer", _TOKENIZER_INIT_KEYS, text_overrides), ("image", image_keys, image_overrides),
+               what=f"{cls.__name__}.from_pretrained")
         if lowercase is not None and not isinstance(lowercase, bool):
             raise TypeError(f"lowercase must be a bool or None, got {type(lowercase).__name__}")
         directory = resolve_pretrained_dir(
