@@ -32,7 +32,7 @@ import PIL.ImageOps
 import torch
 
 from .checkpoint import resolve_pretrained_dir
-from .tokenization import BatchEncoding
+from .tokenization import BatchEncoding, _read_json
 
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_FILE = "processor_config.json"
@@ -546,17 +546,6 @@ class SiglipImageProcessor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({json.dumps(self.to_dict(), sort_keys=True)})"
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path!r} is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path!r} must hold a JSON object, got {type(config).__name__}")
-    return config
 
 
 def read_image_processor_config(directory: str) -> dict:

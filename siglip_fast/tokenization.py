@@ -89,6 +89,27 @@ def _to_tensors(data: dict, return_tensors: str | None, *, what: str) -> dict:
     return out
 
 
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path!r} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path!r} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def read_tokenizer_config(directory: str) -> dict:
+    """special_tokens_map.json updated by tokenizer_config.json (the latter wins), {} when neither exists."""
+    config: dict = {}
+    for name in (SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            config.update(_read_json(path))
+    return config
+
+
 def _content_of(token: Any) -> Any:
     """The string of a token (str, {"content": ...} or an AddedToken); anything else is returned as it is."""
     if isinstance(token, dict) and isinstance(token.get("content"), str):
@@ -1073,18 +1094,7 @@ class SiglipTokenizer:
         vocab_file = os.path.join(directory, vocab_name)
         if not os.path.isfile(vocab_file):
             raise FileNotFoundError(f"{cls.__name__}.from_pretrained: no {vocab_name} in {os.fspath(path_or_id)!r}")
-        config: dict = {}
-        for name in (SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE):  # the tokenizer config wins
-            path = os.path.join(directory, name)
-            if os.path.isfile(path):
-                try:
-                    with open(path, encoding="utf-8") as f:
-                        loaded = json.load(f)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise ValueError(f"{path!r} is not valid JSON: {e}") from None
-                if not isinstance(loaded, dict):
-                    raise ValueError(f"{path!r} must hold a JSON object, got {type(loaded).__name__}")
-                config.update(loaded)
+        config = read_tokenizer_config(directory)
         kwargs: dict[str, Any] = {}
         for key in ("eos_token", "unk_token", "pad_token"):
             if key in config:

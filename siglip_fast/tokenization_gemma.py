@@ -22,11 +22,10 @@ says what differs (the model file's name, the text -> ids step, the bos/eos temp
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Iterable, Sequence
 
-from .tokenization import SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, SiglipTokenizer
+from .tokenization import SiglipTokenizer, _read_json, read_tokenizer_config
 
 GEMMA_VOCAB_FILE = "tokenizer.model"
 VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when none is set (Gemma's configs: "unlimited")
@@ -200,23 +199,9 @@ class Siglip2Tokenizer(GemmaTokenizer):
     default_lower_case = True
 
 
-def read_tokenizer_config(directory: str) -> dict:
-    """special_tokens_map.json updated by tokenizer_config.json (the latter wins), {} when neither exists."""
-    config: dict = {}
-    for name in (SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE):
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                config.update(json.load(f))
-    return config
-
-
 def _model_type(directory: str) -> str | None:
     path = os.path.join(directory, "config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get("model_type")
+    return _read_json(path).get("model_type") if os.path.isfile(path) else None
 
 
 def gemma_tokenizer_class(directory: str, lowercase: bool | None = None) -> type[GemmaTokenizer]:
