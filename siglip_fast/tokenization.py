@@ -163,10 +163,13 @@ class SiglipTokenizer:
 
     Extension points for a subclass with another text -> ids algorithm (e.g. SigLIP 2's Gemma tokenizer, also a
     sentencepiece model): class attributes `vocab_files_names` (the model file's name) and `padding_side` /
-    `truncation_side` (defaults); override `_encode_batch(texts, out_type)` (texts -> ids without special tokens, one
-    sentencepiece call per batch), `build_inputs_with_special_tokens` and `get_special_tokens_mask` (the special
-    tokens around one text or a pair; `num_special_tokens_to_add` and `create_token_type_ids_from_sequences` follow),
-    and if needed `canonicalize_text`, `convert_tokens_to_string`, `to_config`. A BOS goes in as a named token:
+    `truncation_side` (defaults), `config_init_keys` (tokenizer_config.json keys passed to __init__); override
+    `_encode_batch(texts, out_type)` (texts -> ids without special tokens, one sentencepiece call per batch;
+    `_split_encode` does the added-token split and the batched call), `build_inputs_with_special_tokens` and
+    `get_special_tokens_mask` (the special tokens around one text or a pair; `num_special_tokens_to_add` and
+    `create_token_type_ids_from_sequences` follow), and if needed `canonicalize_text`, `_token_type_ids`,
+    `_skipped_ids` (what decode(skip_special_tokens=True) drops), `convert_tokens_to_string`, `to_config`.
+    `siglip_fast.tokenization_gemma.GemmaTokenizer` is such a subclass. A BOS goes in as a named token:
     `extra_special_tokens={"bos_token": "<bos>"}` gives `bos_token_id`. `__call__`, `pad`, truncation, padding,
     masks, tensors, files and decoding are generic.
     """
@@ -272,7 +275,7 @@ class SiglipTokenizer:
                 raise TypeError(f"{key} must be a str, got {type(tok).__name__}")
             if tok is not None:
                 self._named[key] = tok
-        extra: list[str] = []
+        extra: dict[str, None] = {}  # ordered, without repeats
         for name, value in (("additional_special_tokens", additional_special_tokens),
                             ("extra_special_tokens", extra_special_tokens)):
             if value is None:
@@ -286,11 +289,10 @@ class SiglipTokenizer:
                 for i, tok in enumerate(value):
                     if not isinstance(_content_of(tok), str):
                         raise TypeError(f"{name}[{i}] must be a str, got {type(tok).__name__}")
-                    if _content_of(tok) not in extra:
-                        extra.append(_content_of(tok))
+                    extra[_content_of(tok)] = None
             else:
                 raise TypeError(f"{name} must be a list of str or a dict {{name: token}}, got {type(value).__name__}")
-        self._extra = extra
+        self._extra = list(extra)
 
         # Added tokens: content -> id, as in transformers' added_tokens_decoder; they are split out of the text
         # before sentencepiece sees it. Ids come from the sentencepiece vocab, or follow it when new.
@@ -380,11 +382,7 @@ class SiglipTokenizer:
 
     @property
     def all_special_tokens(self) -> list[str]:
-        seen: list[str] = []
-        for tok in [*self.special_tokens_map.values(), *self._extra]:
-            if tok not in seen:
-                seen.append(tok)
-        return seen
+        return list(dict.fromkeys([*self.special_tokens_map.values(), *self._extra]))  # (Gemma: thousands)
 
     @property
     def all_special_ids(self) -> list[int]:
