@@ -222,3 +222,32 @@ def test_round_trips_with_added_tokens_and_pickle(checkpoint_dir, hf_processor_c
     theirs.save_pretrained(str(tmp_path / "theirs"))
     _same(SiglipProcessor.from_pretrained(tmp_path / "theirs")(images=images, text=texts, **kwargs), expected)
     _same(pickle.loads(pickle.dumps(ours))(images=images, text=texts, **kwargs), expected)
+
+
+def test_subclass_extension_points(checkpoint_dir, images, tmp_path):
+    """What a SigLIP 2-style processor built on this one sets (tokenizer_class, image_processor_classes,
+    processor_class, text_defaults) and overrides (_tokenizer_class_for); the call, option routing, files and
+    from_pretrained then follow. (Siglip2Processor is such a subclass.)"""
+
+    class Short(SiglipProcessor):
+        processor_class = "ShortProcessor"
+        text_defaults = {"padding": "max_length", "truncation": True, "max_length": 8}
+
+        @classmethod
+        def _tokenizer_class_for(cls, directory, lowercase):
+            return tokenization.SiglipTokenizer
+
+    proc = Short.from_pretrained(checkpoint_dir)
+    out = proc(text=TEXTS, images=images, return_tensors="pt")
+    assert out["input_ids"].shape == (len(TEXTS), 8) and out["pixel_values"].shape == (2, 3, 32, 32)
+    assert all(len(r) == 4 for r in proc(text=TEXTS, max_length=4)["input_ids"])
+    with pytest.raises(TypeError, match="Short got an unexpected option 'colour'"):
+        proc(text=TEXTS, colour="red")
+    with pytest.raises(TypeError, match="Short.from_pretrained got an unexpected option"):
+        Short.from_pretrained(checkpoint_dir, colour="red")
+    proc.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["processor_class"] == "ShortProcessor"
+    assert "Short(" in repr(Short.from_pretrained(tmp_path))
+    with pytest.raises(ValueError, match="lowercase= picks a Gemma tokenizer"):
+        SiglipProcessor.from_pretrained(checkpoint_dir, lowercase=True)
