@@ -1104,7 +1104,7 @@ class SiglipTokenizer:
         if isinstance(extra, dict):  # named model-specific tokens
             named.update({k: _token_content(v) for k, v in extra.items()})
             extra = []
-        if extra or "additional_special_tokens" in config or "extra_special_tokens" in config:
+        if extra or "additional_special_tokens" in config or isinstance(config.get("extra_special_tokens"), list):
             kwargs["additional_special_tokens"] = [_token_content(t) for t in extra]
         if named:
             kwargs["extra_special_tokens"] = named

@@ -87,17 +87,19 @@ class GemmaTokenizer(SiglipTokenizer):
             named.update(extra_special_tokens)
         elif extra_special_tokens is not None:
             additional_special_tokens = [*(additional_special_tokens or []), *extra_special_tokens]
-        proto = model_proto
-        if proto is None and isinstance(vocab_file, (str, os.PathLike)) and os.path.isfile(vocab_file):
-            with open(vocab_file, "rb") as f:
-                proto = f.read()
         decoder: dict = {}
-        if isinstance(proto, (bytes, bytearray)) and proto:
-            try:
-                decoder.update(_proto_added_tokens(bytes(proto)))
-            except Exception:  # noqa: BLE001 - not a proto: SiglipTokenizer says so, with the details
-                pass
-        if additional_special_tokens is None:  # transformers: the proto's control and user-defined pieces, by id
+        if additional_special_tokens is None:
+            # transformers' default extra special tokens: the proto's control and user-defined pieces (added tokens,
+            # special for control ones); a config that lists its own leaves the other pieces to the model
+            proto = model_proto
+            if proto is None and isinstance(vocab_file, (str, os.PathLike)) and os.path.isfile(vocab_file):
+                with open(vocab_file, "rb") as f:
+                    proto = f.read()
+            if isinstance(proto, (bytes, bytearray)) and proto:
+                try:
+                    decoder.update(_proto_added_tokens(bytes(proto)))
+                except Exception:  # noqa: BLE001 - not a proto: SiglipTokenizer says so, with the details
+                    pass
             additional_special_tokens = [t["content"] for _, t in sorted(decoder.items())]
         if isinstance(added_tokens_decoder, dict):
             decoder.update(added_tokens_decoder)  # the config's entries last: they win

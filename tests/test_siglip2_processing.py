@@ -506,3 +506,28 @@ def test_siglip_processor_on_fixed_resolution_siglip2_directory(gemma_model, tmp
     again = transformers.AutoProcessor.from_pretrained(tmp_path / "saved")
     assert type(again).__name__ == "SiglipProcessor" and type(again.tokenizer).__name__ == "GemmaTokenizer"
     assert again(text=texts, **explicit)["input_ids"] == ours(text=texts)["input_ids"]
+
+
+@pytest.mark.parametrize("extra", [{}, {"extra_special_tokens": {}}, {"additional_special_tokens": ["<start_of_turn>"]},
+                                   {"additional_special_tokens": []}, {"extra_special_tokens": ["<mask>"]},
+                                   {"added_tokens_decoder": {"5": {"content": "<start_of_turn>", "special": True}}}],
+                         ids=["none", "empty_dict", "listed", "empty_list", "extra_list", "decoder"])
+def test_tokenizer_extra_special_tokens_from_the_config_as_transformers(gemma_model, tmp_path, extra):
+    """Without a list of extra special tokens in the config transformers takes the proto's control and user-defined
+    pieces (added tokens; special: the control ones); with one, the others are not added tokens.
+
+    Known difference: such a left-out user-defined piece is spelled out byte by byte by transformers' BPE, while
+    sentencepiece always matches a user-defined piece (SigLIP 2's configs list every piece in added_tokens_decoder,
+    so they are added tokens in both)."""
+    d = _tokenizer_dir(tmp_path, gemma_model, {**SIGLIP2_TOKENIZER_CONFIG, **extra})
+    theirs, ours = transformers.GemmaTokenizer.from_pretrained(d), sf.GemmaTokenizer.from_pretrained(d)
+    assert ours.extra_special_tokens == theirs.extra_special_tokens
+    assert ours.all_special_tokens == theirs.all_special_tokens
+    texts = ["a <start_of_turn> <mask> b", "x<start_of_turn>y", "<bos>z<eos>"]
+    if "<start_of_turn>" not in theirs.get_added_vocab():  # the known difference
+        assert ours("<start_of_turn>")["input_ids"] != theirs("<start_of_turn>")["input_ids"]
+        texts = ["a <mask> b", "<bos>z<eos>", "<mask><mask>"]
+    ids = theirs(texts)["input_ids"]
+    assert ours(texts)["input_ids"] == ids
+    for skip in (False, True):
+        assert ours.batch_decode(ids, skip_special_tokens=skip) == theirs.batch_decode(ids, skip_special_tokens=skip)
