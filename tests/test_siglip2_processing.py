@@ -517,8 +517,8 @@ def test_tokenizer_extra_special_tokens_from_the_config_as_transformers(gemma_mo
     pieces (added tokens; special: the control ones); with one, the others are not added tokens.
 
     Known difference: such a left-out user-defined piece is spelled out byte by byte by transformers' BPE, while
-    sentencepiece always matches a user-defined piece (SigLIP 2's configs list every piece in added_tokens_decoder,
-    so they are added tokens in both)."""
+    sentencepiece always matches a user-defined piece (a config whose added_tokens_decoder lists the piece makes it an
+    added token in both)."""
     d = _tokenizer_dir(tmp_path, gemma_model, {**SIGLIP2_TOKENIZER_CONFIG, **extra})
     theirs, ours = transformers.GemmaTokenizer.from_pretrained(d), sf.GemmaTokenizer.from_pretrained(d)
     assert ours.extra_special_tokens == theirs.extra_special_tokens
