@@ -114,8 +114,10 @@ class GemmaTokenizer(SiglipTokenizer):
     # -- text -> ids ------------------------------------------------------------------------------------------
 
     def canonicalize_text(self, text: str) -> str:
-        # tokenizers' Lowercase maps each character on its own (no final-sigma rule, unlike str.lower())
-        return "".join(c.lower() for c in text) if self.do_lower_case else text
+        # tokenizers' Lowercase maps each character on its own: str.lower() but for its final-sigma rule
+        if not self.do_lower_case:
+            return text
+        return text.lower() if "\u03a3" not in text else "".join(c.lower() for c in text)
 
     def _encode_batch(self, texts: Sequence[str], out_type: type = int) -> list[list]:
         """Ids (or pieces) of each text without bos/eos; every chunk of the batch in one sentencepiece call."""
@@ -133,9 +135,10 @@ class GemmaTokenizer(SiglipTokenizer):
 
     def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None):
         """`[<bos>] X [<eos>]` and `[<bos>] A [<eos>] [<bos>] B [<eos>]` (add_bos_token / add_eos_token)."""
-        parts = {"bos": [self.bos_token_id], "eos": [self.eos_token_id], "A": list(token_ids_0),
-                 "B": list(token_ids_1 or [])}
-        return [i for part, _ in self._template(0, token_ids_1 is not None) for i in parts[part]]
+        bos = [self.bos_token_id] if self.add_bos_token and self.bos_token is not None else []
+        eos = [self.eos_token_id] if self.add_eos_token else []
+        out = [*bos, *token_ids_0, *eos]
+        return out if token_ids_1 is None else [*out, *bos, *token_ids_1, *eos]
 
     def get_special_tokens_mask(self, token_ids_0: list[int], token_ids_1: list[int] | None = None,
                                 already_has_special_tokens: bool = False) -> list[int]:
