@@ -76,10 +76,11 @@ class Siglip2ImageProcessor(SiglipImageProcessor):
     image_processor_type = "Siglip2ImageProcessor"
     config_name = "SigLIP 2 (NaFlex) image processor config"
 
-    def __init__(self, resample: int = 2, do_convert_rgb: bool | None = None, patch_size: int = 16,
+    def __init__(self, *, resample: int = 2, do_convert_rgb: bool | None = None, patch_size: int = 16,
                  max_num_patches: int = 256, **kwargs: Any):
-        """As `SiglipImageProcessor` (do_resize, do_rescale, rescale_factor, do_normalize, image_mean, image_std,
-        num_workers), without `size` (NaFlex sizes each image itself), with `patch_size` and `max_num_patches`."""
+        """Keyword options as `SiglipImageProcessor`'s (do_resize, do_rescale, rescale_factor, do_normalize,
+        image_mean, image_std, num_workers), without `size` (NaFlex sizes each image itself), with `patch_size`
+        and `max_num_patches`."""
         if "size" in kwargs:
             raise TypeError("Siglip2ImageProcessor has no size option: each image is resized to at most "
                             "max_num_patches patches of patch_size pixels")
