@@ -387,21 +387,30 @@ def run_jobs(jobs: list[tuple[str, str]], arch: int, kernels: set | None) -> dic
                                "compiled instead of the GPU launchers' own")
         module._CPU_OK = True  # only the device check of the launchers: CPU tensors pass
     os.environ["TRITON_INTERPRET"] = "1"  # siglip_fast.ops' call-time check; the kernels stay compiled JIT functions
-    timings = {}
+    timings, cpu = {}, {}
     for target, dt in jobs:
         state.label = (target, dt)
         t0 = time.perf_counter()
+        c0 = _cpu_seconds()
         try:
             _run_target(target, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dt])
         except Exception as e:  # noqa: BLE001
             state.errors.append(f"{target}/{dt}: {type(e).__name__}: {e}")
         timings[f"{target}/{dt}"] = round(time.perf_counter() - t0, 1)
+        cpu[f"{target}/{dt}"] = round(_cpu_seconds() - c0, 1)
     return {
         "triton": triton.__version__, "torch": torch.__version__, "arch": arch,
         "variants": list(state.seen.values()),
         "autotune": state.autotune,
-        "errors": state.errors, "job_seconds": timings, "compile_seconds": dict(state.compile_s),
+        "errors": state.errors, "job_seconds": timings, "job_cpu_seconds": cpu,
+        "compile_seconds": dict(state.compile_s), "process_cpu_seconds": round(_cpu_seconds(), 1),
     }
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (ptxas, cuobjdump): the cost on an idle machine."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def selftest(arch: int) -> dict:
@@ -439,6 +448,8 @@ def _merge(parts: list[dict]) -> dict:
     out["variants"] = [v for p in parts for v in p["variants"]]
     out["errors"] = [e for p in parts for e in p["errors"]]
     out["job_seconds"] = {k: v for p in parts for k, v in p["job_seconds"].items()}
+    out["job_cpu_seconds"] = {k: v for p in parts for k, v in p["job_cpu_seconds"].items()}
+    out["process_cpu_seconds"] = [p["process_cpu_seconds"] for p in parts]
     out["compile_seconds"] = collections.Counter()
     for p in parts:
         out["compile_seconds"].update(p["compile_seconds"])
@@ -576,7 +587,9 @@ def format_report(result: dict, fails: dict[str, list[str]]) -> str:
     for k in sorted(counts):
         detail = ", ".join(f"{lab} {n}" for lab, n in sorted(per_target[k].items()))
         lines.append(f"  {k:<24}{counts[k]:>4}  ({result['compile_seconds'].get(k, 0.0):6.1f} s)  {detail}")
-    lines.append("per job, seconds: " + ", ".join(f"{k} {v}" for k, v in result["job_seconds"].items()))
+    lines.append("per job, wall seconds: " + ", ".join(f"{k} {v}" for k, v in result["job_seconds"].items()))
+    lines.append("per job, CPU seconds: " + ", ".join(f"{k} {v}" for k, v in result["job_cpu_seconds"].items())
+                 + f"; per process (with imports): {result['process_cpu_seconds']}")
     lines.append("")
     names = {"compile": "every variant compiles",
              "a_no_scalar_16bit": "(a) no scalar 16-bit global loads/stores in bf16/fp16 variants",
