@@ -238,7 +238,8 @@ def _install(arch: int, state: _State) -> None:
             return kernel
         if h not in state.hashes:
             state.hashes[h] = read_cubin(kernel.asm["cubin"])
-            state.compile_s[name] += _cpu_seconds() - c0
+            state.hashes[h]["cpu_s"] = round(_cpu_seconds() - c0, 2)  # compile (or cache read) + SASS read
+            state.compile_s[name] += state.hashes[h]["cpu_s"]
         state.seen[ident] = dict(
             kernel=name, target=state.label[0], dtype=state.label[1], key=dict(key), spec=_specialization(self, a),
             config=state.config, shared=int(meta.shared), hash=h, num_warps=int(meta.num_warps),
@@ -448,8 +449,11 @@ def _merge(parts: list[dict]) -> dict:
     out["variants"] = [v for p in parts for v in p["variants"]]
     out["errors"] = [e for p in parts for e in p["errors"]]
     out["job_seconds"] = {k: v for p in parts for k, v in p["job_seconds"].items()}
-    out["job_cpu_seconds"] = {k: v for p in parts for k, v in p["job_cpu_seconds"].items()}
-    out["process_cpu_seconds"] = [p["process_cpu_seconds"] for p in parts]
+    out["job_cpu_seconds"] = {k: v for p in parts for k, v in p.get("job_cpu_seconds", {}).items()}
+    out["process_cpu_seconds"] = []
+    for p in parts:
+        pcs = p.get("process_cpu_seconds", [])
+        out["process_cpu_seconds"] += pcs if isinstance(pcs, list) else [pcs]
     out["compile_seconds"] = collections.Counter()
     for p in parts:
         out["compile_seconds"].update(p["compile_seconds"])
@@ -634,6 +638,9 @@ def main(argv=None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when an invariant fails, not only on errors")
     parser.add_argument("--selftest", action="store_true",
                         help="compile only a probe kernel with 16-byte aligned and unaligned rows; print its JSON")
+    parser.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                        help="compile nothing: merge the JSON of earlier runs (e.g. one per target, or from another "
+                             "machine) and print their report and invariants")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: JSON job list -> JSON on stdout
     args = parser.parse_args(argv)
     if args.arch not in SHARED_LIMIT:
@@ -655,6 +662,17 @@ def main(argv=None) -> int:
     fp16 = set(TARGETS) if args.fp16 == "all" else set() if args.fp16 == "none" else set(args.fp16.split(","))
     jobs = [(t, d) for t in targets for d in args.dtypes.split(",")]
     jobs += [(t, "fp16") for t in targets if t in fp16 and (t, "fp16") not in jobs]
+
+    if args.report:
+        parts = []
+        for path in args.report:
+            with open(path) as f:
+                parts.append(json.load(f))
+        result = _merge(parts)
+        result["wall_seconds"] = sum(p.get("wall_seconds", 0) for p in parts)
+        result["jobs"] = [j for p in parts for j in p.get("jobs", [])]
+        result["kernels"] = None
+        return _finish(result, args)
 
     t0 = time.perf_counter()
     groups = _split(jobs, max(1, args.jobs))
@@ -679,15 +697,20 @@ def main(argv=None) -> int:
         return 2
     result = _merge(parts)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    result["processes"] = len(groups)
     result["jobs"] = jobs
     result["kernels"] = sorted(kernels) if kernels else None
+    return _finish(result, args, failed)
+
+
+def _finish(result: dict, args, failed: bool = False) -> int:
     fails = check_invariants(result)
     result["invariants"] = fails
     text = format_report(result, fails)
     if args.quiet:
         text = text[text.index("per kernel:"):]
     print(text)
-    print(f"wall time {result['wall_seconds']} s with {len(groups)} process(es)")
+    print(f"wall time {result['wall_seconds']} s with {result.get('processes', '?')} process(es)")
     if args.json == "-":
         print(json.dumps(result))
     elif args.json:
