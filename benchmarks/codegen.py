@@ -1,7 +1,9 @@
 """Hopper code-generation report and gate: compile every Triton kernel variant siglip_fast launches, without a GPU.
 
     python -m benchmarks.codegen [--arch 90] [--targets b16,so400m,text,loss] [--fp16 so400m|all|none]
-                                 [--kernels attention_fwd,...] [--jobs 2] [--json PATH] [--quiet]
+                                 [--kernels attention_fwd,...] [--jobs 2] [--json PATH] [--quiet] [--strict]
+    python -m benchmarks.codegen --report A.json [B.json ...]   # merge and re-report saved runs, compile nothing
+    python -m benchmarks.codegen --selftest                      # the probe kernel: aligned vs unaligned rows
 
 GPU time is scarce, so what the kernels compile to on the H100/H200 is read here, on CPU: every variant is compiled
 for sm_90 with the installed triton (its ptxas), and its cubin is read with the `cuobjdump` triton ships. Per variant
