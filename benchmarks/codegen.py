@@ -511,7 +511,7 @@ def config_of(v: dict) -> str:
     key = {k: val for k, val in v["key"].items() if k not in skip}
     abbrev = {"num_warps": "w", "num_stages": "s", "BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K", "BLOCK_D": "D",
               "BLOCK_D0": "D0", "BLOCK_D1": "D1", "GROUP_M": "G"}
-    parts = [f"{name}=1" for name in v.get("spec", {}).get("one", [])]
+    parts = [f"{name}=1" for name in v.get("spec", {}).get("one", []) if not name.startswith("stride")]
     for k, val in sorted(key.items(), key=lambda kv: (kv[0] not in abbrev, kv[0])):
         if isinstance(val, bool):
             if val:
@@ -562,7 +562,7 @@ def format_report(result: dict, fails: dict[str, list[str]]) -> str:
     limit = SHARED_LIMIT[result["arch"]]
     lines = [f"triton {result['triton']}, torch {result['torch']}, target sm_{result['arch']}, "
              f"{len(result['variants'])} variants (shared limit {limit / 1024:.0f} KiB)", ""]
-    head = (f"{'kernel':<22} {'target':<7} {'dt':<4} {'config':<46} {'reg':>3} {'spill':>7} {'smem':>6} "
+    head = (f"{'kernel':<22} {'target':<7} {'dt':<4} {'config':<62} {'reg':>3} {'spill':>7} {'smem':>6} "
             f"{'HGMMA':>5} {'HMMA':>4} {'cp16B':>5} {'cp<16':>5} {'TMA':>3} {'LDG16':>5} {'STG16':>5}  flags")
     lines += [head, "-" * len(head)]
     order = {t: i for i, t in enumerate(TARGETS)}
@@ -578,7 +578,7 @@ def format_report(result: dict, fails: dict[str, list[str]]) -> str:
         if spills(v):
             flags.append("spills")
         lines.append(
-            f"{v['kernel']:<22} {v['target']:<7} {v['dtype']:<4} {config_of(v)[:46]:<46} {v['regs']:>3} "
+            f"{v['kernel']:<22} {v['target']:<7} {v['dtype']:<4} {config_of(v)[:62]:<62} {v['regs']:>3} "
             f"{v['stl']:>3}/{v['ldl']:<3} {v['shared'] / 1024:>5.1f}K {v['hgmma']:>5} {v['hmma']:>4} "
             f"{v['ldgsts128']:>5} {v['ldgsts_narrow']:>5} {v['utmaldg']:>3} {v['ldg16']:>5} {v['stg16']:>5}  "
             f"{','.join(flags)}")
