@@ -31,9 +31,11 @@ M and N: 64 when <= 64, else 128; the loss slabs rows on N and the dtype). To ke
 reduce the batch at all: it runs the real batch (512, 128, 1024 x 64 tokens, N = 32768) under a torch dispatch mode
 that replaces every torch computation on a large tensor by an uninitialised tensor of the right shape and strides
 (values are garbage anyway: kernels are compiled, never launched), so the CPU never does the GEMMs of the real
-batch. What remains device- rather than batch-dependent: launchers that size their grid from the SM count on CUDA
-(layer_norm backward's rows per program, patch_embed's dW split) take their CPU branch here, which only changes a
-runtime integer (at most its divisible-by-16 specialisation, never a constexpr).
+batch, and any future batch-dependent key (say a batch x heads bucket) is compiled as the GPU would see it. What
+remains device- rather than batch-dependent: launchers that size their grid from the SM count on CUDA (layer_norm
+backward's rows per program, patch_embed's dW split) take their CPU branch here, which only changes a runtime integer
+(at most its divisible-by-16 specialisation, never a constexpr); and linear's gemm="auto" times the Triton GEMM
+against torch's on CUDA, while here the Triton candidate is always compiled (the one autotuning would launch).
 
 fp16 (`--fp16`, default `so400m`): bf16 and fp16 take the same launch choices (the launchers branch only on
 fp32 vs not) and the same instructions (HGMMA/HMMA .BF16 vs .F16, same widths and alignment), so fp16 is compiled at
