@@ -1,12 +1,16 @@
 """The backend switch: the one place where every fusable op of the model picks its implementation.
 
 Backends:
-- ``"auto"``: the Triton kernels for CUDA tensors, the eager reference otherwise.
+- ``"auto"``: the Triton kernels for CUDA tensors; on CPU the fastest PyTorch path, which is the ``"sdpa"`` one
+  (measured against transformers' default sdpa in benchmarks/test_bench_cpu_default.py).
 - ``"triton"``: the Triton kernels always; on CPU only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
   triton is imported), otherwise a clear error.
 - ``"eager"``: the pure PyTorch reference of each op (exactly what transformers computes).
 - ``"sdpa"``: eager, with PyTorch's ``scaled_dot_product_attention`` for attention (a comparison baseline, like
   transformers' default).
+
+Whatever the backend, a config transformers runs runs here: where a kernel cannot take a shape (attention head
+dims above 128) the call falls back to PyTorch SDPA and says why, once per reason (``warnings.warn``).
 
 The model calls only the functions below; each kernel module owns both its kernel and its ``*_reference``.
 """
@@ -14,11 +18,20 @@ The model calls only the functions below; each kernel module owns both its kerne
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 BACKENDS = ("auto", "triton", "eager", "sdpa")
+MAX_TRITON_HEAD_DIM = 128  # the largest head dim the Triton attention kernel takes
+_WARNED: set[str] = set()
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(reason, stacklevel=3)
 
 
 def check_backend(backend: str) -> str:
@@ -39,7 +52,7 @@ def resolve(backend: str, tensor: torch.Tensor) -> str:
     """The implementation a call takes: 'triton', 'eager' or 'sdpa'."""
     check_backend(backend)
     if backend == "auto":
-        return "triton" if tensor.is_cuda and _triton_importable() else "eager"
+        return "triton" if tensor.is_cuda and _triton_importable() else "sdpa"
     if backend == "triton":
         if not _triton_importable():
             raise ValueError("backend='triton' needs the triton package (Linux); install it or use backend='eager'")
@@ -52,17 +65,69 @@ def resolve(backend: str, tensor: torch.Tensor) -> str:
     return backend
 
 
+def attention_implementation(backend: str, device: torch.device | str) -> str:
+    """The `config._attn_implementation` a model on `device` reports: "eager", "sdpa" (transformers' own names, for
+    the paths that compute what theirs compute) or "siglip_fast_triton" (the fused kernels; a name no transformers
+    code path special-cases, as for any attention function registered outside transformers)."""
+    impl = check_backend(backend)
+    if impl == "auto":
+        impl = "triton" if torch.device(device).type == "cuda" and _triton_importable() else "sdpa"
+    return "siglip_fast_triton" if impl == "triton" else impl
+
+
+def check_attention_mask(attention_mask, batch: int, keys: int, device: torch.device, name: str = "attention_mask"):
+    """The one mask rule of every backend → a bool (B, Nk) mask (True = attend), or None when nothing is masked.
+
+    Accepted: bool, or integer/float holding only 0 and 1 (1 = attend: transformers' 2-D padding convention).
+    Anything else, e.g. an additive float mask (0 / -inf), is a ValueError: read as 0/1 it would silently invert.
+    The values of a non-bool mask and "is anything masked" are read with one host sync; while torch.compile traces
+    the check is a device-side assert instead (no sync, no graph break) and the mask is always kept.
+    """
+    m = attention_mask
+    if not isinstance(m, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(m).__name__}")
+    if tuple(m.shape) != (batch, keys):
+        raise ValueError(f"{name} must have shape (batch, sequence length) = {(batch, keys)}, got {tuple(m.shape)}")
+    if m.dtype.is_complex:
+        raise TypeError(f"{name} must be bool, integer or float (1 = attend, 0 = masked), got {m.dtype}")
+    if m.device != torch.device(device):
+        raise ValueError(f"{name} must be on the model's device {device}, got a tensor on {m.device}")
+    keep = m if m.dtype == torch.bool else m != 0
+    if m.device.type == "meta":
+        return keep
+    msg = (f"{name} must hold only 0 (masked) and 1 (attend), transformers' 2-D padding convention; an additive "
+           f"mask (0 / -inf or finfo.min) is not accepted: pass (mask == 0) for one")
+    if torch.compiler.is_compiling():
+        if m.dtype != torch.bool:
+            torch._assert_async(((m == 0) | (m == 1)).all(), msg)
+        return keep
+    if m.dtype == torch.bool:
+        return None if bool(m.all()) else m
+    binary, everything = torch.stack([((m == 0) | (m == 1)).all(), (m == 1).all()]).tolist()  # one sync
+    if not binary:
+        bad = m[(m != 0) & (m != 1)][0].item()
+        raise ValueError(f"{msg} (got the value {bad} in a {m.dtype} mask)")
+    return None if everything else keep
+
+
 def attention(q, k, v, attention_mask=None, *, scale: float, backend: str, dropout_p: float = 0.0,
               need_probs: bool = False):
     """q (B, Nq, H, d), k/v (B, Nk, H, d), attention_mask (B, Nk) True = attend → ((B, Nq, H, d), probs or None).
 
+    A non-bool mask goes through `check_attention_mask` (the model passes bool masks it already checked).
     Returning the probabilities (``output_attentions``) or applying attention dropout needs the N×N matrix, so those
-    calls take the eager reference whatever the backend.
+    calls take the eager reference whatever the backend. Head dims above 128 take SDPA on the Triton backend.
     """
     from .kernels.attention import attention as attention_kernel
     from .kernels.attention import attention_reference
 
     impl = resolve(backend, q)
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        attention_mask = check_attention_mask(attention_mask, k.shape[0], k.shape[1], k.device)
+    if impl == "triton" and q.shape[-1] > MAX_TRITON_HEAD_DIM:
+        _warn_once(f"siglip_fast: the Triton attention kernel takes head dims up to {MAX_TRITON_HEAD_DIM}; head dim "
+                   f"{q.shape[-1]} runs through PyTorch SDPA instead (the other fused ops still run)")
+        impl = "sdpa"
     if need_probs or dropout_p > 0.0:
         return attention_reference(q, k, v, attention_mask=attention_mask, scale=scale, dropout_p=dropout_p,
                                    return_probs=True)
