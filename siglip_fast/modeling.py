@@ -104,8 +104,12 @@ class SiglipAttention(nn.Module):
 
 # hidden_act → the activation after fc1 (transformers' ACT2FN names); None = the tanh GELU fused into fc1's GEMM
 # (gelu_new is transformers' hand-written formula of the same function, equal to ~1e-7).
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
 _ACTIVATIONS = {"gelu_pytorch_tanh": None, "gelu_tanh": None, "gelu_new": None, "gelu": F.gelu, "relu": F.relu,
-                "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x), "silu": F.silu, "swish": F.silu}
+                "quick_gelu": _quick_gelu, "silu": F.silu, "swish": F.silu}
 
 
 class SiglipMLP(nn.Module):
@@ -236,6 +240,7 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
         self.config = config
         self.backend = ops.check_backend(backend)
         self._sync_attn_implementation()
+        self.register_load_state_dict_post_hook(_after_load)  # from_pretrained assigns weights on their device
 
     def set_backend(self, backend: str):
         """Switch every fusable op between 'auto', 'triton', 'eager' and 'sdpa' (see siglip_fast.ops)."""
@@ -321,15 +326,17 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
         for module in self.modules():
             if isinstance(module, SiglipEncoder):
                 module.gradient_checkpointing, module._gradient_checkpointing_func = True, func
+        return self
 
     def gradient_checkpointing_disable(self):
         for module in self.modules():
             if isinstance(module, SiglipEncoder):
                 module.gradient_checkpointing = False
+        return self
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None):
         """transformers v5.24's name for gradient_checkpointing_enable."""
-        self.gradient_checkpointing_enable(activation_checkpointing_kwargs)
+        return self.gradient_checkpointing_enable(activation_checkpointing_kwargs)
 
     activation_checkpointing_disable = gradient_checkpointing_disable
 
@@ -392,6 +399,10 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
             nn.init.normal_(self.classifier.weight, std=self.config.vision_config.hidden_size**-0.5 * factor)
             nn.init.zeros_(self.classifier.bias)
         return self
+
+
+def _after_load(module: SiglipPreTrainedModel, incompatible_keys) -> None:
+    module._sync_attn_implementation()
 
 
 def _fan_in(weight: torch.Tensor) -> int:

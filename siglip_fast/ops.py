@@ -178,9 +178,14 @@ def linear(x, weight, bias=None, *, backend: str, activation: str | None = None,
     from .kernels.linear import linear as linear_kernel
     from .kernels.linear import linear_reference
 
-    fused = resolve(backend, x) == "triton" and (activation is not None or residual is not None)
-    fn = linear_kernel if fused else linear_reference
-    return fn(x, weight, bias, activation=activation, residual=residual)
+    impl = resolve(backend, x)
+    if impl == "triton" and (activation is not None or residual is not None):
+        return linear_kernel(x, weight, bias, activation=activation, residual=residual)
+    if impl == "sdpa" and activation == "gelu_tanh" and residual is None and not torch.is_grad_enabled():
+        # inference on the PyTorch path: the GELU overwrites the GEMM output (the same values as the reference,
+        # without allocating and writing a second (tokens, intermediate) tensor; autograd would need the input)
+        return torch.ops.aten.gelu_(F.linear(x, weight, bias), approximate="tanh")
+    return linear_reference(x, weight, bias, activation=activation, residual=residual)
 
 
 def sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, *, backend: str):

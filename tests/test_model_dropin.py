@@ -159,6 +159,19 @@ def test_attn_implementation_names_the_backend():
     assert "_attn_implementation" not in model.config.to_dict()
 
 
+def test_attn_implementation_follows_from_pretrained_and_to(tmp_path, monkeypatch):
+    """"auto" names what runs on the model's device: after from_pretrained (weights assigned to their device) and
+    after .to() (meta stands in for another device here: only CUDA changes the name, so CUDA is faked)."""
+    ours, _ = _pair("SiglipModel", tmp_path)
+    model = sf.SiglipModel.from_pretrained(tmp_path, backend="auto")
+    assert model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(ops, "attention_implementation", lambda backend, device: f"{backend}@{torch.device(device)}")
+    model.to("meta")
+    assert model.config._attn_implementation == "auto@meta" == model.config.text_config._attn_implementation
+    model = sf.SiglipModel.from_pretrained(tmp_path, backend="auto")
+    assert model.config._attn_implementation == "auto@cpu"
+
+
 def test_meta_build_to_empty_init_weights():
     """The FSDP / accelerate path: build on meta, materialise with to_empty, initialise: every buffer is rebuilt."""
     text, vision = TINY_CONFIGS["base"]
