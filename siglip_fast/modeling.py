@@ -143,10 +143,10 @@ class SiglipEncoderLayer(nn.Module):
         (h, next_norm(h), probs), next_norm being the next layer's layer_norm1 or the tower's final norm."""
         a, probs = self.self_attn(x, attention_mask, backend, need_probs)
         x, h = ops.layer_norm(a, self.layer_norm2.weight, self.layer_norm2.bias, self.eps, backend=backend,
-                              residual=h)  # h = h + a; x = LN2(h)
+                              residual=h, x_is_scratch=True)  # h = h + a; x = LN2(h)
         m = self.mlp(x, None, backend)
         x, h = ops.layer_norm(m, next_norm.weight, next_norm.bias, next_norm.eps, backend=backend,
-                              residual=h)  # h = h + m; x = next_norm(h)
+                              residual=h, x_is_scratch=True)  # h = h + m; x = next_norm(h)
         return h, x, probs
 
 

@@ -1,7 +1,8 @@
 """The backend switch: the one place where every fusable op of the model picks its implementation.
 
 Backends:
-- ``"auto"``: the Triton kernels for CUDA tensors; on CPU the fastest PyTorch path, which is the ``"sdpa"`` one
+- ``"auto"``: the Triton kernels for CUDA tensors (fp32, bf16, fp16); on CPU (and for other dtypes) the fastest
+  PyTorch path, which is the ``"sdpa"`` one
   (measured against transformers' default sdpa in benchmarks/test_bench_cpu_default.py).
 - ``"triton"``: the Triton kernels always; on CPU only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
   triton is imported), otherwise a clear error.
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 BACKENDS = ("auto", "triton", "eager", "sdpa")
 MAX_TRITON_HEAD_DIM = 128  # the largest head dim the Triton attention kernel takes
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _WARNED: set[str] = set()
 
 
@@ -51,8 +53,9 @@ def _triton_importable() -> bool:
 def resolve(backend: str, tensor: torch.Tensor) -> str:
     """The implementation a call takes: 'triton', 'eager' or 'sdpa'."""
     check_backend(backend)
-    if backend == "auto":
-        return "triton" if tensor.is_cuda and _triton_importable() else "sdpa"
+    if backend == "auto":  # the kernels take fp32/bf16/fp16; anything else (e.g. a float64 model) runs on PyTorch
+        kernel_ok = tensor.is_cuda and tensor.dtype in _KERNEL_DTYPES and _triton_importable()
+        return "triton" if kernel_ok else "sdpa"
     if backend == "triton":
         if not _triton_importable():
             raise ValueError("backend='triton' needs the triton package (Linux); install it or use backend='eager'")
@@ -153,13 +156,22 @@ def patch_embed(pixel_values, weight, bias, position_embedding, patch_size: int,
     return fn(pixel_values, weight, bias, position_embedding, patch_size)
 
 
-def layer_norm(x, weight, bias, eps: float, *, backend: str, residual=None):
-    """LayerNorm over the last dim; with ``residual`` returns (LN(x + residual), x + residual)."""
+def layer_norm(x, weight, bias, eps: float, *, backend: str, residual=None, x_is_scratch: bool = False):
+    """LayerNorm over the last dim; with ``residual`` returns (LN(x + residual), x + residual).
+
+    ``x_is_scratch``: the caller no longer needs x (a fresh GEMM output in the model), so in inference on the sdpa
+    path the sum is written over it: the same values, one (tokens, D) tensor less to allocate and write.
+    """
     from .kernels.layer_norm import layer_norm as layer_norm_kernel
     from .kernels.layer_norm import layer_norm_reference
 
-    fn = layer_norm_kernel if resolve(backend, x) == "triton" else layer_norm_reference
-    return fn(x, weight, bias, eps, residual=residual)
+    impl = resolve(backend, x)
+    if impl == "triton":
+        return layer_norm_kernel(x, weight, bias, eps, residual=residual)
+    if impl == "sdpa" and residual is not None and x_is_scratch and not torch.is_grad_enabled():
+        h = x.add_(residual)
+        return F.layer_norm(h, (h.shape[-1],), weight, bias, eps), h
+    return layer_norm_reference(x, weight, bias, eps, residual=residual)
 
 
 def linear(x, weight, bias=None, *, backend: str, activation: str | None = None, residual=None):

@@ -136,3 +136,14 @@ def test_head_dim_above_the_kernel_limit_falls_back(monkeypatch):
             assert (out - ref).abs().max().item() <= 1e-4
             reasons = [str(w.message) for w in caught if "head dim 136" in str(w.message)]
             assert len(reasons) == (1 if backend == "triton" else 0), reasons
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="what auto picks on CUDA needs CUDA")
+def test_auto_on_cuda_runs_what_the_kernels_do_not_take():
+    """A float64 model on CUDA: the kernels take fp32/bf16/fp16, so auto runs it on PyTorch instead of failing."""
+    model = _model("eager").double().cuda()
+    ids, pixels = _ids().cuda(), torch.randn(3, 3, 16, 16, dtype=torch.float64, device="cuda")
+    with torch.no_grad():
+        ref = model(input_ids=ids, pixel_values=pixels).logits_per_image
+        out = model.set_backend("auto")(input_ids=ids, pixel_values=pixels).logits_per_image
+    assert (out - ref).abs().max().item() <= 1e-10
