@@ -253,8 +253,7 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
 
     def _sync_attn_implementation(self) -> None:
         """config._attn_implementation names the attention that runs: "eager", "sdpa" or "siglip_fast_triton"."""
-        param = next(self.parameters(), None)
-        name = ops.attention_implementation(self.backend, param.device if param is not None else "cpu")
+        name = ops.attention_implementation(self.backend, next(self.parameters(), None))
         for config in (self.config, getattr(self.config, "text_config", None),
                        getattr(self.config, "vision_config", None)):
             if config is not None:

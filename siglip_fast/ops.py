@@ -68,13 +68,13 @@ def resolve(backend: str, tensor: torch.Tensor) -> str:
     return backend
 
 
-def attention_implementation(backend: str, device: torch.device | str) -> str:
-    """The `config._attn_implementation` a model on `device` reports: "eager", "sdpa" (transformers' own names, for
-    the paths that compute what theirs compute) or "siglip_fast_triton" (the fused kernels; a name no transformers
-    code path special-cases, as for any attention function registered outside transformers)."""
+def attention_implementation(backend: str, param: torch.Tensor | None) -> str:
+    """The `config._attn_implementation` of a model whose parameters are like `param`: "eager", "sdpa"
+    (transformers' own names, for the paths that compute what theirs compute) or "siglip_fast_triton" (the fused
+    kernels; a name no transformers code path special-cases, as for any attention registered outside transformers)."""
     impl = check_backend(backend)
     if impl == "auto":
-        impl = "triton" if torch.device(device).type == "cuda" and _triton_importable() else "sdpa"
+        impl = resolve("auto", param) if param is not None and param.device.type != "meta" else "sdpa"
     return "siglip_fast_triton" if impl == "triton" else impl
 
 

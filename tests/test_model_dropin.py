@@ -165,7 +165,8 @@ def test_attn_implementation_follows_from_pretrained_and_to(tmp_path, monkeypatc
     ours, _ = _pair("SiglipModel", tmp_path)
     model = sf.SiglipModel.from_pretrained(tmp_path, backend="auto")
     assert model.config._attn_implementation == "sdpa"
-    monkeypatch.setattr(ops, "attention_implementation", lambda backend, device: f"{backend}@{torch.device(device)}")
+    monkeypatch.setattr(ops, "attention_implementation",
+                        lambda backend, param: f"{backend}@{getattr(param, 'device', None)}")
     model.to("meta")
     assert model.config._attn_implementation == "auto@meta" == model.config.text_config._attn_implementation
     model = sf.SiglipModel.from_pretrained(tmp_path, backend="auto")
