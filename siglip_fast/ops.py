@@ -2,13 +2,12 @@
 
 Backends:
 - ``"auto"``: the Triton kernels for CUDA tensors (fp32, bf16, fp16); on CPU (and for other dtypes) the fastest
-  PyTorch path, which is the ``"sdpa"`` one
-  (measured against transformers' default sdpa in benchmarks/test_bench_cpu_default.py).
+  PyTorch path, the ``"sdpa"`` one (measured against transformers' default in benchmarks/test_bench_cpu_default.py).
 - ``"triton"``: the Triton kernels always; on CPU only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
   triton is imported), otherwise a clear error.
 - ``"eager"``: the pure PyTorch reference of each op (exactly what transformers computes).
-- ``"sdpa"``: eager, with PyTorch's ``scaled_dot_product_attention`` for attention (a comparison baseline, like
-  transformers' default).
+- ``"sdpa"``: eager, with PyTorch's ``scaled_dot_product_attention`` for attention (transformers' default
+  computation); in inference the GELU and the residual adds write over the fresh GEMM outputs they consume.
 
 Whatever the backend, a config transformers runs runs here: where a kernel cannot take a shape (attention head
 dims above 128) the call falls back to PyTorch SDPA and says why, once per reason (``warnings.warn``).
