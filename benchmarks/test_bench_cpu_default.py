@@ -26,7 +26,7 @@ from siglip_fast.variants import config_for
 transformers = pytest.importorskip("transformers")
 
 CASES = {"vision": 8, "text": 32}  # images per call; texts (of 64 tokens) per call
-PAIRS = 9
+PAIRS = 11
 
 
 @pytest.fixture(scope="module")

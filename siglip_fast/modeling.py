@@ -88,18 +88,26 @@ class SiglipAttention(nn.Module):
     def forward(self, x, attention_mask, backend: str, need_probs: bool):
         """x = LN1(h) (B, N, D) → (out_proj(attention(x)) (B, N, D), probs or None); the caller adds the residual."""
         B, N, D = x.shape
-        if ops.resolve(backend, x) == "triton":
+        impl, dropout = ops.resolve(backend, x), (self.dropout if self.training else 0.0)
+        out_bias = self.out_proj.bias
+        if impl == "triton":
             # One QKV GEMM; q, k and v are strided views of its output, read by the kernel without copies.
             w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (3D, D)
             b = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
             qkv = ops.linear(x, w, b, backend=backend).view(B, N, 3, self.num_heads, self.head_dim)
             q, k, v = qkv.unbind(2)  # each (B, N, H, d)
+        elif impl == "sdpa" and not (torch.is_grad_enabled() or need_probs or dropout):
+            # Inference on the PyTorch path: k's bias adds q·b_k to every score of a query row (softmax ignores it),
+            # and the probabilities of a row sum to 1, so v's bias adds b_v to every output row: folded into
+            # out_proj's bias (b_o + W_o b_v). Two (tokens, D) bias passes less; equal up to fp32 rounding.
+            q = self.q_proj(x).view(B, N, self.num_heads, self.head_dim)
+            k, v = (F.linear(x, p.weight).view(B, N, self.num_heads, self.head_dim) for p in (self.k_proj, self.v_proj))
+            out_bias = torch.addmv(out_bias, self.out_proj.weight, self.v_proj.bias)
         else:
             q, k, v = (p(x).view(B, N, self.num_heads, self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj))
-        dropout = self.dropout if self.training else 0.0
         out, probs = ops.attention(q, k, v, attention_mask, scale=self.scale, backend=backend, dropout_p=dropout,
                                    need_probs=need_probs)  # (B, N, H, d)
-        return ops.linear(out.reshape(B, N, D), self.out_proj.weight, self.out_proj.bias, backend=backend), probs
+        return ops.linear(out.reshape(B, N, D), self.out_proj.weight, out_bias, backend=backend), probs
 
 
 # hidden_act → the activation after fc1 (transformers' ACT2FN names); None = the tanh GELU fused into fc1's GEMM
