@@ -7,7 +7,8 @@ Backends:
   triton is imported), otherwise a clear error.
 - ``"eager"``: the pure PyTorch reference of each op (exactly what transformers computes).
 - ``"sdpa"``: eager, with PyTorch's ``scaled_dot_product_attention`` for attention (transformers' default
-  computation); in inference the GELU and the residual adds write over the fresh GEMM outputs they consume.
+  computation); in inference the GELU and the residual adds write over the fresh GEMM outputs they consume, and
+  the model drops k's bias and folds v's into out_proj's (SiglipAttention).
 
 Whatever the backend, a config transformers runs runs here: where a kernel cannot take a shape (attention head
 dims above 128) the call falls back to PyTorch SDPA and says why, once per reason (``warnings.warn``).
