@@ -18,6 +18,9 @@ CONFIG_NAME = "config.json"
 # Keys transformers' PreTrainedConfig writes that carry no model shape; kept as plain attributes when present.
 _DTYPE_KEYS = ("dtype", "torch_dtype")
 
+# hidden_act values the model implements (transformers' ACT2FN names); every SigLIP checkpoint uses the first.
+ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new", "gelu", "quick_gelu", "relu", "silu", "swish")
+
 
 class _SiglipBaseConfig:
     """Explicit fields with defaults; anything else given is kept as an attribute and saved back."""
@@ -46,36 +49,46 @@ class _SiglipBaseConfig:
         pass
 
     def validate(self) -> None:
-        """Raise ValueError naming the field when a value cannot describe a working model."""
+        """Construction-time checks: only the field types (transformers' strict configs reject e.g.
+        hidden_size="768" too). Values are checked by `validate_for_model()` when a model is built, as transformers
+        accepts any value in a config and fails only when building or running the model."""
+
+    def validate_for_model(self) -> None:
+        """Raise ValueError naming the field when the values cannot describe a working model (called by the model
+        classes' constructors)."""
 
     @staticmethod
-    def _check_positive_ints(config: "_SiglipBaseConfig", names: tuple[str, ...]) -> None:
+    def _check_int_types(config: "_SiglipBaseConfig", names: tuple[str, ...]) -> None:
         for name in names:
             value = getattr(config, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(
                     f"{type(config).__name__}.{name} must be an int, got {value!r} ({type(value).__name__})"
                 )
-            if value <= 0:
-                raise ValueError(f"{type(config).__name__}.{name} must be positive, got {value}")
 
     @staticmethod
-    def _check_heads(config: "_SiglipBaseConfig") -> None:
+    def _check_positive(config: "_SiglipBaseConfig", names: tuple[str, ...]) -> None:
+        for name in names:
+            if getattr(config, name) <= 0:
+                raise ValueError(f"{type(config).__name__}.{name} must be positive, got {getattr(config, name)}")
+
+    @staticmethod
+    def _check_layers(config: "_SiglipBaseConfig") -> None:
         if config.hidden_size % config.num_attention_heads != 0:
             raise ValueError(
                 f"{type(config).__name__}: hidden_size ({config.hidden_size}) must be divisible by "
                 f"num_attention_heads ({config.num_attention_heads})"
             )
-        if config.hidden_act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        if config.hidden_act not in ACTIVATIONS:
             raise ValueError(
-                f"{type(config).__name__}.hidden_act must be 'gelu_pytorch_tanh' (the activation every SigLIP "
-                f"checkpoint uses), got {config.hidden_act!r}"
+                f"{type(config).__name__}.hidden_act must be one of {sorted(ACTIVATIONS)} (every SigLIP checkpoint "
+                f"uses 'gelu_pytorch_tanh'), got {config.hidden_act!r}"
             )
         if not config.layer_norm_eps > 0:
             raise ValueError(f"{type(config).__name__}.layer_norm_eps must be > 0, got {config.layer_norm_eps}")
-        if not 0.0 <= config.attention_dropout < 1.0:
+        if not 0.0 <= config.attention_dropout <= 1.0:
             raise ValueError(
-                f"{type(config).__name__}.attention_dropout must be in [0, 1), got {config.attention_dropout}"
+                f"{type(config).__name__}.attention_dropout must be in [0, 1], got {config.attention_dropout}"
             )
 
     def set_extra(self, key: str, value: Any) -> None:
@@ -194,13 +207,15 @@ class SiglipTextConfig(_SiglipBaseConfig):
         if self.projection_size is None:
             self.projection_size = self.hidden_size
 
+    _INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                   "max_position_embeddings", "projection_size")
+
     def validate(self) -> None:
-        self._check_positive_ints(
-            self,
-            ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-             "max_position_embeddings", "projection_size"),
-        )
-        self._check_heads(self)
+        self._check_int_types(self, self._INT_FIELDS)
+
+    def validate_for_model(self) -> None:
+        self._check_positive(self, self._INT_FIELDS)
+        self._check_layers(self)
 
 
 class SiglipVisionConfig(_SiglipBaseConfig):
@@ -222,13 +237,15 @@ class SiglipVisionConfig(_SiglipBaseConfig):
         "vision_use_head": True,
     }
 
+    _INT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
+                   "image_size", "patch_size")
+
     def validate(self) -> None:
-        self._check_positive_ints(
-            self,
-            ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
-             "image_size", "patch_size"),
-        )
-        self._check_heads(self)
+        self._check_int_types(self, self._INT_FIELDS)
+
+    def validate_for_model(self) -> None:
+        self._check_positive(self, self._INT_FIELDS)
+        self._check_layers(self)
         if self.image_size < self.patch_size:
             raise ValueError(
                 f"SiglipVisionConfig.image_size ({self.image_size}) is smaller than patch_size ({self.patch_size})"
@@ -281,8 +298,13 @@ class SiglipConfig(_SiglipBaseConfig):
             return cls.from_dict(value)
         raise TypeError(f"SiglipConfig.{name} must be a dict, a {cls.__name__} or None, got {type(value).__name__}")
 
-    def validate(self) -> None:
+    def validate_for_model(self, with_text: bool = True) -> None:
+        """The towers' checks; with the text tower (SiglipModel) also that the two embeddings can be compared."""
         text, vision = self.text_config, self.vision_config
+        vision.validate_for_model()
+        if not with_text:
+            return
+        text.validate_for_model()
         if vision.vision_use_head and text.projection_size != vision.hidden_size:
             raise ValueError(
                 f"SiglipConfig: text_config.projection_size ({text.projection_size}) must equal "

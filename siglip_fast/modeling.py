@@ -7,6 +7,7 @@ backend computes exactly what transformers computes.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -87,29 +88,51 @@ class SiglipAttention(nn.Module):
     def forward(self, x, attention_mask, backend: str, need_probs: bool):
         """x = LN1(h) (B, N, D) → (out_proj(attention(x)) (B, N, D), probs or None); the caller adds the residual."""
         B, N, D = x.shape
-        if ops.resolve(backend, x) == "triton":
+        impl, dropout = ops.resolve(backend, x), (self.dropout if self.training else 0.0)
+        out_bias = self.out_proj.bias
+        if impl == "triton":
             # One QKV GEMM; q, k and v are strided views of its output, read by the kernel without copies.
             w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (3D, D)
             b = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
             qkv = ops.linear(x, w, b, backend=backend).view(B, N, 3, self.num_heads, self.head_dim)
             q, k, v = qkv.unbind(2)  # each (B, N, H, d)
+        elif impl == "sdpa" and not (torch.is_grad_enabled() or need_probs or dropout):
+            # Inference on the PyTorch path: k's bias adds q·b_k to every score of a query row (softmax ignores it),
+            # and the probabilities of a row sum to 1, so v's bias adds b_v to every output row: folded into
+            # out_proj's bias (b_o + W_o b_v). Two (tokens, D) bias passes less; equal up to fp32 rounding.
+            q = self.q_proj(x).view(B, N, self.num_heads, self.head_dim)
+            k, v = (F.linear(x, p.weight).view(B, N, self.num_heads, self.head_dim) for p in (self.k_proj, self.v_proj))
+            out_bias = torch.addmv(out_bias, self.out_proj.weight, self.v_proj.bias)
         else:
             q, k, v = (p(x).view(B, N, self.num_heads, self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj))
-        dropout = self.dropout if self.training else 0.0
         out, probs = ops.attention(q, k, v, attention_mask, scale=self.scale, backend=backend, dropout_p=dropout,
                                    need_probs=need_probs)  # (B, N, H, d)
-        return ops.linear(out.reshape(B, N, D), self.out_proj.weight, self.out_proj.bias, backend=backend), probs
+        return ops.linear(out.reshape(B, N, D), self.out_proj.weight, out_bias, backend=backend), probs
+
+
+# hidden_act → the activation after fc1 (transformers' ACT2FN names); None = the tanh GELU fused into fc1's GEMM
+# (gelu_new is transformers' hand-written formula of the same function, equal to ~1e-7).
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+_ACTIVATIONS = {"gelu_pytorch_tanh": None, "gelu_tanh": None, "gelu_new": None, "gelu": F.gelu, "relu": F.relu,
+                "quick_gelu": _quick_gelu, "silu": F.silu, "swish": F.silu}
 
 
 class SiglipMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
+        self.act = _ACTIVATIONS[config.hidden_act]
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x, residual, backend: str):
-        """fc2(gelu_tanh(fc1(x))) (+ residual): bias/GELU (and the residual) in the GEMM epilogues on Triton."""
-        x = ops.linear(x, self.fc1.weight, self.fc1.bias, backend=backend, activation="gelu_tanh")
+        """fc2(act(fc1(x))) (+ residual): bias/GELU (and the residual) in the GEMM epilogues on Triton."""
+        if self.act is None:
+            x = ops.linear(x, self.fc1.weight, self.fc1.bias, backend=backend, activation="gelu_tanh")
+        else:
+            x = self.act(ops.linear(x, self.fc1.weight, self.fc1.bias, backend=backend))
         return ops.linear(x, self.fc2.weight, self.fc2.bias, backend=backend, residual=residual)
 
 
@@ -128,10 +151,10 @@ class SiglipEncoderLayer(nn.Module):
         (h, next_norm(h), probs), next_norm being the next layer's layer_norm1 or the tower's final norm."""
         a, probs = self.self_attn(x, attention_mask, backend, need_probs)
         x, h = ops.layer_norm(a, self.layer_norm2.weight, self.layer_norm2.bias, self.eps, backend=backend,
-                              residual=h)  # h = h + a; x = LN2(h)
+                              residual=h, x_is_scratch=True)  # h = h + a; x = LN2(h)
         m = self.mlp(x, None, backend)
         x, h = ops.layer_norm(m, next_norm.weight, next_norm.bias, next_norm.eps, backend=backend,
-                              residual=h)  # h = h + m; x = next_norm(h)
+                              residual=h, x_is_scratch=True)  # h = h + m; x = next_norm(h)
         return h, x, probs
 
 
@@ -140,6 +163,7 @@ class SiglipEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(SiglipEncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
+        self._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
 
     def forward(self, h, attention_mask, final_norm: nn.LayerNorm, backend: str, output_hidden_states: bool,
                 output_attentions: bool) -> BaseModelOutput:
@@ -152,8 +176,8 @@ class SiglipEncoder(nn.Module):
         x = ops.layer_norm(h, norms[0].weight, norms[0].bias, norms[0].eps, backend=backend)  # (B, N, D)
         for layer, next_norm in zip(self.layers, norms[1:], strict=True):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h, x, probs = torch.utils.checkpoint.checkpoint(
-                    layer, h, x, attention_mask, next_norm, backend, output_attentions, use_reentrant=False)
+                h, x, probs = self._gradient_checkpointing_func(
+                    layer, h, x, attention_mask, next_norm, backend, output_attentions)
             else:
                 h, x, probs = layer(h, x, attention_mask, next_norm, backend, output_attentions)
             if output_hidden_states:
@@ -204,16 +228,27 @@ class SiglipMultiheadAttentionPoolingHead(nn.Module):
 
 
 class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
-    """Backend switch, gradient checkpointing and weight initialisation shared by every model class."""
+    """Backend switch, weight initialisation and the transformers PreTrainedModel API the call sites use
+    (input embeddings, resizing, gradient checkpointing, parameter counts), shared by every model class."""
 
     config_class = SiglipConfig
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _uses_text_tower = True
 
     def __init__(self, config, backend: str = "auto"):
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        # transformers accepts any value in a config and fails when it builds the model: so do we, with the reason
+        if isinstance(config, SiglipConfig):
+            config.validate_for_model(with_text=self._uses_text_tower)
+        else:
+            config.validate_for_model()
         self.config = config
         self.backend = ops.check_backend(backend)
+        self._sync_attn_implementation()
+        self.register_load_state_dict_post_hook(_after_load)  # from_pretrained assigns weights on their device
 
     def set_backend(self, backend: str):
         """Switch every fusable op between 'auto', 'triton', 'eager' and 'sdpa' (see siglip_fast.ops)."""
@@ -221,12 +256,83 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
         for module in self.modules():
             if isinstance(module, SiglipPreTrainedModel):
                 module.backend = backend
+                module._sync_attn_implementation()
         return self
 
-    def gradient_checkpointing_enable(self):
+    def _sync_attn_implementation(self) -> None:
+        """config._attn_implementation names the attention that runs: "eager", "sdpa" or "siglip_fast_triton"."""
+        name = ops.attention_implementation(self.backend, next(self.parameters(), None))
+        for config in (self.config, getattr(self.config, "text_config", None),
+                       getattr(self.config, "vision_config", None)):
+            if config is not None:
+                config._attn_implementation = name
+
+    def _apply(self, fn, *args, **kwargs):
+        module = super()._apply(fn, *args, **kwargs)
+        self._sync_attn_implementation()  # .to(device) changes what "auto" runs
+        return module
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False
+
+    def _embeddings(self) -> nn.Module:
+        if isinstance(self, (SiglipTextModel, SiglipVisionModel)):
+            return self.embeddings
+        return self.text_model.embeddings if isinstance(self, SiglipModel) else self.vision_model.embeddings
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embedding (SiglipModel, SiglipTextModel) or the patch embedding Conv2d (vision models)."""
+        emb = self._embeddings()
+        return emb.token_embedding if isinstance(emb, SiglipTextEmbeddings) else emb.patch_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        emb = self._embeddings()
+        setattr(emb, "token_embedding" if isinstance(emb, SiglipTextEmbeddings) else "patch_embedding", value)
+
+    def get_output_embeddings(self) -> None:
+        return None  # no language-model head
+
+    @torch.no_grad()
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Resize the text token embedding to `new_num_tokens` rows (rounded up to a multiple of
+        `pad_to_multiple_of`), keeping the first rows, and set the text config's vocab_size, as transformers does.
+        New rows are drawn as transformers v5 draws them: mean_resizing=True → N(mean, 1e-9·cov) of the old rows
+        (computed in fp32; the mean itself when that covariance is not positive definite), False → N(0, 1/D)."""
+        old = self.get_input_embeddings()
+        if not isinstance(old, nn.Embedding):
+            raise TypeError(f"{type(self).__name__} has no token embedding to resize (its input embedding is a "
+                            f"{type(old).__name__})")
+        for name, value in (("new_num_tokens", new_num_tokens), ("pad_to_multiple_of", pad_to_multiple_of)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        if pad_to_multiple_of is not None:
+            n = old.num_embeddings if new_num_tokens is None else new_num_tokens
+            new_num_tokens = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+        if new_num_tokens is None:
+            return old
+        w = old.weight
+        new = torch.empty(new_num_tokens, w.shape[1], dtype=w.dtype, device=w.device)
+        n = min(w.shape[0], new_num_tokens)
+        new[:n] = w[:n]
+        if new_num_tokens > w.shape[0]:
+            new[w.shape[0]:] = _new_embedding_rows(w, new_num_tokens - w.shape[0], mean_resizing)
+        old.weight.data = new  # the same Parameter object, as transformers
+        old.num_embeddings = new_num_tokens
+        if old.padding_idx is not None and old.padding_idx >= new_num_tokens:
+            old.padding_idx = None
+        (self.config.text_config if isinstance(self.config, SiglipConfig) else self.config).vocab_size = new_num_tokens
+        return old
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None):
+        """Recompute each encoder layer in the backward: torch.utils.checkpoint.checkpoint with these kwargs
+        (default use_reentrant=False, as transformers v5)."""
+        kwargs = {"use_reentrant": False} if gradient_checkpointing_kwargs is None else gradient_checkpointing_kwargs
+        func = functools.partial(torch.utils.checkpoint.checkpoint, **kwargs)
         for module in self.modules():
             if isinstance(module, SiglipEncoder):
-                module.gradient_checkpointing = True
+                module.gradient_checkpointing, module._gradient_checkpointing_func = True, func
         return self
 
     def gradient_checkpointing_disable(self):
@@ -234,6 +340,22 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
             if isinstance(module, SiglipEncoder):
                 module.gradient_checkpointing = False
         return self
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None):
+        """transformers v5.24's name for gradient_checkpointing_enable."""
+        return self.gradient_checkpointing_enable(activation_checkpointing_kwargs)
+
+    activation_checkpointing_disable = gradient_checkpointing_disable
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(m.gradient_checkpointing for m in self.modules() if isinstance(m, SiglipEncoder))
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameter count, as transformers: optionally only those requiring grad, or without nn.Embedding tables."""
+        skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        return sum(p.numel() for p in self.parameters()
+                   if id(p) not in skip and (p.requires_grad or not only_trainable))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -248,6 +370,8 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
         """Random initialisation as transformers' `_init_weights` (used when building from a config)."""
         factor = getattr(self.config, "initializer_factor", 1.0)
         for module in self.modules():
+            if isinstance(module, (SiglipVisionEmbeddings, SiglipTextEmbeddings)):  # rebuilt after to_empty()
+                module.position_ids.copy_(torch.arange(module.position_ids.shape[-1])[None])
             if isinstance(module, SiglipVisionEmbeddings):
                 nn.init.normal_(module.position_embedding.weight, std=module.position_embedding.weight.shape[1] ** -0.5)
                 nn.init.trunc_normal_(module.patch_embedding.weight, std=_fan_in(module.patch_embedding.weight) ** -0.5)
@@ -284,12 +408,58 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
         return self
 
 
+def _after_load(module: SiglipPreTrainedModel, incompatible_keys) -> None:
+    module._sync_attn_implementation()
+
+
 def _fan_in(weight: torch.Tensor) -> int:
     return weight[0].numel()
 
 
+def _new_embedding_rows(old: torch.Tensor, n: int, mean_resizing: bool) -> torch.Tensor:
+    """n new token embeddings (transformers v5's _init_added_embeddings_weights_with_mean, or its N(0, 1/D))."""
+    if not mean_resizing:
+        return torch.randn(n, old.shape[1], device=old.device).mul_(old.shape[1] ** -0.5).to(old.dtype)
+    w = old.float()
+    mean = w.mean(0)
+    cov = 1e-9 * (w - mean).T @ (w - mean) / w.shape[0]
+    if torch.distributions.constraints.positive_definite.check(cov).all():
+        return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).sample((n,)).to(old.dtype)
+    return mean.expand(n, -1).to(old.dtype)
+
+
+def _flag(value, config, name: str, default=False):
+    """A per-call flag, else the config's (transformers' output_attentions / output_hidden_states / return_dict)."""
+    return value if value is not None else getattr(config, name, default)
+
+
 def _return(output, return_dict):
-    return output if return_dict is None or return_dict else output.to_tuple()
+    return output if return_dict else output.to_tuple()
+
+
+def _check_device(name: str, tensor: torch.Tensor, device: torch.device) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.device != device:
+        raise ValueError(f"{name} must be on the model's device {device}, got a tensor on {tensor.device} "
+                         f"(move it with .to({str(device)!r}))")
+
+
+def _check_range(name: str, ids: torch.Tensor, high: int, what: str) -> None:
+    """0 <= ids < high. On CPU a ValueError with the first bad value. On CUDA (no host sync in the hot path) and while
+    torch.compile traces, a device-side assert with the same message: asynchronous, it surfaces at the next sync,
+    like CUDA's own indexing assert, and it can be captured in a CUDA graph."""
+    msg = f"{name} must be in [0, {high}) ({what})"
+    if ids.device.type == "meta":
+        return
+    if ids.device.type != "cpu" or torch.compiler.is_compiling():
+        torch._assert_async(((ids >= 0) & (ids < high)).all(), msg)
+        return
+    if ids.numel():
+        low, top = torch.aminmax(ids)
+        if low < 0 or top >= high:
+            bad = ids[(ids < 0) | (ids >= high)][0].item()
+            raise ValueError(f"{msg}, got {bad}")
 
 
 class SiglipTextModel(SiglipPreTrainedModel):
@@ -310,20 +480,43 @@ class SiglipTextModel(SiglipPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
+        """Encode token ids (as transformers' SiglipTextModel.forward).
+
+        Args:
+            input_ids: (B, L) integer ids in [0, vocab_size), L <= max_position_embeddings. SigLIP was trained on
+                ids padded to max_length (tokenizer(..., padding="max_length", truncation=True)).
+            attention_mask: optional (B, L), bool or 0/1 integer/float, 1 = attend (transformers' padding
+                convention); additive masks (0 / -inf) are refused. Default: attend to every token, as trained.
+            position_ids: optional (L,), (1, L) or (B, L) integer positions in [0, max_position_embeddings);
+                default 0..L-1.
+            output_attentions, output_hidden_states: also return each layer's attention probabilities / the
+                embeddings and each layer's output; None takes the config's value (default False).
+            return_dict: False returns a tuple; None takes config.return_dict (default True).
+
+        Every tensor must be on the model's device. Returns BaseModelOutputWithPooling: last_hidden_state (B, L, D)
+        after final_layer_norm, pooler_output (B, P) = head(last position), hidden_states, attentions.
+        """
         if input_ids is None:
             raise ValueError("You have to specify input_ids")
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point or input_ids.ndim < 1:
+        if not isinstance(input_ids, torch.Tensor) or not _is_int(input_ids) or input_ids.ndim < 1:
             raise TypeError(f"input_ids must be an integer tensor of shape (B, L), got {_describe(input_ids)}")
+        device, config = self.embeddings.token_embedding.weight.device, self.config
+        _check_device("input_ids", input_ids, device)
         input_ids = input_ids.view(-1, input_ids.shape[-1])  # (B, L)
         B, L = input_ids.shape
-        if attention_mask is not None:
-            if tuple(attention_mask.shape) != (B, L):
-                raise ValueError(f"attention_mask must have shape {(B, L)} like input_ids, got "
-                                 f"{tuple(attention_mask.shape)}")
-            if bool(attention_mask.all()):
-                attention_mask = None  # nothing masked: the unmasked kernel path, same result
-        out = self._encode(input_ids, attention_mask, position_ids, bool(output_attentions), bool(output_hidden_states))
-        return _return(out, return_dict)
+        _check_range("input_ids", input_ids, self.embeddings.token_embedding.num_embeddings, "the vocabulary")
+        if position_ids is not None:
+            _check_device("position_ids", position_ids, device)
+            if not _is_int(position_ids) or position_ids.ndim > 2 or position_ids.shape[-1] != L or (
+                    position_ids.ndim == 2 and position_ids.shape[0] not in (1, B)):
+                raise ValueError(f"position_ids must be an integer tensor of shape (L,), (1, L) or (B, L) with "
+                                 f"{(B, L)} = input_ids' shape, got {_describe(position_ids)}")
+            _check_range("position_ids", position_ids, config.max_position_embeddings, "max_position_embeddings")
+        if attention_mask is not None:  # None when nothing is masked: the unmasked kernel path, same result
+            attention_mask = ops.check_attention_mask(attention_mask, B, L, device)
+        out = self._encode(input_ids, attention_mask, position_ids, bool(_flag(output_attentions, config,
+                           "output_attentions")), bool(_flag(output_hidden_states, config, "output_hidden_states")))
+        return _return(out, _flag(return_dict, config, "return_dict", True))
 
     def _encode(self, input_ids, attention_mask, position_ids, output_attentions: bool, output_hidden_states: bool):
         """The forward without input checks or data-dependent branches (so a CUDA graph can capture it)."""
@@ -353,8 +546,14 @@ class SiglipTextModel(SiglipPreTrainedModel):
         if with_attention_mask:
             inputs.append(StaticInput("attention_mask", (seq_len,), torch.long, "mask", 1))
 
-        def run(buffers):
-            out = self._encode(buffers["input_ids"], buffers.get("attention_mask"), None, False, False)
+        def run(buffers):  # captured in a CUDA graph: the value checks are device-side asserts there (no sync)
+            ids, mask = buffers["input_ids"], buffers.get("attention_mask")
+            _check_range("input_ids", ids, self.embeddings.token_embedding.num_embeddings, "the vocabulary")
+            if mask is not None:
+                if mask.dtype != torch.bool:
+                    torch._assert_async(((mask == 0) | (mask == 1)).all(), "attention_mask must hold only 0 and 1")
+                mask = mask != 0
+            out = self._encode(ids, mask, None, False, False)
             return out.last_hidden_state, out.pooler_output
 
         return InferenceRunner(run, inputs, batch_size, self.device, keep_last_hidden_state=keep_last_hidden_state,
@@ -383,16 +582,31 @@ class SiglipVisionModel(SiglipPreTrainedModel):
 
     def forward(self, pixel_values=None, interpolate_pos_encoding=False, output_attentions=None,
                 output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
+        """Encode images (as transformers' SiglipVisionModel.forward).
+
+        Args:
+            pixel_values: (B, C, H, W) on the model's device: float (normalised, as the image processor returns) or
+                uint8 (raw 0..255 pixels, normalised inside the patch embedding). H, W = image_size unless
+                interpolate_pos_encoding.
+            interpolate_pos_encoding: bicubic-resize the position table to another image size.
+            output_attentions, output_hidden_states, return_dict: as SiglipTextModel.forward (None = the config's).
+
+        Returns BaseModelOutputWithPooling: last_hidden_state (B, N, D) after post_layernorm, pooler_output (B, D)
+        from the MAP head (None without vision_use_head), hidden_states, attentions.
+        """
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
+        config = self.config
+        _check_device("pixel_values", pixel_values, self.embeddings.patch_embedding.weight.device)
         h = self.embeddings(pixel_values, bool(interpolate_pos_encoding), self.backend)  # (B, N, D)
-        enc = self.encoder(h, None, self.post_layernorm, self.backend, bool(output_hidden_states),
-                           bool(output_attentions))
+        enc = self.encoder(h, None, self.post_layernorm, self.backend,
+                           bool(_flag(output_hidden_states, config, "output_hidden_states")),
+                           bool(_flag(output_attentions, config, "output_attentions")))
         last = enc.last_hidden_state  # (B, N, D), after post_layernorm
         pooled = self.head(last, self.backend) if self.use_head else None  # (B, D)
         out = BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled,
                                          hidden_states=enc.hidden_states, attentions=enc.attentions)
-        return _return(out, return_dict)
+        return _return(out, _flag(return_dict, config, "return_dict", True))
 
     def compile_for_inference(self, batch_size: int, *, image_size: int | tuple[int, int] | None = None,
                               pixel_dtype: torch.dtype | None = None, interpolate_pos_encoding: bool = False,
@@ -439,23 +653,48 @@ class SiglipModel(SiglipPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.zeros(1))
         self.logit_bias = nn.Parameter(torch.zeros(1))
 
+    def _flags(self, output_attentions, output_hidden_states):
+        """Per-call flags, else this config's (transformers v4), else each tower's own config (transformers v5)."""
+        return (_flag(output_attentions, self.config, "output_attentions", None),
+                _flag(output_hidden_states, self.config, "output_hidden_states", None))
+
     def get_text_features(self, input_ids=None, attention_mask=None, position_ids=None, output_attentions=None,
                           output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
-        """The text tower's output; `.pooler_output` holds the (un-normalised) text embeddings (transformers v5)."""
-        return self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
-                               return_dict)
+        """The text tower's output; `.pooler_output` holds the (un-normalised) text embeddings (transformers v5).
+        Arguments as SiglipTextModel.forward."""
+        out = self.text_model(input_ids, attention_mask, position_ids,
+                              *self._flags(output_attentions, output_hidden_states), return_dict=True)
+        return _return(out, _flag(return_dict, self.config, "return_dict", True))
 
     def get_image_features(self, pixel_values=None, interpolate_pos_encoding=False, output_attentions=None,
                            output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
-        """The vision tower's output; `.pooler_output` holds the (un-normalised) image embeddings (transformers v5)."""
-        return self.vision_model(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states,
-                                 return_dict)
+        """The vision tower's output; `.pooler_output` holds the (un-normalised) image embeddings (transformers v5).
+        Arguments as SiglipVisionModel.forward."""
+        out = self.vision_model(pixel_values, interpolate_pos_encoding,
+                                *self._flags(output_attentions, output_hidden_states), return_dict=True)
+        return _return(out, _flag(return_dict, self.config, "return_dict", True))
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, return_loss=None,
                 interpolate_pos_encoding=False, output_attentions=None, output_hidden_states=None,
                 return_dict=None) -> SiglipOutput:
-        vision = self.vision_model(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
-        text = self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states)
+        """Score every text against every image (as transformers' SiglipModel.forward).
+
+        Args:
+            input_ids, attention_mask, position_ids: the texts, as SiglipTextModel.forward.
+            pixel_values, interpolate_pos_encoding: the images, as SiglipVisionModel.forward.
+            return_loss: also return the sigmoid loss (needs as many texts as images: the pairs).
+            output_attentions, output_hidden_states: per call; None takes this config's value if set, else each
+                tower config's (default False). return_dict: None takes config.return_dict (default True).
+
+        Returns SiglipOutput: loss, logits_per_image (Bi, Bt), logits_per_text (Bt, Bi) = exp(logit_scale)·cos +
+        logit_bias (probabilities are their sigmoid), text_embeds / image_embeds (L2-normalised), and each tower's
+        output (text_model_output, vision_model_output).
+        """
+        output_attentions, output_hidden_states = self._flags(output_attentions, output_hidden_states)
+        vision = self.vision_model(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states,
+                                   return_dict=True)
+        text = self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
+                               return_dict=True)
         image_embeds = vision.pooler_output / vision.pooler_output.norm(p=2, dim=-1, keepdim=True)  # (Bi, P)
         text_embeds = text.pooler_output / text.pooler_output.norm(p=2, dim=-1, keepdim=True)  # (Bt, P)
         logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp() + self.logit_bias  # (Bt, Bi)
@@ -468,7 +707,7 @@ class SiglipModel(SiglipPreTrainedModel):
         out = SiglipOutput(loss=loss, logits_per_image=logits_per_text.t(), logits_per_text=logits_per_text,
                            text_embeds=text_embeds, image_embeds=image_embeds, text_model_output=text,
                            vision_model_output=vision)
-        return _return(out, return_dict)
+        return _return(out, _flag(return_dict, self.config, "return_dict", True))
 
 
 class SiglipForImageClassification(SiglipPreTrainedModel):
@@ -476,6 +715,7 @@ class SiglipForImageClassification(SiglipPreTrainedModel):
 
     config_class = SiglipConfig
     main_input_name = "pixel_values"
+    _uses_text_tower = False
 
     def __init__(self, config: SiglipConfig, backend: str = "auto"):
         super().__init__(config, backend)
@@ -488,12 +728,23 @@ class SiglipForImageClassification(SiglipPreTrainedModel):
 
     def forward(self, pixel_values=None, labels=None, interpolate_pos_encoding=False, output_attentions=None,
                 output_hidden_states=None, return_dict=None) -> ImageClassifierOutput:
-        out = self.vision_model(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
+        """Classify images (as transformers' SiglipForImageClassification.forward).
+
+        Args:
+            pixel_values, interpolate_pos_encoding: as SiglipVisionModel.forward.
+            labels: optional (B,) class ids (cross-entropy), (B, num_labels) floats (BCE), or regression targets
+                (MSE, num_labels == 1); the problem type is inferred as transformers does unless config.problem_type.
+            output_attentions, output_hidden_states, return_dict: as SiglipModel.forward.
+
+        Returns ImageClassifierOutput: loss, logits (B, num_labels), hidden_states, attentions.
+        """
+        out = self.vision_model(pixel_values, interpolate_pos_encoding,
+                                *SiglipModel._flags(self, output_attentions, output_hidden_states), return_dict=True)
         logits = self.classifier(out.last_hidden_state.mean(dim=1))  # (B, num_labels)
         loss = None if labels is None else self._loss(labels, logits)
         result = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                        attentions=out.attentions)
-        return _return(result, return_dict)
+        return _return(result, _flag(return_dict, self.config, "return_dict", True))
 
     def _loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """transformers' ForSequenceClassificationLoss, problem type inferred the same way."""
@@ -524,6 +775,10 @@ def _check_no_dropout(tower) -> None:
 def _is_meta_init() -> bool:
     """True while from_pretrained builds the module skeleton on the meta device (weights come from the file)."""
     return torch.empty(0).device.type == "meta"
+
+
+def _is_int(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
 def _describe(x) -> str:

@@ -1,0 +1,271 @@
+"""The transformers PreTrainedModel surface that real call sites use (issue 14): config-level output flags, input
+embeddings and resizing, gradient checkpointing switches, parameter counts, class attributes, config-time vs
+build-time validation, the meta-device → to_empty → init_weights path, and the CPU default backend."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import pytest
+import torch
+
+import siglip_fast as sf
+from siglip_fast import ops
+from tests._tiny import TINY_CONFIGS, hf_config, inputs, randomize_
+
+transformers = pytest.importorskip("transformers")
+
+CLASSES = ["SiglipModel", "SiglipTextModel", "SiglipVisionModel", "SiglipForImageClassification"]
+
+
+def _sub(config, cls: str):
+    if cls == "SiglipTextModel":
+        return config.text_config
+    return config.vision_config if cls == "SiglipVisionModel" else config
+
+
+def _pair(cls: str, tmp_path, name="base", **hf_kwargs):
+    """(ours, theirs) with the same random weights, through a transformers checkpoint."""
+    theirs = randomize_(getattr(transformers, cls)(_sub(hf_config(name, **hf_kwargs), cls))).eval()
+    theirs.save_pretrained(tmp_path)
+    return getattr(sf, cls).from_pretrained(tmp_path, backend="eager"), theirs
+
+
+def _ours(cls: str, name="base", backend="eager", **kwargs):
+    text, vision = TINY_CONFIGS[name]
+    config = sf.SiglipConfig(text_config=dict(text), vision_config=dict(vision), **kwargs)
+    return getattr(sf, cls)(_sub(config, cls), backend=backend)
+
+
+def test_config_level_output_flags_and_return_dict():
+    """None per call takes the config's value (the top config's, as transformers v4, or each tower config's, as v5);
+    an explicit per-call flag wins."""
+    model = _ours("SiglipModel")
+    ids, pixels = inputs(model.config, batch=2)
+    with torch.no_grad():
+        assert model(input_ids=ids, pixel_values=pixels).vision_model_output.hidden_states is None
+        model.config.output_hidden_states = True
+        out = model(input_ids=ids, pixel_values=pixels)
+        assert len(out.vision_model_output.hidden_states) == 3 and len(out.text_model_output.hidden_states) == 3
+        assert model(input_ids=ids, pixel_values=pixels, output_hidden_states=False).text_model_output \
+            .hidden_states is None
+        model.config.output_hidden_states = None
+        model.config.text_config.output_attentions = True  # a tower's own config (transformers v5)
+        out = model(input_ids=ids, pixel_values=pixels)
+        assert len(out.text_model_output.attentions) == 2 and out.vision_model_output.attentions is None
+        model.config.return_dict = False
+        assert isinstance(model(input_ids=ids, pixel_values=pixels), tuple)
+        assert isinstance(model.get_text_features(input_ids=ids), tuple)
+        assert isinstance(model(input_ids=ids, pixel_values=pixels, return_dict=True), sf.modeling.SiglipOutput)
+
+
+@pytest.mark.parametrize("cls", ["SiglipTextModel", "SiglipVisionModel"])
+def test_tower_config_flags_match_transformers(cls, tmp_path):
+    ours, theirs = _pair(cls, tmp_path)
+    ids, pixels = inputs(hf_config("base"), batch=2)
+    kw = dict(input_ids=ids) if cls == "SiglipTextModel" else dict(pixel_values=pixels)
+    for config in (ours.config, theirs.config):
+        config.output_hidden_states, config.return_dict = True, False
+    with torch.no_grad():
+        o, t = ours(**kw), theirs(**kw)
+    assert isinstance(o, tuple) and isinstance(t, tuple) and len(o) == len(t)
+    for a, b in zip(o[2], t[2], strict=True):  # hidden_states
+        assert (a - b).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_pretrained_model_surface_matches_transformers(cls, tmp_path):
+    ours, theirs = _pair(cls, tmp_path)
+    assert ours.main_input_name == theirs.main_input_name
+    assert ours.can_generate() is False and theirs.can_generate() is False
+    assert ours.supports_gradient_checkpointing is True
+    assert ours.get_output_embeddings() is None and theirs.get_output_embeddings() is None
+    emb, their_emb = ours.get_input_embeddings(), theirs.get_input_embeddings()
+    assert type(emb) is type(their_emb) and torch.equal(emb.weight, their_emb.weight)
+    for only_trainable in (False, True):
+        for exclude_embeddings in (False, True):
+            kw = dict(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
+            assert ours.num_parameters(**kw) == theirs.num_parameters(**kw), kw
+    ours.get_input_embeddings().weight.requires_grad_(False)
+    assert ours.num_parameters(only_trainable=True) == ours.num_parameters() - emb.weight.numel()
+    new = type(emb)(*([emb.num_embeddings, emb.embedding_dim] if isinstance(emb, torch.nn.Embedding) else
+                      [emb.in_channels, emb.out_channels, emb.kernel_size, emb.stride]))
+    ours.set_input_embeddings(new)
+    assert ours.get_input_embeddings() is new
+
+
+@pytest.mark.parametrize("cls", ["SiglipModel", "SiglipTextModel"])
+@pytest.mark.parametrize("mean_resizing", [True, False])
+def test_resize_token_embeddings(cls, mean_resizing, tmp_path):
+    """As transformers: old rows kept, the text config's vocab_size follows, pad_to_multiple_of rounds up; new rows
+    from N(mean, 1e-9 cov) of the old ones (mean_resizing) or N(0, 1/D)."""
+    ours, theirs = _pair(cls, tmp_path)
+    old = ours.get_input_embeddings().weight.detach().clone()  # (99, 32)
+    emb = ours.resize_token_embeddings(1000, pad_to_multiple_of=64, mean_resizing=mean_resizing)
+    theirs.resize_token_embeddings(1000, pad_to_multiple_of=64, mean_resizing=mean_resizing)
+    text_config = ours.config.text_config if cls == "SiglipModel" else ours.config
+    assert emb is ours.get_input_embeddings() and emb.weight.shape == (1024, 32) and emb.num_embeddings == 1024
+    assert text_config.vocab_size == 1024 == theirs.get_input_embeddings().num_embeddings
+    assert torch.equal(emb.weight[:99], old)
+    new = emb.weight[99:]
+    if mean_resizing:
+        assert (new - old.mean(0)).abs().max().item() <= 1e-3
+        their_new = theirs.get_input_embeddings().weight[99:]
+        assert (new - their_new).abs().max().item() <= 2e-3
+    else:
+        assert abs(new.std().item() * 32**0.5 - 1) < 0.1 and abs(new.mean().item()) < 0.02
+    ids = torch.randint(0, 1024, (2, 11))
+    text = ours if cls == "SiglipTextModel" else ours.text_model
+    assert text(input_ids=ids).pooler_output.isfinite().all()  # the new ids are in range now
+    ours.resize_token_embeddings(40)
+    assert emb.weight.shape == (40, 32) and text_config.vocab_size == 40 and torch.equal(emb.weight, old[:40])
+    with pytest.raises(ValueError, match=r"input_ids must be in \[0, 40\)"):
+        text(input_ids=torch.full((1, 11), 40))
+    with pytest.raises(TypeError, match="no token embedding"):
+        _ours("SiglipVisionModel").resize_token_embeddings(10)
+
+
+@pytest.mark.parametrize("kwargs", [None, {"use_reentrant": True}, {"use_reentrant": False}])
+def test_gradient_checkpointing_switches(kwargs):
+    model = _ours("SiglipModel").train()
+    randomize_(model)
+    ids, pixels = inputs(model.config, batch=2)
+    model(input_ids=ids, pixel_values=pixels, return_loss=True).loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    assert not model.is_gradient_checkpointing
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    assert model.is_gradient_checkpointing and model.text_model.is_gradient_checkpointing
+    calls = []
+    model.vision_model.encoder.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    model(input_ids=ids, pixel_values=pixels, return_loss=True).loss.backward()
+    assert len(calls) == 2  # recomputed in the backward
+    for name, p in model.named_parameters():
+        assert (p.grad - expected[name]).abs().max().item() <= 1e-6, name
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing
+
+
+def test_attn_implementation_names_the_backend():
+    model = _ours("SiglipModel", backend="eager")
+    assert model.config._attn_implementation == "eager" == model.config.vision_config._attn_implementation
+    model.set_backend("sdpa")
+    assert model.config._attn_implementation == "sdpa" == model.text_model.config._attn_implementation
+    model.set_backend("triton")
+    assert model.config._attn_implementation == "siglip_fast_triton"
+    model.set_backend("auto")  # on CPU the sdpa path (below); on CUDA the kernels
+    assert model.config._attn_implementation == ("siglip_fast_triton" if torch.cuda.is_available() else "sdpa")
+    assert "_attn_implementation" not in model.config.to_dict()
+
+
+def test_attn_implementation_follows_from_pretrained_and_to(tmp_path, monkeypatch):
+    """"auto" names what runs on the model's device: after from_pretrained (weights assigned to their device) and
+    after .to() (meta stands in for another device here: only CUDA changes the name, so CUDA is faked)."""
+    ours, _ = _pair("SiglipModel", tmp_path)
+    model = sf.SiglipModel.from_pretrained(tmp_path, backend="auto")
+    assert model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(ops, "attention_implementation",
+                        lambda backend, param: f"{backend}@{getattr(param, 'device', None)}")
+    model.to("meta")
+    assert model.config._attn_implementation == "auto@meta" == model.config.text_config._attn_implementation
+    model = sf.SiglipModel.from_pretrained(tmp_path, backend="auto")
+    assert model.config._attn_implementation == "auto@cpu"
+
+
+def test_meta_build_to_empty_init_weights():
+    """The FSDP / accelerate path: build on meta, materialise with to_empty, initialise: every buffer is rebuilt."""
+    text, vision = TINY_CONFIGS["base"]
+    config = sf.SiglipConfig(text_config=dict(text), vision_config=dict(vision))
+    with torch.device("meta"):
+        model = sf.SiglipModel(config, backend="eager")
+    model.to_empty(device="cpu")
+    for buf in (model.text_model.embeddings.position_ids, model.vision_model.embeddings.position_ids):
+        buf.fill_(1 << 40)  # what uninitialised memory may hold
+    model.init_weights()
+    assert torch.equal(model.text_model.embeddings.position_ids, torch.arange(11)[None])
+    assert torch.equal(model.vision_model.embeddings.position_ids, torch.arange(16)[None])
+    ids, pixels = inputs(config, batch=2)
+    with torch.no_grad():
+        out = model.eval()(input_ids=ids, pixel_values=pixels)
+    assert out.logits_per_image.isfinite().all()
+    reference = sf.SiglipModel(config, backend="eager").eval()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(reference(input_ids=ids, pixel_values=pixels).logits_per_image, out.logits_per_image)
+
+
+def test_configs_accept_what_transformers_accepts_and_models_refuse_it():
+    """transformers' configs take any value of the right type and fail when the model is built: so do ours, with a
+    ValueError naming the field."""
+    cases = [
+        (dict(hidden_size=100, num_attention_heads=3), "divisible"),
+        (dict(hidden_size=0), "hidden_size must be positive"),
+        (dict(num_hidden_layers=-1), "num_hidden_layers must be positive"),
+        (dict(image_size=8, patch_size=16), "smaller than patch_size"),
+        (dict(hidden_act="tanhshrink"), "hidden_act"),
+        (dict(layer_norm_eps=0.0), "layer_norm_eps"),
+        (dict(attention_dropout=1.5), "attention_dropout"),
+    ]
+    for kwargs, match in cases:
+        transformers.SiglipVisionConfig(**kwargs)
+        config = sf.SiglipVisionConfig(**kwargs)
+        with pytest.raises(ValueError, match=match):
+            sf.SiglipVisionModel(config)
+    sf.SiglipTextConfig(vocab_size=0)
+    with pytest.raises(ValueError, match="vocab_size must be positive"):
+        sf.SiglipTextModel(sf.SiglipTextConfig(vocab_size=0))
+    mismatched = sf.SiglipConfig(text_config=dict(projection_size=7))
+    with pytest.raises(ValueError, match="projection_size"):
+        sf.SiglipModel(mismatched)
+    config = sf.SiglipConfig(text_config=dict(projection_size=7), vision_config=dict(
+        hidden_size=32, intermediate_size=40, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=4))
+    sf.SiglipForImageClassification(config)  # the text tower is not built: its projection does not matter
+    with pytest.raises(TypeError, match="hidden_size must be an int"):
+        sf.SiglipVisionConfig(hidden_size="768")  # a type error at construction, as transformers' strict configs
+
+
+@pytest.mark.parametrize("act", ["gelu", "quick_gelu", "relu", "gelu_new"])
+def test_other_activations_match_transformers(act, tmp_path):
+    config = hf_config("base")
+    config.text_config.hidden_act = config.vision_config.hidden_act = act
+    theirs = randomize_(transformers.SiglipModel(config)).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = sf.SiglipModel.from_pretrained(tmp_path, backend="eager")
+    ids, pixels = inputs(config, batch=2)
+    with torch.no_grad():
+        o, t = ours(input_ids=ids, pixel_values=pixels), theirs(input_ids=ids, pixel_values=pixels)
+    assert (o.logits_per_image - t.logits_per_image).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("fn", ["SiglipModel.forward", "SiglipModel.get_text_features",
+                                "SiglipModel.get_image_features", "SiglipTextModel.forward",
+                                "SiglipVisionModel.forward", "SiglipForImageClassification.forward"])
+def test_public_forwards_document_their_arguments(fn):
+    cls, name = fn.split(".")
+    method = getattr(getattr(sf, cls), name)
+    doc = inspect.getdoc(method)
+    assert doc
+    if name == "forward":
+        for arg in inspect.signature(method).parameters:
+            if arg != "self":
+                assert re.search(rf"\b{arg}\b", doc), (fn, arg)
+
+
+def test_auto_on_cpu_is_the_sdpa_path(tmp_path):
+    """backend="auto" on CPU takes the fastest PyTorch path (benchmarks/test_bench_cpu_default.py measures it against
+    transformers' default sdpa), and computes what transformers computes within the eager tolerance."""
+    assert ops.resolve("auto", torch.empty(1)) == "sdpa"
+    ours, theirs = _pair("SiglipModel", tmp_path)
+    ours.set_backend("auto")
+    ids, pixels = inputs(theirs.config, batch=3)
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0
+    with torch.no_grad():
+        o = ours(input_ids=ids, pixel_values=pixels, attention_mask=mask, output_hidden_states=True)
+        t = theirs(input_ids=ids, pixel_values=pixels, attention_mask=mask, output_hidden_states=True)
+    for key in ("logits_per_image", "text_embeds", "image_embeds"):
+        assert (o[key] - t[key]).abs().max().item() <= 1e-5, key
+    for tower in ("text_model_output", "vision_model_output"):
+        for a, b in zip(o[tower].hidden_states, t[tower].hidden_states, strict=True):
+            assert (a - b).abs().max().item() <= 1e-5
