@@ -56,13 +56,15 @@ class Siglip2VisionConfig(_SiglipBaseConfig):
         "num_patches": 256,
     }
 
+    _INT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
+                   "patch_size", "num_patches")
+
     def validate(self) -> None:
-        self._check_positive_ints(
-            self,
-            ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
-             "patch_size", "num_patches"),
-        )
-        self._check_heads(self)
+        self._check_int_types(self, self._INT_FIELDS)
+
+    def validate_for_model(self) -> None:
+        self._check_positive(self, self._INT_FIELDS)
+        self._check_layers(self)
         if math.isqrt(self.num_patches) ** 2 != self.num_patches:
             raise ValueError(f"Siglip2VisionConfig.num_patches must be a perfect square (the position table is a "
                              f"side x side grid), got {self.num_patches}")

@@ -695,6 +695,11 @@ class SiglipModel(SiglipPreTrainedModel):
                                    return_dict=True)
         text = self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
                                return_dict=True)
+        return _return(self._scores(text, vision, return_loss), _flag(return_dict, self.config, "return_dict", True))
+
+    def _scores(self, text: BaseModelOutputWithPooling, vision: BaseModelOutputWithPooling,
+                return_loss) -> SiglipOutput:
+        """The towers' outputs -> logits, normalised embeddings and (return_loss) the sigmoid loss."""
         image_embeds = vision.pooler_output / vision.pooler_output.norm(p=2, dim=-1, keepdim=True)  # (Bi, P)
         text_embeds = text.pooler_output / text.pooler_output.norm(p=2, dim=-1, keepdim=True)  # (Bt, P)
         logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp() + self.logit_bias  # (Bt, Bi)
@@ -704,10 +709,9 @@ class SiglipModel(SiglipPreTrainedModel):
                 raise ValueError(f"return_loss=True needs as many texts as images (the pairs), got "
                                  f"{text_embeds.shape[0]} texts and {image_embeds.shape[0]} images")
             loss = ops.sigmoid_loss(image_embeds, text_embeds, self.logit_scale, self.logit_bias, backend=self.backend)
-        out = SiglipOutput(loss=loss, logits_per_image=logits_per_text.t(), logits_per_text=logits_per_text,
-                           text_embeds=text_embeds, image_embeds=image_embeds, text_model_output=text,
-                           vision_model_output=vision)
-        return _return(out, _flag(return_dict, self.config, "return_dict", True))
+        return SiglipOutput(loss=loss, logits_per_image=logits_per_text.t(), logits_per_text=logits_per_text,
+                            text_embeds=text_embeds, image_embeds=image_embeds, text_model_output=text,
+                            vision_model_output=vision)
 
 
 class SiglipForImageClassification(SiglipPreTrainedModel):

@@ -30,6 +30,7 @@ from .modeling import (
     _check_no_dropout,
     _describe,
     _fan_in,
+    _flag,
     _is_meta_init,
     _return,
 )
@@ -181,9 +182,11 @@ class Siglip2VisionModel(Siglip2PreTrainedModel):
     def forward(self, pixel_values=None, pixel_attention_mask=None, spatial_shapes=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
         self._check_inputs(pixel_values, pixel_attention_mask, spatial_shapes)
+        config = self.config
         out = self._encode(pixel_values, pixel_attention_mask, spatial_shapes.to(pixel_values.device),
-                           bool(output_attentions), bool(output_hidden_states))
-        return _return(out, return_dict)
+                           bool(_flag(output_attentions, config, "output_attentions")),
+                           bool(_flag(output_hidden_states, config, "output_hidden_states")))
+        return _return(out, _flag(return_dict, config, "return_dict", True))
 
     def _encode(self, pixel_values, pixel_attention_mask, spatial_shapes, output_attentions: bool,
                 output_hidden_states: bool) -> BaseModelOutputWithPooling:
@@ -243,30 +246,19 @@ class Siglip2Model(Siglip2PreTrainedModel, SiglipModel):
                            output_attentions=None, output_hidden_states=None,
                            return_dict=None) -> BaseModelOutputWithPooling:
         """The vision tower's output; `.pooler_output` holds the (un-normalised) image embeddings (transformers v5)."""
-        return self.vision_model(pixel_values, pixel_attention_mask, spatial_shapes, output_attentions,
-                                 output_hidden_states, return_dict)
+        out = self.vision_model(pixel_values, pixel_attention_mask, spatial_shapes,
+                                *self._flags(output_attentions, output_hidden_states), return_dict=True)
+        return _return(out, _flag(return_dict, self.config, "return_dict", True))
 
     def forward(self, input_ids=None, pixel_values=None, pixel_attention_mask=None, spatial_shapes=None,
                 attention_mask=None, position_ids=None, return_loss=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None) -> SiglipOutput:
+        output_attentions, output_hidden_states = self._flags(output_attentions, output_hidden_states)
         vision = self.vision_model(pixel_values, pixel_attention_mask, spatial_shapes, output_attentions,
-                                   output_hidden_states)
-        text = self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states)
-        return _return(self._logits(text, vision, return_loss), return_dict)
-
-    def _logits(self, text, vision, return_loss) -> SiglipOutput:
-        image_embeds = vision.pooler_output / vision.pooler_output.norm(p=2, dim=-1, keepdim=True)  # (Bi, P)
-        text_embeds = text.pooler_output / text.pooler_output.norm(p=2, dim=-1, keepdim=True)  # (Bt, P)
-        logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp() + self.logit_bias  # (Bt, Bi)
-        loss = None
-        if return_loss:
-            if text_embeds.shape[0] != image_embeds.shape[0]:
-                raise ValueError(f"return_loss=True needs as many texts as images (the pairs), got "
-                                 f"{text_embeds.shape[0]} texts and {image_embeds.shape[0]} images")
-            loss = ops.sigmoid_loss(image_embeds, text_embeds, self.logit_scale, self.logit_bias, backend=self.backend)
-        return SiglipOutput(loss=loss, logits_per_image=logits_per_text.t(), logits_per_text=logits_per_text,
-                            text_embeds=text_embeds, image_embeds=image_embeds, text_model_output=text,
-                            vision_model_output=vision)
+                                   output_hidden_states, return_dict=True)
+        text = self.text_model(input_ids, attention_mask, position_ids, output_attentions, output_hidden_states,
+                               return_dict=True)
+        return _return(self._scores(text, vision, return_loss), _flag(return_dict, self.config, "return_dict", True))
 
 
 class Siglip2ForImageClassification(Siglip2PreTrainedModel, SiglipForImageClassification):
@@ -286,8 +278,8 @@ class Siglip2ForImageClassification(Siglip2PreTrainedModel, SiglipForImageClassi
 
     def forward(self, pixel_values=None, pixel_attention_mask=None, spatial_shapes=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None) -> ImageClassifierOutput:
-        out = self.vision_model(pixel_values, pixel_attention_mask, spatial_shapes, output_attentions,
-                                output_hidden_states)
+        out = self.vision_model(pixel_values, pixel_attention_mask, spatial_shapes,
+                                *SiglipModel._flags(self, output_attentions, output_hidden_states), return_dict=True)
         last = out.last_hidden_state  # (B, N, D)
         if pixel_attention_mask is not None:
             pool = pixel_attention_mask[..., None].to(last.device)  # (B, N, 1)
@@ -298,7 +290,7 @@ class Siglip2ForImageClassification(Siglip2PreTrainedModel, SiglipForImageClassi
         loss = None if labels is None else self._loss(labels, logits)
         result = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                        attentions=out.attentions)
-        return _return(result, return_dict)
+        return _return(result, _flag(return_dict, self.config, "return_dict", True))
 
 
 _MODEL_TYPES = {

@@ -236,8 +236,9 @@ def test_configs_round_trip_with_transformers(tmp_path):
     ours.save_pretrained(tmp_path / "ours")
     back = transformers.Siglip2Config.from_pretrained(tmp_path / "ours")
     assert back.vision_config.to_dict()["num_patches"] == 9 and back.text_config.hidden_size == 144
+    odd = sf.Siglip2VisionConfig(num_patches=20)  # accepted as a config, as transformers does; refused by a model
     with pytest.raises(ValueError, match="perfect square"):
-        sf.Siglip2VisionConfig(num_patches=20)
+        sf.Siglip2VisionModel(odd)
     with pytest.raises(ValueError, match="model_type"):
         sf.Siglip2Config.from_dict({"model_type": "siglip"})
 
