@@ -116,6 +116,25 @@ def analyze_sass(sass: str) -> dict[str, int]:
     return counts
 
 
+_TT_LOAD = re.compile(r"tt\.load\b[^\n]*?:\s*(tensor<((?:\d+x)+)!tt\.ptr<(\w+)>|!tt\.ptr<(\w+)>)")
+
+
+def analyze_ttgir(ttgir: str) -> dict[str, int]:
+    """What the kernel's `tt.load`s read (from its TTGIR): `vector16_loads`, loads of 16-bit floats whose operand is
+    a vector or a scalar (a bias, a position row, a statistic: one element per thread at most, so each may lower to
+    one 16-bit access, outside any tile loop), and `byte_loads`, loads of 8-bit integers (uint8 pixels: two of them
+    travel in one 16-bit access when the pixel rows are only 2-byte aligned)."""
+    out = {"vector16_loads": 0, "byte_loads": 0}
+    for m in _TT_LOAD.finditer(ttgir):
+        dims, elem = (m.group(2) or ""), (m.group(3) or m.group(4))
+        rank = dims.count("x")
+        if elem in ("bf16", "f16") and rank <= 1:
+            out["vector16_loads"] += 1
+        elif elem in ("i8", "ui8"):
+            out["byte_loads"] += 1
+    return out
+
+
 _RES = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 
 
@@ -241,7 +260,7 @@ def _install(arch: int, state: _State) -> None:
         if ident in state.seen:
             return kernel
         if h not in state.hashes:
-            state.hashes[h] = read_cubin(kernel.asm["cubin"])
+            state.hashes[h] = {**read_cubin(kernel.asm["cubin"]), **analyze_ttgir(kernel.asm.get("ttgir", ""))}
             state.hashes[h]["cpu_s"] = round(_cpu_seconds() - c0, 2)  # compile (or cache read) + SASS read
             state.compile_s[name] += state.hashes[h]["cpu_s"]
         state.seen[ident] = dict(
@@ -351,6 +370,8 @@ def _run_target(target: str, dtype) -> None:
         with _cheap_torch_mode():
             out = model(pixel_values=pixels)
             (out.pooler_output.float().sum() + out.last_hidden_state.float().sum()).backward()
+            with torch.no_grad():  # normalised float pixels: the patch embedding's other input path
+                model(pixel_values=torch.empty(pixels.shape, dtype=dtype))
     elif target == "text":
         cfg = dict(_TEXT)
         batch = cfg.pop("batch")
@@ -368,8 +389,16 @@ def _run_target(target: str, dtype) -> None:
         y = torch.empty(_LOSS["n"], _LOSS["d"], dtype=dtype).requires_grad_()
         t = torch.tensor(2.3, requires_grad=True)
         b = torch.tensor(-10.0, requires_grad=True)
+        from siglip_fast.kernels.sigmoid_loss import _block_backward
+
         with _cheap_torch_mode():
-            siglip_fast.sigmoid_loss(x, y, t, b, backend="triton").backward()
+            siglip_fast.sigmoid_loss(x, y, t, b, backend="triton").backward()  # the training path
+            with torch.no_grad():  # evaluation: the forward-only tile pass
+                siglip_fast.sigmoid_loss(x, y, t, b, backend="triton")
+                # the distributed ring's per-block backward (recomputes the logits of a block)
+                scalar = torch.tensor([0.5])
+                _block_backward(x, y, scalar, scalar, scalar, 0, "triton", None, torch.empty_like(x),
+                                torch.empty(y.shape, dtype=torch.float32), accumulate_dx=False)
     else:
         raise ValueError(f"unknown target {target!r}")
 
@@ -497,6 +526,21 @@ def mma_rows(v: dict) -> int | None:
     return None
 
 
+def scalar_16bit_tile_access(v: dict) -> bool:
+    """Invariant (a): a bf16/fp16 variant reads or writes a tile 16 bits at a time. SASS does not say what a load
+    reads, so two kinds of 16-bit loads are told apart through the TTGIR: a vector operand (a bias, one element per
+    thread) may take one 16-bit load each (`vector16_loads`); in a kernel that loads uint8 tiles (`byte_loads`, raw
+    pixels) a 16-bit load is two pixels of a 2-byte aligned row, not a scalar, and its weight loads are checked on
+    the float-pixel twin of the same config (the vision targets compile both). Every 16-bit store counts."""
+    if v["dtype"] not in LOW_PRECISION:
+        return False
+    if v["stg16"]:
+        return True
+    if v.get("byte_loads"):
+        return False
+    return v["ldg16"] > v.get("vector16_loads", 0)
+
+
 def wants_wgmma(v: dict) -> bool:
     """Invariant (b)'s scope: bf16/fp16, an MMA tile of >= 64 rows and a multiple of 4 warps (a warpgroup)."""
     rows = mma_rows(v)
@@ -531,8 +575,9 @@ def check_invariants(result: dict) -> dict[str, list[str]]:
                                    "c_spill_free_fits": [], "d_no_dead_config": []}
     for v in variants:
         where = f"{v['kernel']} {v['target']}/{v['dtype']} [{config_of(v)}]"
-        if v["dtype"] in LOW_PRECISION and (v["ldg16"] or v["stg16"]):
-            fails["a_no_scalar_16bit"].append(f"{where}: {v['ldg16']} LDG.E.U16/S16, {v['stg16']} STG.E.U16")
+        if scalar_16bit_tile_access(v):
+            fails["a_no_scalar_16bit"].append(f"{where}: {v['ldg16']} LDG.E.U16/S16 (vector operands: "
+                                              f"{v.get('vector16_loads', 0)}), {v['stg16']} STG.E.U16")
         if wants_wgmma(v) and not v["hgmma"]:
             fails["b_wgmma"].append(f"{where}: no HGMMA ({v['hmma']} HMMA), {mma_rows(v)}-row MMA tile, "
                                     f"{v['num_warps']} warps")

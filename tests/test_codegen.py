@@ -128,6 +128,25 @@ def test_checker_flags_each_invariant():
     assert not any(codegen.check_invariants(result).values())
 
 
+def test_ttgir_loads_and_the_vector_operand_rule():
+    """16-bit loads of a vector operand (a bias) are allowed one each; a 16-bit load of a tile is not; in a kernel
+    that loads uint8 tiles 16-bit loads are pixel pairs; a 16-bit store always fails."""
+    ttgir = """
+    %a = tt.load %p0 : tensor<128x64x!tt.ptr<bf16>, #blocked>
+    %b = tt.load %p1, %m1, %o1 : tensor<256x!tt.ptr<bf16>, #blocked1>
+    %c = tt.load %p2 : !tt.ptr<f32>
+    %d = tt.load %p3, %m3 : tensor<128x64x!tt.ptr<i8>, #blocked2>
+    """
+    assert codegen.analyze_ttgir(ttgir) == {"vector16_loads": 1, "byte_loads": 1}
+    bias_only = _variant(ldg16=1, vector16_loads=1)
+    tile = _variant(ldg16=2, vector16_loads=1)
+    pixels = _variant(kernel="patch_embed_fwd", ldg16=16, byte_loads=1)
+    store = _variant(stg16=1, vector16_loads=1)
+    assert not codegen.scalar_16bit_tile_access(bias_only) and not codegen.scalar_16bit_tile_access(pixels)
+    assert codegen.scalar_16bit_tile_access(tile) and codegen.scalar_16bit_tile_access(store)
+    assert not codegen.scalar_16bit_tile_access(_variant(dtype="fp32", ldg16=5))
+
+
 def test_wgmma_scope():
     """(b) applies to bf16/fp16 variants whose MMA tile has >= 64 rows and whose warps form warpgroups."""
     assert codegen.wants_wgmma(_variant())
@@ -166,7 +185,7 @@ EXPECTED = {  # kernel -> targets where one training step launches it
     "layer_norm_fwd": {"b16", "so400m", "text"}, "layer_norm_bwd": {"b16", "so400m", "text"},
     "linear_fwd": {"b16", "so400m", "text"}, "linear_bwd": {"b16", "so400m", "text"},
     "patch_embed_fwd": {"b16", "so400m"}, "patch_embed_bwd_weight": {"b16", "so400m"},
-    "sigmoid_loss_fwd": {"loss"}, "sigmoid_loss_bwd": {"loss"},
+    "sigmoid_loss_fwd": {"loss"}, "sigmoid_loss_grad": {"loss"},
 }
 
 
@@ -188,8 +207,13 @@ def test_gate_covers_every_kernel_target_and_dtype(report):
     for t in ("b16", "so400m"):
         assert any(v["kernel"] == "attention_fwd" and v["target"] == t and "Nq" in v["spec"]["one"]
                    for v in report["variants"]), f"no 1-query attention at {t}"
-    # uint8 pixels into the patch embedding
-    assert all(v["key"].get("IS_UINT8") for v in report["variants"] if v["kernel"].startswith("patch_embed_fwd"))
+    # uint8 and normalised float pixels into the patch embedding, at both vision shapes
+    for t in ("b16", "so400m"):
+        kinds = {bool(v["key"].get("IS_UINT8")) for v in report["variants"]
+                 if v["kernel"] == "patch_embed_fwd" and v["target"] == t and v["dtype"] == "bf16"}
+        assert kinds == {True, False}, f"patch_embed_fwd at {t}: pixel kinds {kinds}"
+    # the loss's training pass (FUSED) and the distributed ring's recomputing pass
+    assert {v["key"].get("FUSED") for v in report["variants"] if v["kernel"] == "sigmoid_loss_grad"} == {True, False}
     # the text tower's padding mask
     assert any(v["kernel"] == "attention_fwd" and v["target"] == "text" and v["key"].get("HAS_MASK")
                for v in report["variants"])
