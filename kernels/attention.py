@@ -184,6 +184,12 @@ def _hint(stride, ALIGN: tl.constexpr):
 
 
 @triton.jit
+def _head_base(ptr, b, h, stride_b, stride_h, ALIGN: tl.constexpr):
+    """The pointer to batch b, head h of a (B, N, H, d) tensor, its strides hinted as multiples of ALIGN."""
+    return ptr + b * _hint(stride_b, ALIGN) + h * _hint(stride_h, ALIGN)
+
+
+@triton.jit
 def _key_tiles(k_base, v_base, mask_base, offs_d0, offs_d1, d0_ok, d1_ok, n_start, Nk,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, TAIL: tl.constexpr, BLOCK_N: tl.constexpr):
     """The key-side tiles of a loop over keys from n_start: (n_ok (BLOCK_N,), the load masks of the two head-dim
@@ -283,10 +289,10 @@ def _attention_fwd_kernel(
     stride_kn = _hint(stride_kn, ALIGN)
     stride_vn = _hint(stride_vn, ALIGN)
     stride_on = _hint(stride_on, ALIGN)
-    q_base = Q + b * _hint(stride_qb, ALIGN) + h * _hint(stride_qh, ALIGN)
-    k_base = K + b * _hint(stride_kb, ALIGN) + h * _hint(stride_kh, ALIGN)
-    v_base = V + b * _hint(stride_vb, ALIGN) + h * _hint(stride_vh, ALIGN)
-    o_base = Out + b * _hint(stride_ob, ALIGN) + h * _hint(stride_oh, ALIGN)
+    q_base = _head_base(Q, b, h, stride_qb, stride_qh, ALIGN)
+    k_base = _head_base(K, b, h, stride_kb, stride_kh, ALIGN)
+    v_base = _head_base(V, b, h, stride_vb, stride_vh, ALIGN)
+    o_base = _head_base(Out, b, h, stride_ob, stride_oh, ALIGN)
     mask_base = Mask + b * stride_mb
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -345,10 +351,8 @@ def _attention_bwd_preprocess_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM)
-    o_rows = (Out + b * _hint(stride_ob, ALIGN) + h * _hint(stride_oh, ALIGN)
-              + offs_m[:, None] * _hint(stride_on, ALIGN))
-    do_rows = (DOut + b * _hint(stride_gb, ALIGN) + h * _hint(stride_gh, ALIGN)
-               + offs_m[:, None] * _hint(stride_gn, ALIGN))
+    o_rows = _head_base(Out, b, h, stride_ob, stride_oh, ALIGN) + offs_m[:, None] * _hint(stride_on, ALIGN)
+    do_rows = _head_base(DOut, b, h, stride_gb, stride_gh, ALIGN) + offs_m[:, None] * _hint(stride_gn, ALIGN)
     o = tl.load(o_rows + offs_d[None, :] * stride_od, mask=mask, other=0.0)
     do = tl.load(do_rows + offs_d[None, :] * stride_gd, mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
@@ -451,10 +455,10 @@ def _attention_bwd_kv_kernel(
     stride_kn = _hint(stride_kn, ALIGN)
     stride_vn = _hint(stride_vn, ALIGN)
     stride_gn = _hint(stride_gn, ALIGN)
-    q_base = Q + b * _hint(stride_qb, ALIGN) + h * _hint(stride_qh, ALIGN)
-    do_base = DOut + b * _hint(stride_gb, ALIGN) + h * _hint(stride_gh, ALIGN)
-    k_base = K + b * _hint(stride_kb, ALIGN) + h * _hint(stride_kh, ALIGN)
-    v_base = V + b * _hint(stride_vb, ALIGN) + h * _hint(stride_vh, ALIGN)
+    q_base = _head_base(Q, b, h, stride_qb, stride_qh, ALIGN)
+    do_base = _head_base(DOut, b, h, stride_gb, stride_gh, ALIGN)
+    k_base = _head_base(K, b, h, stride_kb, stride_kh, ALIGN)
+    v_base = _head_base(V, b, h, stride_vb, stride_vh, ALIGN)
     mask_base = Mask + b * stride_mb
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -498,10 +502,8 @@ def _attention_bwd_kv_kernel(
             HAS_D1, PAD_D0, PAD_D1, HAS_MASK, True, DOT_PRECISION, TAIL_M)
 
     # key rows past Nk are never stored
-    dk_rows = (DK + b * _hint(stride_dkb, ALIGN) + h * _hint(stride_dkh, ALIGN)
-               + offs_n[:, None] * _hint(stride_dkn, ALIGN))
-    dv_rows = (DV + b * _hint(stride_dvb, ALIGN) + h * _hint(stride_dvh, ALIGN)
-               + offs_n[:, None] * _hint(stride_dvn, ALIGN))
+    dk_rows = _head_base(DK, b, h, stride_dkb, stride_dkh, ALIGN) + offs_n[:, None] * _hint(stride_dkn, ALIGN)
+    dv_rows = _head_base(DV, b, h, stride_dvb, stride_dvh, ALIGN) + offs_n[:, None] * _hint(stride_dvn, ALIGN)
     _store(dk_rows + offs_d0[None, :] * stride_dkd, dk0 * scale, n_ok, d0_ok, not EVEN_N, PAD_D0)
     _store(dv_rows + offs_d0[None, :] * stride_dvd, dv0, n_ok, d0_ok, not EVEN_N, PAD_D0)
     if HAS_D1:
@@ -592,10 +594,10 @@ def _attention_bwd_q_kernel(
     stride_vn = _hint(stride_vn, ALIGN)
     stride_gn = _hint(stride_gn, ALIGN)
     stride_dqn = _hint(stride_dqn, ALIGN)
-    q_base = Q + b * _hint(stride_qb, ALIGN) + h * _hint(stride_qh, ALIGN)
-    do_base = DOut + b * _hint(stride_gb, ALIGN) + h * _hint(stride_gh, ALIGN)
-    k_base = K + b * _hint(stride_kb, ALIGN) + h * _hint(stride_kh, ALIGN)
-    v_base = V + b * _hint(stride_vb, ALIGN) + h * _hint(stride_vh, ALIGN)
+    q_base = _head_base(Q, b, h, stride_qb, stride_qh, ALIGN)
+    do_base = _head_base(DOut, b, h, stride_gb, stride_gh, ALIGN)
+    k_base = _head_base(K, b, h, stride_kb, stride_kh, ALIGN)
+    v_base = _head_base(V, b, h, stride_vb, stride_vh, ALIGN)
     mask_base = Mask + b * stride_mb
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -632,7 +634,7 @@ def _attention_bwd_q_kernel(
             masked_score, n_full, Nk, Nk, qk_scale, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn,
             HAS_D1, PAD_D0, PAD_D1, HAS_MASK, True, DOT_PRECISION, TAIL_N)
 
-    dq_rows = DQ + b * _hint(stride_dqb, ALIGN) + h * _hint(stride_dqh, ALIGN) + offs_m[:, None] * stride_dqn
+    dq_rows = _head_base(DQ, b, h, stride_dqb, stride_dqh, ALIGN) + offs_m[:, None] * stride_dqn
     _store(dq_rows + offs_d0[None, :] * stride_dqd, dq0 * scale, m_ok, d0_ok, not EVEN_M, PAD_D0)
     if HAS_D1:
         _store(dq_rows + offs_d1[None, :] * stride_dqd, dq1 * scale, m_ok, d1_ok, not EVEN_M, PAD_D1)
