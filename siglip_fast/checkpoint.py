@@ -416,11 +416,14 @@ class PretrainedMixin:
             directory = _resolve_model_dir(
                 pretrained_model_name_or_path, use_safetensors, what=what, revision=revision, subfolder=subfolder,
                 cache_dir=cache_dir, token=token, local_files_only=local_files_only, force_download=force_download)
+        config_source = None  # the file the config was read from, named in a value error
         if isinstance(config, (str, os.PathLike)):
+            config_source = config
             config = cls.config_class.from_pretrained(config)
         elif config is None:
             if directory is None:
                 raise ValueError(f"{what}(None, state_dict=...) needs config=")
+            config_source = os.path.join(directory, "config.json")
             config = cls.config_class.from_pretrained(directory)
         elif isinstance(config, cls.config_class):
             config = copy.deepcopy(config)  # the caller's config is not changed by loading
@@ -435,6 +438,12 @@ class PretrainedMixin:
                             f"{', '.join(_FROM_PRETRAINED_ARGS)}, and the {type(config).__name__} fields "
                             f"{', '.join(_config_fields(config))}")
 
+        try:  # the values, checked before the model is built (the model checks them again), naming the file
+            cls._validate_config(config)
+        except ValueError as e:
+            if config_source is None:
+                raise
+            raise ValueError(f"config file {os.fspath(config_source)}: {e}") from e
         with torch.device("meta"):
             model = cls(config, backend=backend)
         expected = dict(model.state_dict())

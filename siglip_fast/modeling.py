@@ -236,15 +236,20 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
     supports_gradient_checkpointing = True
     _uses_text_tower = True
 
+    @classmethod
+    def _validate_config(cls, config) -> None:
+        """transformers accepts any value in a config and fails when it builds the model: so do we, with the
+        reason (a ValueError naming the field)."""
+        if isinstance(config, SiglipConfig):
+            config.validate_for_model(with_text=cls._uses_text_tower)
+        else:
+            config.validate_for_model()
+
     def __init__(self, config, backend: str = "auto"):
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        # transformers accepts any value in a config and fails when it builds the model: so do we, with the reason
-        if isinstance(config, SiglipConfig):
-            config.validate_for_model(with_text=self._uses_text_tower)
-        else:
-            config.validate_for_model()
+        self._validate_config(config)
         self.config = config
         self.backend = ops.check_backend(backend)
         self._sync_attn_implementation()
