@@ -81,7 +81,8 @@ def _gelu_tanh(z):
 # needs neither reset_to_zero nor restore_value.
 # Keyed on M rounded up to a power of two, not M itself: every batch size would otherwise re-tune.
 @triton.autotune(configs=_fwd_configs(), key=["M_BUCKET", "N", "K"])
-@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
+                    "K_REM": lambda args: args["K"] % args["BLOCK_K"]})
 @triton.jit
 def _linear_fwd_kernel(
     x_ptr,  # input, shape (R0, R1, K) read via strides; row m = (m // R1, m % R1)
@@ -103,6 +104,7 @@ def _linear_fwd_kernel(
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" (only matters for fp32 inputs)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,
+    K_REM: tl.constexpr,  # K % BLOCK_K: a compile-time tail mask (its alignment known, so its loads vectorise)
 ):
     # Grouped ordering: GROUP_M row tiles sweep the column tiles together, so a weight tile is reused from L2.
     pid = tl.program_id(0)
@@ -136,7 +138,7 @@ def _linear_fwd_kernel(
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
     if not EVEN_K:  # the K tail (e.g. K = 4304 = 67 * 64 + 16): one masked step
-        mask_k = offs_k < K % BLOCK_K
+        mask_k = offs_k < K_REM
         a = tl.load(x_ptrs, mask=mask_k[None, :], other=0.0)
         b = tl.load(w_ptrs, mask=mask_k[:, None], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
