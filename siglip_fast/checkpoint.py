@@ -128,6 +128,11 @@ def _device_from_map(device_map: Any) -> torch.device:
     return parse_device(device_map, "device_map")
 
 
+class CheckpointShapeError(ValueError, RuntimeError):
+    """A checkpoint whose weights do not fit the model (mis-shaped keys): a ValueError as siglip_fast's other load
+    errors, and a RuntimeError as transformers raises for size mismatches."""
+
+
 class CheckpointNotFoundError(FileNotFoundError, ValueError):
     """A checkpoint directory or hub id that cannot be found (both a FileNotFoundError and a ValueError)."""
 
@@ -496,8 +501,9 @@ class PretrainedMixin:
                 hints.append("ignore_mismatched_sizes=True re-initialises mis-shaped weights")
             if len(errors) > len(hints):
                 hints.append("output_loading_info=True loads leniently (as transformers) and returns the lists")
-            raise ValueError("\n".join([f"cannot load {source_name} into {cls.__name__}:", *errors,
-                                        f"  ({'; '.join(hints)})"]))
+            error_cls = CheckpointShapeError if mismatched and not ignore_mismatched_sizes else ValueError
+            raise error_cls("\n".join([f"cannot load {source_name} into {cls.__name__}:", *errors,
+                                       f"  ({'; '.join(hints)})"]))
 
         fresh = missing + sorted(mismatched_names)
         fallback_dtype = next((t.dtype for t in loaded.values() if t.is_floating_point()), torch.get_default_dtype())

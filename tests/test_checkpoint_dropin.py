@@ -310,3 +310,15 @@ def test_hub_fetches_the_weights_of_one_format(checkpoint, tmp_path, monkeypatch
     with pytest.raises(ValueError, match="use_safetensors=True but"):
         sf.SiglipModel.from_pretrained("org/bin-only", use_safetensors=True)
     assert "pytorch_model.bin" not in [n for _, n in fetched]
+
+
+def test_shape_mismatch_raises_runtime_error_as_transformers(classifier_checkpoint):
+    """transformers raises RuntimeError for mis-shaped weights; ours is both that and a ValueError (same message)."""
+    from siglip_fast.checkpoint import CheckpointShapeError
+
+    _, path = classifier_checkpoint
+    with pytest.raises(RuntimeError):
+        transformers.SiglipForImageClassification.from_pretrained(path, num_labels=5)
+    with pytest.raises(RuntimeError, match=r"classifier.weight: checkpoint \(3, 32\), model \(5, 32\)") as info:
+        sf.SiglipForImageClassification.from_pretrained(path, num_labels=5)
+    assert isinstance(info.value, ValueError) and type(info.value) is CheckpointShapeError
