@@ -117,6 +117,31 @@ class _SiglipBaseConfig:
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
+    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
+        """Write `to_json_string()` to `json_file_path`, as transformers' `to_json_file`.
+
+        transformers' `use_diff=True` drops the keys equal to a bare `PreTrainedConfig()`'s (generic fields such as
+        `output_hidden_states`); our configs hold no such generic defaults, so the full dict — every SigLIP field, as
+        transformers also writes them — is written whatever `use_diff` is.
+        """
+        if not isinstance(use_diff, bool):
+            raise TypeError(f"use_diff must be a bool, got {type(use_diff).__name__}")
+        with open(json_file_path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> "_SiglipBaseConfig":
+        """The text config, as transformers' `PreTrainedConfig.get_text_config`: a dual config's `text_config`, else
+        the config itself (a text config, and a vision config too, for which transformers also returns `self`).
+
+        transformers files `text_config` under the *decoder* names: it is returned when `decoder` and `encoder` are
+        both unset (or both set) or when `decoder=True`; an encoder-only search (`decoder=False` or `encoder=True`
+        alone) finds no `text_encoder` and returns the config itself — reproduced here.
+        """
+        text_config = getattr(self, "text_config", None)
+        if isinstance(text_config, _SiglipBaseConfig) and (decoder == encoder or decoder):
+            return text_config
+        return self
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write `config.json` atomically (a temporary file in the directory, then os.replace)."""
         os.makedirs(save_directory, exist_ok=True)

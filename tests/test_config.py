@@ -127,3 +127,33 @@ def test_bad_config_files(tmp_path):
         sf.SiglipConfig.from_pretrained(tmp_path)
     with pytest.raises(TypeError, match="text_config"):
         sf.SiglipConfig(text_config=3)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"decoder": False}, {"decoder": True}, {"decoder": None},
+                                    {"encoder": True}, {"encoder": False}, {"decoder": True, "encoder": True}])
+def test_get_text_config_matches_transformers(kwargs):
+    for name in ("SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig"):
+        ours, theirs = getattr(sf, name)(), getattr(transformers, name)()
+        got, expected = ours.get_text_config(**kwargs), theirs.get_text_config(**kwargs)
+        if expected is theirs:
+            assert got is ours, name
+        else:
+            assert expected is theirs.text_config and got is ours.text_config, name
+    assert sf.SiglipConfig().get_text_config().to_dict() == sf.SiglipTextConfig().to_dict()
+
+
+@pytest.mark.parametrize("use_diff", [True, False])
+def test_to_json_file_reads_back_in_both(tmp_path, use_diff):
+    for name in ("SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig"):
+        ours = getattr(sf, name)(hidden_size=64) if name != "SiglipConfig" else sf.SiglipConfig(
+            vision_config={"image_size": 64})
+        path = tmp_path / f"{name}.json"
+        ours.to_json_file(path, use_diff=use_diff)
+        assert path.read_text() == ours.to_json_string()
+        assert getattr(sf, name).from_json_file(path) == ours
+        theirs = getattr(transformers, name).from_json_file(str(path))
+        for key, value in json.loads(path.read_text()).items():
+            if key not in ("dtype", "text_config", "vision_config"):
+                assert getattr(theirs, key) == value, (name, key)
+        if name == "SiglipConfig":
+            assert theirs.vision_config.image_size == 64
