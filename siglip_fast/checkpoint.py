@@ -520,15 +520,40 @@ class PretrainedMixin:
                            "mismatched_keys": set(mismatched), "error_msgs": []}
         return model
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+    _SAVE_PRETRAINED_ARGS = ("save_directory", "safe_serialization", "is_main_process", "max_shard_size",
+                             "push_to_hub")
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True,
+                        **kwargs: Any) -> None:
         """Write config.json and model.safetensors as transformers does (towers keep their key prefix, which both
         transformers v4 and v5 load), atomically: a failure leaves the previous checkpoint as it was.
 
         Both files are written under temporary names in `save_directory` and moved into place with os.replace,
         weights first; then the weight files of other formats or shardings an older checkpoint left there
-        (`model.safetensors.index.json`, `model-0000x-of-0000y.safetensors`, `pytorch_model*.bin[.index.json]`) are
-        removed, so every loader reads what was saved. The model's config is not changed.
+        (`model.safetensors.index.json`, `model-0000x-of-0000y.safetensors`, `pytorch_model*.bin[.index.json]`, and
+        `model.safetensors` when writing a .bin) are removed, so every loader reads what was saved. The model's config
+        is not changed.
+
+        transformers' keyword arguments: `safe_serialization=False` writes `pytorch_model.bin` (`torch.save` of the
+        same state dict) instead, as transformers v4 did (v5 ignores the argument and always writes safetensors);
+        `is_main_process=False` writes nothing (the other ranks of a distributed job); `max_shard_size` is accepted
+        and ignored: one weight file is always written (a SigLIP checkpoint is at most a few GB, and every loader
+        reads a single file); `push_to_hub=True` is refused (siglip_fast saves locally only). Anything else is a
+        TypeError.
         """
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        is_main_process = kwargs.pop("is_main_process", True)
+        kwargs.pop("max_shard_size", None)
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}.save_pretrained got unexpected keyword argument(s) "
+                            f"{', '.join(sorted(kwargs))}; it accepts {', '.join(self._SAVE_PRETRAINED_ARGS)}")
+        if safe_serialization not in (True, False):
+            raise TypeError(f"safe_serialization must be True or False, got {safe_serialization!r}")
+        if push_to_hub:
+            raise ValueError("save_pretrained(push_to_hub=True) is not supported: siglip_fast saves to a local "
+                             "directory only; upload it with huggingface_hub (e.g. HfApi().upload_folder)")
+        if not is_main_process:
+            return
         from safetensors.torch import save_file
 
         save_directory = os.fspath(save_directory)
@@ -540,14 +565,18 @@ class PretrainedMixin:
         state = {prefix + k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         from .configuration import CONFIG_NAME
 
+        weights_name = SAFE_WEIGHTS if safe_serialization else TORCH_WEIGHTS
         tag = f"{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-        weights_tmp = os.path.join(save_directory, f".{SAFE_WEIGHTS}.{tag}")
+        weights_tmp = os.path.join(save_directory, f".{weights_name}.{tag}")
         config_tmp = os.path.join(save_directory, f".{CONFIG_NAME}.{tag}")
         try:
-            save_file(state, weights_tmp, metadata={"format": "pt"})
+            if safe_serialization:
+                save_file(state, weights_tmp, metadata={"format": "pt"})
+            else:
+                torch.save(state, weights_tmp)
             with open(config_tmp, "w", encoding="utf-8") as f:
                 f.write(config.to_json_string())
-            os.replace(weights_tmp, os.path.join(save_directory, SAFE_WEIGHTS))
+            os.replace(weights_tmp, os.path.join(save_directory, weights_name))
             os.replace(config_tmp, os.path.join(save_directory, CONFIG_NAME))
         finally:
             for tmp in (weights_tmp, config_tmp):
@@ -555,7 +584,8 @@ class PretrainedMixin:
                     os.remove(tmp)
         for name in os.listdir(save_directory):
             path = os.path.join(save_directory, name)
-            if _STALE_WEIGHTS.fullmatch(name) and os.path.isfile(path):
+            stale = _STALE_WEIGHTS.fullmatch(name) is not None or name == SAFE_WEIGHTS
+            if stale and name != weights_name and os.path.isfile(path):
                 os.remove(path)
 
 

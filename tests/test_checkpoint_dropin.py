@@ -322,3 +322,29 @@ def test_shape_mismatch_raises_runtime_error_as_transformers(classifier_checkpoi
     with pytest.raises(RuntimeError, match=r"classifier.weight: checkpoint \(3, 32\), model \(5, 32\)") as info:
         sf.SiglipForImageClassification.from_pretrained(path, num_labels=5)
     assert isinstance(info.value, ValueError) and type(info.value) is CheckpointShapeError
+
+
+def test_save_pretrained_transformers_keywords(checkpoint, tmp_path):
+    """save_pretrained's transformers keywords: safe_serialization=False writes pytorch_model.bin (v4's format,
+    which transformers reads), replacing a model.safetensors there; is_main_process=False writes nothing (as
+    transformers); max_shard_size is accepted (one file); push_to_hub=True and unknown keywords are refused."""
+    theirs, path = checkpoint
+    ours = sf.SiglipModel.from_pretrained(path)
+    ours.save_pretrained(tmp_path)  # a safetensors checkpoint first: replaced by the .bin one
+    ours.save_pretrained(tmp_path, safe_serialization=False)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "pytorch_model.bin"]
+    _equal_to(transformers.SiglipModel.from_pretrained(tmp_path), theirs)
+    _equal_to(sf.SiglipModel.from_pretrained(tmp_path), theirs)
+    ours.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="1KB")
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    _equal_to(transformers.SiglipModel.from_pretrained(tmp_path), theirs)
+
+    for model, where in ((ours, tmp_path / "ours"), (theirs, tmp_path / "theirs")):
+        where.mkdir()
+        model.save_pretrained(where, is_main_process=False)
+        assert os.listdir(where) == [], where
+    with pytest.raises(ValueError, match="push_to_hub"):
+        ours.save_pretrained(tmp_path / "hub", push_to_hub=True)
+    with pytest.raises(TypeError, match=r"bogus.*safe_serialization, is_main_process, max_shard_size, push_to_hub"):
+        ours.save_pretrained(tmp_path / "bad", bogus=1)
+    assert not (tmp_path / "hub").exists() and not (tmp_path / "bad").exists()
