@@ -30,6 +30,21 @@ class _SiglipBaseConfig:
     _defaults: dict[str, Any] = {}
 
     def __init__(self, **kwargs: Any):
+        num_labels = kwargs.pop("num_labels", None)
+        id2label = kwargs.pop("id2label", None)
+        label2id = kwargs.pop("label2id", None)
+        problem_type = kwargs.pop("problem_type", None)
+        if id2label is not None:
+            id2label = {int(k): v for k, v in id2label.items()}
+            if num_labels is not None and num_labels != len(id2label):
+                raise ValueError(f"num_labels ({num_labels}) disagrees with id2label ({len(id2label)} labels)")
+        self._id2label = id2label
+        self._label2id = dict(label2id) if label2id is not None else None
+        if num_labels is not None and id2label is None:
+            self.num_labels = num_labels
+        if problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
+            raise ValueError(f"{type(self).__name__}.problem_type {problem_type!r} is not a known problem type")
+        self.problem_type = problem_type
         for key, default in self._defaults.items():
             setattr(self, key, copy.deepcopy(kwargs.pop(key, default)))
         dtype = None
@@ -101,6 +116,34 @@ class _SiglipBaseConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    # --- classification labels (PreTrainedConfig's behaviour: 2 labels unless told otherwise) -------------------
+    # Written to config.json only once set (num_labels/id2label given), as transformers' diff of the defaults.
+    @property
+    def id2label(self) -> dict[int, str]:
+        return self._id2label if self._id2label is not None else {0: "LABEL_0", 1: "LABEL_1"}
+
+    @id2label.setter
+    def id2label(self, value: dict) -> None:
+        self._id2label = {int(k): v for k, v in value.items()}
+        self._label2id = None
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        if self._label2id is not None:
+            return self._label2id
+        return {v: k for k, v in self.id2label.items()}
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"num_labels must be a non-negative int, got {n!r}")
+        self._id2label = {i: f"LABEL_{i}" for i in range(n)}
+        self._label2id = None
+
     # --- serialisation -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -111,6 +154,11 @@ class _SiglipBaseConfig:
             out[key] = copy.deepcopy(getattr(self, key))
         if self.dtype is not None:
             out["dtype"] = self.dtype
+        if self._id2label is not None:
+            out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+            out["label2id"] = self.label2id
+        if self.problem_type is not None:
+            out["problem_type"] = self.problem_type
         out["model_type"] = self.model_type
         return dict(sorted(out.items()))
 
@@ -284,30 +332,15 @@ class SiglipVisionConfig(_SiglipBaseConfig):
 class SiglipConfig(_SiglipBaseConfig):
     """The dual-encoder config: a text and a vision config (dicts, config objects or None for the defaults).
 
-    Also carries the classification fields transformers' PreTrainedConfig has (`id2label`/`label2id`/`num_labels`,
-    `problem_type`) for `SiglipForImageClassification`.
+    Like every config here it carries the classification fields transformers' PreTrainedConfig has
+    (`id2label`/`label2id`/`num_labels`, `problem_type`), used by `SiglipForImageClassification`.
     """
 
     model_type = "siglip"
     _defaults = {"text_config": None, "vision_config": None, "initializer_factor": 1.0}
 
     def __init__(self, text_config=None, vision_config=None, **kwargs: Any):
-        num_labels = kwargs.pop("num_labels", None)
-        id2label = kwargs.pop("id2label", None)
-        label2id = kwargs.pop("label2id", None)
-        problem_type = kwargs.pop("problem_type", None)
         super().__init__(text_config=text_config, vision_config=vision_config, **kwargs)
-        if id2label is not None:
-            id2label = {int(k): v for k, v in id2label.items()}
-            if num_labels is not None and num_labels != len(id2label):
-                raise ValueError(f"num_labels ({num_labels}) disagrees with id2label ({len(id2label)} labels)")
-        self._id2label = id2label
-        self._label2id = dict(label2id) if label2id is not None else None
-        if num_labels is not None and id2label is None:
-            self.num_labels = num_labels
-        if problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
-            raise ValueError(f"SiglipConfig.problem_type {problem_type!r} is not a known problem type")
-        self.problem_type = problem_type
 
     def _post_init(self) -> None:
         self.text_config = self._sub_config(SiglipTextConfig, self.text_config, "text_config")
@@ -340,39 +373,3 @@ class SiglipConfig(_SiglipBaseConfig):
     def from_text_vision_configs(cls, text_config: SiglipTextConfig, vision_config: SiglipVisionConfig, **kwargs):
         """Build from the two tower configs (kept from transformers v4, where it was deprecated; removed in v5)."""
         return cls(text_config=text_config, vision_config=vision_config, **kwargs)
-
-    # --- classification labels (PreTrainedConfig's behaviour: 2 labels unless told otherwise) --------------------
-    @property
-    def id2label(self) -> dict[int, str]:
-        return self._id2label if self._id2label is not None else {0: "LABEL_0", 1: "LABEL_1"}
-
-    @id2label.setter
-    def id2label(self, value: dict) -> None:
-        self._id2label = {int(k): v for k, v in value.items()}
-        self._label2id = None
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        if self._label2id is not None:
-            return self._label2id
-        return {v: k for k, v in self.id2label.items()}
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @num_labels.setter
-    def num_labels(self, n: int) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"num_labels must be a non-negative int, got {n!r}")
-        self._id2label = {i: f"LABEL_{i}" for i in range(n)}
-        self._label2id = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        if self._id2label is not None:
-            out["id2label"] = {str(k): v for k, v in self.id2label.items()}
-            out["label2id"] = self.label2id
-        if self.problem_type is not None:
-            out["problem_type"] = self.problem_type
-        return dict(sorted(out.items()))

@@ -157,3 +157,28 @@ def test_to_json_file_reads_back_in_both(tmp_path, use_diff):
                 assert getattr(theirs, key) == value, (name, key)
         if name == "SiglipConfig":
             assert theirs.vision_config.image_size == 64
+
+
+@pytest.mark.parametrize("name", ["SiglipTextConfig", "SiglipVisionConfig", "SiglipConfig"])
+def test_label_fields_on_every_config(tmp_path, name):
+    """num_labels / id2label / label2id on the tower configs too, as transformers' PreTrainedConfig: the same values,
+    written to config.json and read back by both libraries."""
+    ours_cls, theirs_cls = getattr(sf, name), getattr(transformers, name)
+    assert ours_cls().num_labels == theirs_cls().num_labels == 2
+    assert ours_cls().id2label == theirs_cls().id2label and ours_cls().label2id == theirs_cls().label2id
+    assert "id2label" not in ours_cls().to_dict()  # not set: not written (transformers' diff leaves it out too)
+    ours, theirs = ours_cls(num_labels=3), theirs_cls(num_labels=3)
+    assert (ours.num_labels, ours.id2label, ours.label2id) == (theirs.num_labels, theirs.id2label, theirs.label2id)
+    labels = {"id2label": {"0": "cat", "1": "dog"}, "label2id": {"cat": 0, "dog": 1}}
+    ours, theirs = ours_cls(**labels), theirs_cls(**labels)
+    assert (ours.num_labels, ours.id2label, ours.label2id) == (theirs.num_labels, theirs.id2label, theirs.label2id)
+    ours.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["id2label"] == {"0": "cat", "1": "dog"} and saved["label2id"] == {"cat": 0, "dog": 1}
+    back, hf_back = ours_cls.from_pretrained(tmp_path), theirs_cls.from_pretrained(tmp_path)
+    assert back == ours and back.id2label == hf_back.id2label == {0: "cat", 1: "dog"}
+    assert back.label2id == hf_back.label2id and back.num_labels == hf_back.num_labels == 2
+    theirs.save_pretrained(tmp_path / "hf")
+    assert ours_cls.from_pretrained(tmp_path / "hf").id2label == {0: "cat", 1: "dog"}
+    with pytest.raises(ValueError, match="num_labels"):
+        ours_cls(num_labels=3, id2label={0: "a"})
