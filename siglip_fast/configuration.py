@@ -233,12 +233,21 @@ class _SiglipBaseConfig:
             raise type(e)(f"config file {os.fspath(path)}: {e}") from e
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any):
-        """Read `config.json` from a checkpoint directory (or a hub id when huggingface_hub is installed)."""
+    def from_pretrained(cls, path_or_id: str | os.PathLike, *, subfolder: str = "", revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
+                        local_files_only: bool = False, force_download: bool = False, **kwargs: Any):
+        """Read `config.json` from a checkpoint directory (or a hub id when huggingface_hub is installed).
+
+        `subfolder` selects a directory inside either; `revision`, `cache_dir`, `token`, `local_files_only` and
+        `force_download` go to huggingface_hub (as the models' from_pretrained). Other keyword arguments are set on
+        the config read.
+        """
         from .checkpoint import resolve_pretrained_dir
 
         directory = resolve_pretrained_dir(path_or_id, allow_patterns=[CONFIG_NAME],
-                                           what=f"{cls.__name__}.from_pretrained")
+                                           what=f"{cls.__name__}.from_pretrained", subfolder=subfolder,
+                                           revision=revision, cache_dir=cache_dir, token=token,
+                                           local_files_only=local_files_only, force_download=force_download)
         path = os.path.join(directory, CONFIG_NAME)
         if not os.path.isfile(path):
             raise ValueError(f"no {CONFIG_NAME} in {path_or_id!s}")

@@ -182,3 +182,32 @@ def test_label_fields_on_every_config(tmp_path, name):
     assert ours_cls.from_pretrained(tmp_path / "hf").id2label == {0: "cat", 1: "dog"}
     with pytest.raises(ValueError, match="num_labels"):
         ours_cls(num_labels=3, id2label={0: "a"})
+
+
+def test_from_pretrained_hub_options(tmp_path, monkeypatch):
+    """subfolder / revision / cache_dir / token / local_files_only locate the file (as transformers) and are not set
+    as config fields."""
+    sf.SiglipConfig(vision_config={"image_size": 64}).save_pretrained(tmp_path / "sub")
+    hub = dict(revision="v1", cache_dir=str(tmp_path / "cache"), token="hf_x", local_files_only=True)
+    ours = sf.SiglipConfig.from_pretrained(tmp_path, subfolder="sub", **hub)
+    theirs = transformers.SiglipConfig.from_pretrained(tmp_path, subfolder="sub", **hub)
+    assert ours.vision_config.image_size == theirs.vision_config.image_size == 64
+    for key in ("subfolder", *hub):
+        assert key not in ours.to_dict() and key not in theirs.to_dict() and not hasattr(ours, key), key
+    vision = sf.SiglipVisionConfig.from_pretrained(tmp_path, subfolder="sub", **hub)
+    assert vision.image_size == transformers.SiglipVisionConfig.from_pretrained(tmp_path, subfolder="sub").image_size
+    with pytest.raises(ValueError, match="no subfolder 'nope'"):
+        sf.SiglipConfig.from_pretrained(tmp_path, subfolder="nope")
+
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert sf.SiglipConfig.from_pretrained("org/siglip-test", subfolder="sub", **hub) == ours
+    repo_id, kwargs = calls[0]
+    assert repo_id == "org/siglip-test" and kwargs["allow_patterns"] == ["sub/config.json"]
+    assert {k: kwargs[k] for k in hub} == hub
