@@ -107,6 +107,12 @@ class SiglipProcessor:
         for key in images_kwargs:
             if key not in image_keys:
                 raise TypeError(f"images_kwargs: unexpected option {key!r}; image options: {list(image_keys)}")
+        plain = dict(kwargs) if padding is _UNSET else {**kwargs, "padding": padding}
+        for modality, given in (("text_kwargs", text_kwargs), ("images_kwargs", images_kwargs)):
+            for key in given:
+                if key in plain:  # transformers' ProcessorMixin._merge_kwargs error, word for word
+                    raise ValueError(f"Keyword argument {key} was passed two times:\n"
+                                     f"in a dictionary for {modality} and as a **kwarg.")
         _route(kwargs, ("text", _TEXT_KEYS, text_kwargs), ("image", image_keys, images_kwargs),
                what=type(self).__name__)
         if padding is not _UNSET:

@@ -115,6 +115,25 @@ def test_kwargs_routing(checkpoint_dir, images):
         SiglipProcessor(ours.image_processor, "tokenizer")
 
 
+@pytest.mark.parametrize("modality,twice", [
+    ("text_kwargs", {"max_length": 5}), ("text_kwargs", {"padding": "max_length"}),
+    ("text_kwargs", {"truncation": True}), ("images_kwargs", {"size": {"height": 9, "width": 13}}),
+    ("images_kwargs", {"do_normalize": False}),
+])
+def test_option_passed_twice_raises_like_transformers(checkpoint_dir, hf_processor_cls, images, modality, twice):
+    ours, theirs = SiglipProcessor.from_pretrained(checkpoint_dir), _hf(hf_processor_cls, checkpoint_dir)
+    call = {"images": images, "text": TEXTS[:2], modality: dict(twice), **twice}
+    with pytest.raises(ValueError) as expected:
+        theirs(**call)
+    with pytest.raises(ValueError) as got:
+        ours(**call)
+    assert str(got.value) == str(expected.value)
+    assert f"in a dictionary for {modality}" in str(got.value)
+    other = "images_kwargs" if modality == "text_kwargs" else "text_kwargs"  # only the same part's dict clashes
+    kwargs = {"images": images, "text": TEXTS[:2], "return_tensors": "pt", modality: dict(twice)}
+    _same(ours(**kwargs, **{other: {}}), ours(**kwargs))
+
+
 def test_save_load_round_trip(checkpoint_dir, hf_processor_cls, images, tmp_path):
     ours = SiglipProcessor.from_pretrained(checkpoint_dir)
     ours.save_pretrained(tmp_path / "ours")
