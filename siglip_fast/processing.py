@@ -139,9 +139,27 @@ class SiglipProcessor:
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
 
+    def to_dict(self) -> dict:
+        """processor_config.json's content, as transformers' `ProcessorMixin.to_dict`: the image processor's
+        `to_dict` nested under "image_processor", and "processor_class" (the tokenizer is saved on its own)."""
+        return {"image_processor": self.image_processor.to_dict(), "processor_class": self.processor_class}
+
+    def to_json_string(self) -> str:
+        """The JSON transformers writes to processor_config.json (sorted keys, 2-space indent, trailing newline)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike) -> None:
+        if not isinstance(json_file_path, (str, os.PathLike)):
+            raise TypeError(f"json_file_path must be a path, got {type(json_file_path).__name__}")
+        with open(json_file_path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
         """Write what transformers v5 writes: processor_config.json (with the image processor nested), the
-        tokenizer's model (spiece.model / tokenizer.model) and tokenizer_config.json."""
+        tokenizer's model (spiece.model / tokenizer.model) and tokenizer_config.json.
+
+        Returns the written paths, processor_config.json first: transformers returns `[processor_config.json]`
+        alone, so `save_pretrained(d)[0]` is the same JSON file with both; the tokenizer's files follow."""
         if not isinstance(save_directory, (str, os.PathLike)):
             raise TypeError(f"save_directory must be a path, got {type(save_directory).__name__}")
         save_directory = os.fspath(save_directory)
@@ -150,11 +168,8 @@ class SiglipProcessor:
         os.makedirs(save_directory, exist_ok=True)
         written = self.tokenizer.save_pretrained(save_directory, processor_class=self.processor_class)
         path = os.path.join(save_directory, PROCESSOR_FILE)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"image_processor": self.image_processor.to_dict(), "processor_class": self.processor_class}, f,
-                      indent=2, sort_keys=True)
-            f.write("\n")
-        return [*written, path]
+        self.to_json_file(path)
+        return [path, *written]
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, revision: str | None = None,

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import pickle
 import random
 
@@ -149,6 +150,27 @@ def test_save_load_round_trip(checkpoint_dir, hf_processor_cls, images, tmp_path
     assert again.image_processor.to_dict() == ours.image_processor.to_dict()
     assert again.tokenizer.model_max_length == 16 and again.tokenizer.model_input_names == ["input_ids"]
     _same(again(images=images, text=TEXTS, **kwargs), ours(images=images, text=TEXTS, **kwargs))
+
+
+def test_to_dict_json_and_saved_files_match_transformers(checkpoint_dir, hf_processor_cls, tmp_path):
+    ours, theirs = SiglipProcessor.from_pretrained(checkpoint_dir), _hf(hf_processor_cls, checkpoint_dir)
+    # same keys ("image_processor", "processor_class") and values; theirs holds image_mean/std as tuples, ours
+    # JSON-native lists (as SiglipImageProcessor.to_dict), so compare through JSON
+    assert list(ours.to_dict()) == list(theirs.to_dict()) == ["image_processor", "processor_class"]
+    assert ours.to_dict() == json.loads(json.dumps(theirs.to_dict()))
+    assert json.loads(json.dumps(ours.to_dict())) == ours.to_dict()  # JSON-native
+    assert ours.to_json_string() == theirs.to_json_string()
+    ours.to_json_file(tmp_path / "ours.json")
+    theirs.to_json_file(str(tmp_path / "theirs.json"))
+    assert (tmp_path / "ours.json").read_text() == (tmp_path / "theirs.json").read_text()
+    written, expected = ours.save_pretrained(tmp_path / "o"), theirs.save_pretrained(str(tmp_path / "t"))
+    # transformers returns [processor_config.json]; ours lists it first, then the tokenizer's files
+    assert [os.path.basename(p) for p in expected] == ["processor_config.json"]
+    assert os.path.basename(written[0]) == "processor_config.json"
+    assert sorted(os.path.basename(p) for p in written) == sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert open(written[0]).read() == open(expected[0]).read() == ours.to_json_string()
+    with pytest.raises(TypeError, match="json_file_path must be a path"):
+        ours.to_json_file(None)
 
 
 def test_round_trip_without_transformers(checkpoint_dir, tmp_path, images):
