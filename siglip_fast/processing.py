@@ -15,6 +15,7 @@ from .image_processing import (
     read_image_processor_config,
 )
 from .tokenization import (
+    CALL_DEFAULT_KEYS,
     LARGE_INTEGER,
     SPECIAL_TOKENS_MAP_FILE,
     TOKENIZER_CONFIG_FILE,
@@ -29,7 +30,7 @@ _TEXT_KEYS = ("text_pair", "add_special_tokens", "padding", "truncation", "max_l
 _TOKENIZER_INIT_KEYS = ("model_max_length", "model_input_names", "padding_side", "truncation_side", "do_lower_case",
                         "eos_token", "unk_token", "pad_token", "additional_special_tokens", "extra_special_tokens",
                         "sp_model_kwargs", "clean_up_tokenization_spaces", "bos_token", "mask_token", "add_bos_token",
-                        "add_eos_token")
+                        "add_eos_token", *CALL_DEFAULT_KEYS)
 _IMAGE_CALL_EXTRAS = ("return_uint8", "num_workers")
 _UNSET = object()
 # max_length of the default padding when the tokenizer's model_max_length is unlimited (SigLIP 2's Gemma configs):
@@ -117,6 +118,9 @@ class SiglipProcessor:
                what=type(self).__name__)
         if padding is not _UNSET:
             text_kwargs["padding"] = padding
+        # the tokenizer's init call defaults (from_pretrained(..., max_length=...)), over the class's, as transformers
+        for key, value in getattr(self.tokenizer, "call_defaults", {}).items():
+            text_kwargs.setdefault(key, value)
         for key, value in self.text_defaults.items():
             text_kwargs.setdefault(key, value)
         if "padding" not in text_kwargs:  # SigLIP's training setting, see the class docstring

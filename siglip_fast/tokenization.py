@@ -139,6 +139,10 @@ _SPECIAL_TOKENS_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token"
 _TRUNCATIONS = {True: "longest_first", "longest_first": "longest_first", "only_first": "only_first",
                 "only_second": "only_second", False: None, None: None, "do_not_truncate": None}
 _UNSET = object()
+# __call__ options a tokenizer takes at init / from_pretrained as transformers does (kept in its init_kwargs and
+# tokenizer_config.json): transformers' processor applies them as call defaults, its tokenizer's own call does not
+CALL_DEFAULT_KEYS = ("padding", "truncation", "max_length", "pad_to_multiple_of", "return_attention_mask",
+                     "return_token_type_ids", "return_special_tokens_mask", "return_length")
 
 
 def _without_dummy_prefix(proto: bytes) -> bytes:
@@ -196,7 +200,7 @@ class SiglipTokenizer:
     pad_token_type_id = 0
     # the tokenizer_config.json keys from_pretrained passes to __init__ as they are (besides the special tokens)
     config_init_keys = ("sp_model_kwargs", "do_lower_case", "model_input_names", "clean_up_tokenization_spaces",
-                        "padding_side", "truncation_side", "added_tokens_decoder", "legacy")
+                        "padding_side", "truncation_side", "added_tokens_decoder", "legacy", *CALL_DEFAULT_KEYS)
 
     def __init__(
         self,
@@ -218,6 +222,7 @@ class SiglipTokenizer:
         added_tokens_decoder: dict | None = None,
         legacy: bool | None = None,
         add_special_tokens: Any = _UNSET,
+        **call_defaults: Any,
     ):
         if add_special_tokens is not _UNSET:
             # transformers v5 refuses it too ("add_special_tokens conflicts with the method add_special_tokens")
@@ -227,6 +232,13 @@ class SiglipTokenizer:
                 "{'name_token': '...'} to the constructor, or call tok.add_special_tokens({...}) after loading")
         if (vocab_file is None) == (model_proto is None):
             raise ValueError("SiglipTokenizer needs exactly one of vocab_file (a spiece.model path) or model_proto")
+        for key in call_defaults:
+            if key not in CALL_DEFAULT_KEYS:
+                raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument {key!r} "
+                                f"(call options it keeps as defaults: {list(CALL_DEFAULT_KEYS)})")
+        # as transformers: kept and saved; SiglipProcessor applies them as defaults of its text options (the
+        # tokenizer's own __call__ does not, as transformers' does not)
+        self.call_defaults = dict(call_defaults)
         if legacy is not None and not isinstance(legacy, bool):
             raise TypeError(f"legacy must be a bool or None, got {type(legacy).__name__} ({legacy!r})")
         if sp_model_kwargs is not None and not isinstance(sp_model_kwargs, dict):
@@ -1083,6 +1095,7 @@ class SiglipTokenizer:
             config["pad_token"] = None
         if self._legacy_given is not None:  # transformers saves it when it was given
             config["legacy"] = self._legacy_given
+        config.update(self.call_defaults)
         if self.padding_side != "right" or type(self).padding_side != "right":
             config["padding_side"] = self.padding_side
         if self.truncation_side != "right" or type(self).truncation_side != "right":

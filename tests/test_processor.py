@@ -173,6 +173,29 @@ def test_to_dict_json_and_saved_files_match_transformers(checkpoint_dir, hf_proc
         ours.to_json_file(None)
 
 
+@pytest.mark.parametrize("defaults", [
+    {"max_length": 20, "padding": "max_length"},
+    {"max_length": 3, "padding": "max_length", "truncation": True},
+    {"padding": "longest"},
+])
+def test_tokenizer_call_defaults_from_pretrained_like_transformers(checkpoint_dir, hf_processor_cls, images,
+                                                                  tmp_path, defaults):
+    ours = SiglipProcessor.from_pretrained(checkpoint_dir, **defaults)
+    theirs = hf_processor_cls[0].from_pretrained(str(checkpoint_dir), **defaults)
+    theirs.image_processor = hf_processor_cls[1].from_pretrained(str(checkpoint_dir))  # the PIL backend, as _hf
+    assert theirs.tokenizer.init_kwargs["padding"] == defaults["padding"]
+    texts = ["a cat", "zebra " * 8]
+    _same(ours(images=images, text=texts, return_tensors="pt"), theirs(images=images, text=texts, return_tensors="pt"))
+    for call in ({"padding": "longest"}, {"max_length": 5, "truncation": True}):  # the call's own options win
+        _same(ours(text=texts, return_tensors="pt", **call), theirs(text=texts, return_tensors="pt", **call))
+    # saved in tokenizer_config.json: each side's reload applies them again
+    ours.save_pretrained(tmp_path / "ours")
+    theirs.save_pretrained(str(tmp_path / "theirs"))
+    again, back = SiglipProcessor.from_pretrained(tmp_path / "theirs"), _hf(hf_processor_cls, tmp_path / "ours")
+    _same(again(text=texts, return_tensors="pt"), theirs(text=texts, return_tensors="pt"))
+    _same(back(text=texts, return_tensors="pt"), theirs(text=texts, return_tensors="pt"))
+
+
 def test_round_trip_without_transformers(checkpoint_dir, tmp_path, images):
     ours = SiglipProcessor.from_pretrained(checkpoint_dir)
     ours.save_pretrained(tmp_path)
