@@ -508,6 +508,16 @@ class SiglipImageProcessor:
             f.write(self.to_json_string())
 
     @classmethod
+    def from_json_file(cls, json_file: str | os.PathLike) -> "SiglipImageProcessor":
+        """Build from a JSON file written by `to_json_file` (ours or transformers'), as transformers'
+        `from_json_file`; the fields are checked as `from_dict` checks them."""
+        if not isinstance(json_file, (str, os.PathLike)):
+            raise TypeError(f"json_file must be a path, got {type(json_file).__name__}")
+        with open(json_file, encoding="utf-8") as f:
+            config = json.load(f)
+        return cls.from_dict(config)
+
+    @classmethod
     def from_dict(cls, config: dict, **overrides) -> "SiglipImageProcessor":
         """Build from a preprocessor_config.json dict; `overrides` (e.g. `size={"height": 384, "width": 384}`) win.
         Metadata keys transformers writes are accepted; options SigLIP's processor does not have are refused when

@@ -15,6 +15,7 @@ from .image_processing import (
     read_image_processor_config,
 )
 from .tokenization import (
+    CALL_DEFAULT_KEYS,
     LARGE_INTEGER,
     SPECIAL_TOKENS_MAP_FILE,
     TOKENIZER_CONFIG_FILE,
@@ -29,7 +30,7 @@ _TEXT_KEYS = ("text_pair", "add_special_tokens", "padding", "truncation", "max_l
 _TOKENIZER_INIT_KEYS = ("model_max_length", "model_input_names", "padding_side", "truncation_side", "do_lower_case",
                         "eos_token", "unk_token", "pad_token", "additional_special_tokens", "extra_special_tokens",
                         "sp_model_kwargs", "clean_up_tokenization_spaces", "bos_token", "mask_token", "add_bos_token",
-                        "add_eos_token")
+                        "add_eos_token", *CALL_DEFAULT_KEYS)
 _IMAGE_CALL_EXTRAS = ("return_uint8", "num_workers")
 _UNSET = object()
 # max_length of the default padding when the tokenizer's model_max_length is unlimited (SigLIP 2's Gemma configs):
@@ -107,10 +108,19 @@ class SiglipProcessor:
         for key in images_kwargs:
             if key not in image_keys:
                 raise TypeError(f"images_kwargs: unexpected option {key!r}; image options: {list(image_keys)}")
+        plain = dict(kwargs) if padding is _UNSET else {**kwargs, "padding": padding}
+        for modality, given in (("text_kwargs", text_kwargs), ("images_kwargs", images_kwargs)):
+            for key in given:
+                if key in plain:  # transformers' ProcessorMixin._merge_kwargs error, word for word
+                    raise ValueError(f"Keyword argument {key} was passed two times:\n"
+                                     f"in a dictionary for {modality} and as a **kwarg.")
         _route(kwargs, ("text", _TEXT_KEYS, text_kwargs), ("image", image_keys, images_kwargs),
                what=type(self).__name__)
         if padding is not _UNSET:
             text_kwargs["padding"] = padding
+        # the tokenizer's init call defaults (from_pretrained(..., max_length=...)), over the class's, as transformers
+        for key, value in getattr(self.tokenizer, "call_defaults", {}).items():
+            text_kwargs.setdefault(key, value)
         for key, value in self.text_defaults.items():
             text_kwargs.setdefault(key, value)
         if "padding" not in text_kwargs:  # SigLIP's training setting, see the class docstring
@@ -133,9 +143,27 @@ class SiglipProcessor:
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
 
+    def to_dict(self) -> dict:
+        """processor_config.json's content, as transformers' `ProcessorMixin.to_dict`: the image processor's
+        `to_dict` nested under "image_processor", and "processor_class" (the tokenizer is saved on its own)."""
+        return {"image_processor": self.image_processor.to_dict(), "processor_class": self.processor_class}
+
+    def to_json_string(self) -> str:
+        """The JSON transformers writes to processor_config.json (sorted keys, 2-space indent, trailing newline)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike) -> None:
+        if not isinstance(json_file_path, (str, os.PathLike)):
+            raise TypeError(f"json_file_path must be a path, got {type(json_file_path).__name__}")
+        with open(json_file_path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
         """Write what transformers v5 writes: processor_config.json (with the image processor nested), the
-        tokenizer's model (spiece.model / tokenizer.model) and tokenizer_config.json."""
+        tokenizer's model (spiece.model / tokenizer.model) and tokenizer_config.json.
+
+        Returns the written paths, processor_config.json first: transformers returns `[processor_config.json]`
+        alone, so `save_pretrained(d)[0]` is the same JSON file with both; the tokenizer's files follow."""
         if not isinstance(save_directory, (str, os.PathLike)):
             raise TypeError(f"save_directory must be a path, got {type(save_directory).__name__}")
         save_directory = os.fspath(save_directory)
@@ -144,11 +172,8 @@ class SiglipProcessor:
         os.makedirs(save_directory, exist_ok=True)
         written = self.tokenizer.save_pretrained(save_directory, processor_class=self.processor_class)
         path = os.path.join(save_directory, PROCESSOR_FILE)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"image_processor": self.image_processor.to_dict(), "processor_class": self.processor_class}, f,
-                      indent=2, sort_keys=True)
-            f.write("\n")
-        return [*written, path]
+        self.to_json_file(path)
+        return [path, *written]
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, revision: str | None = None,

@@ -139,6 +139,26 @@ _SPECIAL_TOKENS_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token"
 _TRUNCATIONS = {True: "longest_first", "longest_first": "longest_first", "only_first": "only_first",
                 "only_second": "only_second", False: None, None: None, "do_not_truncate": None}
 _UNSET = object()
+# __call__ options a tokenizer takes at init / from_pretrained as transformers does (kept in its init_kwargs and
+# tokenizer_config.json): transformers' processor applies them as call defaults, its tokenizer's own call does not
+CALL_DEFAULT_KEYS = ("padding", "truncation", "max_length", "pad_to_multiple_of", "return_attention_mask",
+                     "return_token_type_ids", "return_special_tokens_mask", "return_length")
+
+
+def _without_dummy_prefix(proto: bytes) -> bytes:
+    """The sentencepiece model with normalizer_spec.add_dummy_prefix off (what transformers does for legacy=False;
+    needs protobuf, as there)."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as e:
+        raise ImportError(f"legacy=False needs protobuf (to turn the sentencepiece model's add_dummy_prefix off), "
+                          f"as in transformers: {e}") from None
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(proto)
+    if not model.normalizer_spec.add_dummy_prefix:
+        return proto
+    model.normalizer_spec.add_dummy_prefix = False
+    return model.SerializeToString()
 
 
 def _is_int(x: Any) -> bool:
@@ -180,7 +200,7 @@ class SiglipTokenizer:
     pad_token_type_id = 0
     # the tokenizer_config.json keys from_pretrained passes to __init__ as they are (besides the special tokens)
     config_init_keys = ("sp_model_kwargs", "do_lower_case", "model_input_names", "clean_up_tokenization_spaces",
-                        "padding_side", "truncation_side", "added_tokens_decoder")
+                        "padding_side", "truncation_side", "added_tokens_decoder", "legacy", *CALL_DEFAULT_KEYS)
 
     def __init__(
         self,
@@ -200,7 +220,9 @@ class SiglipTokenizer:
         padding_side: str | None = None,
         truncation_side: str | None = None,
         added_tokens_decoder: dict | None = None,
+        legacy: bool | None = None,
         add_special_tokens: Any = _UNSET,
+        **call_defaults: Any,
     ):
         if add_special_tokens is not _UNSET:
             # transformers v5 refuses it too ("add_special_tokens conflicts with the method add_special_tokens")
@@ -210,6 +232,15 @@ class SiglipTokenizer:
                 "{'name_token': '...'} to the constructor, or call tok.add_special_tokens({...}) after loading")
         if (vocab_file is None) == (model_proto is None):
             raise ValueError("SiglipTokenizer needs exactly one of vocab_file (a spiece.model path) or model_proto")
+        for key in call_defaults:
+            if key not in CALL_DEFAULT_KEYS:
+                raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument {key!r} "
+                                f"(call options it keeps as defaults: {list(CALL_DEFAULT_KEYS)})")
+        # as transformers: kept and saved; SiglipProcessor applies them as defaults of its text options (the
+        # tokenizer's own __call__ does not, as transformers' does not)
+        self.call_defaults = dict(call_defaults)
+        if legacy is not None and not isinstance(legacy, bool):
+            raise TypeError(f"legacy must be a bool or None, got {type(legacy).__name__} ({legacy!r})")
         if sp_model_kwargs is not None and not isinstance(sp_model_kwargs, dict):
             raise TypeError(f"sp_model_kwargs must be a dict, got {type(sp_model_kwargs).__name__}")
         self.sp_model_kwargs = dict(sp_model_kwargs or {})
@@ -240,6 +271,15 @@ class SiglipTokenizer:
                              f"another format?): sentencepiece says {str(e).strip()!r}") from None
         if self.sp_model.get_piece_size() == 0:
             raise ValueError(f"{what} holds a sentencepiece model with an empty vocabulary")
+        # `legacy` as transformers' sentencepiece base reads it (default True; saved only when given): legacy=False
+        # turns the model's add_dummy_prefix off. The text still gets its "▁" prefix from the tokenizer (the
+        # "<unk>"-prefix-and-drop encoding), so ids come out the same either way in every case tested (only the
+        # number of "<unk>" pieces dropped differs, followed here as there). The saved model file stays the original.
+        self._legacy_given = legacy
+        self.legacy = True if legacy is None else legacy
+        self._proto = proto
+        if not self.legacy:
+            self.sp_model.LoadFromSerializedProto(_without_dummy_prefix(proto))
         self.vocab_file = vocab_file
         padding_side = type(self).padding_side if padding_side is None else padding_side  # class default
         truncation_side = type(self).truncation_side if truncation_side is None else truncation_side
@@ -1053,6 +1093,9 @@ class SiglipTokenizer:
         config.update(self.special_tokens_map)
         if "pad_token" not in config:
             config["pad_token"] = None
+        if self._legacy_given is not None:  # transformers saves it when it was given
+            config["legacy"] = self._legacy_given
+        config.update(self.call_defaults)
         if self.padding_side != "right" or type(self).padding_side != "right":
             config["padding_side"] = self.padding_side
         if self.truncation_side != "right" or type(self).truncation_side != "right":
@@ -1069,7 +1112,7 @@ class SiglipTokenizer:
         os.makedirs(save_directory, exist_ok=True)
         vocab_path = os.path.join(save_directory, self.vocab_files_names["vocab_file"])
         with open(vocab_path, "wb") as f:
-            f.write(self.sp_model.serialized_model_proto())
+            f.write(self._proto)
         config = self.to_config()
         if processor_class is not None:
             config["processor_class"] = processor_class

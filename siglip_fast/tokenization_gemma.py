@@ -56,8 +56,9 @@ class GemmaTokenizer(SiglipTokenizer):
     padding_side = "left"
     default_lower_case = False
     # lowercasing is the class's (as in transformers, where GemmaTokenizer ignores a do_lower_case in the config)
-    config_init_keys = (*(k for k in SiglipTokenizer.config_init_keys if k != "do_lower_case"), "add_bos_token",
-                        "add_eos_token")
+    # (and SiglipTokenizer's `legacy` is not read from Gemma configs: their loading stays as it was)
+    config_init_keys = (*(k for k in SiglipTokenizer.config_init_keys if k not in ("do_lower_case", "legacy")),
+                        "add_bos_token", "add_eos_token")
 
     def __init__(
         self,

@@ -288,6 +288,21 @@ def test_to_dict_and_json_match_transformers(hf_pil_cls, tmp_path, config):
     assert (tmp_path / "dir" / "preprocessor_config.json").read_text() == (tmp_path / "theirs.json").read_text()
 
 
+@pytest.mark.parametrize("config", CONFIGS)
+def test_from_json_file_matches_transformers(hf_pil_cls, rng, tmp_path, config):
+    hf_pil_cls(**config).to_json_file(str(tmp_path / "theirs.json"))
+    ours = SiglipImageProcessor.from_json_file(tmp_path / "theirs.json")
+    theirs = hf_pil_cls.from_json_file(str(tmp_path / "theirs.json"))
+    assert type(ours) is SiglipImageProcessor
+    assert ours.to_json_string() == theirs.to_json_string()
+    image = _rgb(rng, 37, 53)
+    _equal(ours(image, return_tensors="np")["pixel_values"], theirs(image, return_tensors="np")["pixel_values"])
+    SiglipImageProcessor(**config).to_json_file(tmp_path / "ours.json")  # and transformers reads ours
+    assert hf_pil_cls.from_json_file(str(tmp_path / "ours.json")).to_json_string() == theirs.to_json_string()
+    with pytest.raises(TypeError, match="json_file must be a path"):
+        SiglipImageProcessor.from_json_file(3)
+
+
 def test_from_dict_with_overrides_matches_transformers(hf_pil_cls, rng):
     saved = json.loads(hf_pil_cls(size={"height": 30, "width": 40}).to_json_string())
     overrides = {"resample": 2, "do_normalize": False, "size": {"height": 17, "width": 23}}

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import pickle
 import random
 
@@ -115,6 +116,25 @@ def test_kwargs_routing(checkpoint_dir, images):
         SiglipProcessor(ours.image_processor, "tokenizer")
 
 
+@pytest.mark.parametrize("modality,twice", [
+    ("text_kwargs", {"max_length": 5}), ("text_kwargs", {"padding": "max_length"}),
+    ("text_kwargs", {"truncation": True}), ("images_kwargs", {"size": {"height": 9, "width": 13}}),
+    ("images_kwargs", {"do_normalize": False}),
+])
+def test_option_passed_twice_raises_like_transformers(checkpoint_dir, hf_processor_cls, images, modality, twice):
+    ours, theirs = SiglipProcessor.from_pretrained(checkpoint_dir), _hf(hf_processor_cls, checkpoint_dir)
+    call = {"images": images, "text": TEXTS[:2], modality: dict(twice), **twice}
+    with pytest.raises(ValueError) as expected:
+        theirs(**call)
+    with pytest.raises(ValueError) as got:
+        ours(**call)
+    assert str(got.value) == str(expected.value)
+    assert f"in a dictionary for {modality}" in str(got.value)
+    other = "images_kwargs" if modality == "text_kwargs" else "text_kwargs"  # only the same part's dict clashes
+    kwargs = {"images": images, "text": TEXTS[:2], "return_tensors": "pt", modality: dict(twice)}
+    _same(ours(**kwargs, **{other: {}}), ours(**kwargs))
+
+
 def test_save_load_round_trip(checkpoint_dir, hf_processor_cls, images, tmp_path):
     ours = SiglipProcessor.from_pretrained(checkpoint_dir)
     ours.save_pretrained(tmp_path / "ours")
@@ -130,6 +150,50 @@ def test_save_load_round_trip(checkpoint_dir, hf_processor_cls, images, tmp_path
     assert again.image_processor.to_dict() == ours.image_processor.to_dict()
     assert again.tokenizer.model_max_length == 16 and again.tokenizer.model_input_names == ["input_ids"]
     _same(again(images=images, text=TEXTS, **kwargs), ours(images=images, text=TEXTS, **kwargs))
+
+
+def test_to_dict_json_and_saved_files_match_transformers(checkpoint_dir, hf_processor_cls, tmp_path):
+    ours, theirs = SiglipProcessor.from_pretrained(checkpoint_dir), _hf(hf_processor_cls, checkpoint_dir)
+    # same keys ("image_processor", "processor_class") and values; theirs holds image_mean/std as tuples, ours
+    # JSON-native lists (as SiglipImageProcessor.to_dict), so compare through JSON
+    assert list(ours.to_dict()) == list(theirs.to_dict()) == ["image_processor", "processor_class"]
+    assert ours.to_dict() == json.loads(json.dumps(theirs.to_dict()))
+    assert json.loads(json.dumps(ours.to_dict())) == ours.to_dict()  # JSON-native
+    assert ours.to_json_string() == theirs.to_json_string()
+    ours.to_json_file(tmp_path / "ours.json")
+    theirs.to_json_file(str(tmp_path / "theirs.json"))
+    assert (tmp_path / "ours.json").read_text() == (tmp_path / "theirs.json").read_text()
+    written, expected = ours.save_pretrained(tmp_path / "o"), theirs.save_pretrained(str(tmp_path / "t"))
+    # transformers returns [processor_config.json]; ours lists it first, then the tokenizer's files
+    assert [os.path.basename(p) for p in expected] == ["processor_config.json"]
+    assert os.path.basename(written[0]) == "processor_config.json"
+    assert sorted(os.path.basename(p) for p in written) == sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert open(written[0]).read() == open(expected[0]).read() == ours.to_json_string()
+    with pytest.raises(TypeError, match="json_file_path must be a path"):
+        ours.to_json_file(None)
+
+
+@pytest.mark.parametrize("defaults", [
+    {"max_length": 20, "padding": "max_length"},
+    {"max_length": 3, "padding": "max_length", "truncation": True},
+    {"padding": "longest"},
+])
+def test_tokenizer_call_defaults_from_pretrained_like_transformers(checkpoint_dir, hf_processor_cls, images,
+                                                                  tmp_path, defaults):
+    ours = SiglipProcessor.from_pretrained(checkpoint_dir, **defaults)
+    theirs = hf_processor_cls[0].from_pretrained(str(checkpoint_dir), **defaults)
+    theirs.image_processor = hf_processor_cls[1].from_pretrained(str(checkpoint_dir))  # the PIL backend, as _hf
+    assert theirs.tokenizer.init_kwargs["padding"] == defaults["padding"]
+    texts = ["a cat", "zebra " * 8]
+    _same(ours(images=images, text=texts, return_tensors="pt"), theirs(images=images, text=texts, return_tensors="pt"))
+    for call in ({"padding": "longest"}, {"max_length": 5, "truncation": True}):  # the call's own options win
+        _same(ours(text=texts, return_tensors="pt", **call), theirs(text=texts, return_tensors="pt", **call))
+    # saved in tokenizer_config.json: each side's reload applies them again
+    ours.save_pretrained(tmp_path / "ours")
+    theirs.save_pretrained(str(tmp_path / "theirs"))
+    again, back = SiglipProcessor.from_pretrained(tmp_path / "theirs"), _hf(hf_processor_cls, tmp_path / "ours")
+    _same(again(text=texts, return_tensors="pt"), theirs(text=texts, return_tensors="pt"))
+    _same(back(text=texts, return_tensors="pt"), theirs(text=texts, return_tensors="pt"))
 
 
 def test_round_trip_without_transformers(checkpoint_dir, tmp_path, images):

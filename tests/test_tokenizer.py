@@ -186,6 +186,54 @@ def test_save_here_load_in_transformers(spiece_dir, hf_tokenizer_cls, tmp_path):
     assert again.to_config() == ours.to_config()
 
 
+@pytest.mark.parametrize("legacy", [None, True, False])
+def test_legacy_matches_transformers(spiece_dir, hf_tokenizer_cls, tmp_path, legacy):
+    given = {} if legacy is None else {"legacy": legacy}
+    ours = SiglipTokenizer(spiece_dir / "spiece.model", **given)
+    theirs = hf_tokenizer_cls(str(spiece_dir / "spiece.model"), **given)
+    assert ours.legacy == theirs.legacy == (legacy is not False)
+    assert ours._unk_length == theirs.unk_token_length  # legacy=False: the model without add_dummy_prefix
+    texts = [*TEXTS, "cat</s>dog", "a<unk>b c", "x </s>y"]
+    assert ours(texts)["input_ids"] == theirs(texts)["input_ids"]
+    for text in texts:
+        assert ours.tokenize(text) == list(theirs.tokenize(text)), text
+    # saved as transformers saves it (only when given), the model file unchanged; each side reads the other's
+    ours.save_pretrained(tmp_path / "ours")
+    theirs.save_pretrained(str(tmp_path / "theirs"))
+    saved = {d: json.loads((tmp_path / d / "tokenizer_config.json").read_text()) for d in ("ours", "theirs")}
+    assert saved["ours"].get("legacy") == saved["theirs"].get("legacy") == legacy
+    assert (tmp_path / "ours" / "spiece.model").read_bytes() == (spiece_dir / "spiece.model").read_bytes()
+    back = hf_tokenizer_cls.from_pretrained(str(tmp_path / "ours"))
+    again = SiglipTokenizer.from_pretrained(tmp_path / "theirs")
+    assert back.legacy == again.legacy == ours.legacy
+    assert again(texts)["input_ids"] == back(texts)["input_ids"] == theirs(texts)["input_ids"]
+    with pytest.raises(TypeError, match="legacy must be a bool or None"):
+        SiglipTokenizer(spiece_dir / "spiece.model", legacy="no")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'extra_ids'"):
+        SiglipTokenizer(spiece_dir / "spiece.model", extra_ids=100)  # T5's, not SiglipTokenizer's signature
+
+
+def test_call_defaults_at_init_kept_and_saved_like_transformers(spiece_dir, hf_tokenizer_cls, tmp_path):
+    defaults = {"max_length": 17, "padding": "max_length", "truncation": True}
+    ours = SiglipTokenizer.from_pretrained(spiece_dir, **defaults)
+    theirs = hf_tokenizer_cls.from_pretrained(str(spiece_dir), **defaults)
+    assert ours.call_defaults == {k: theirs.init_kwargs[k] for k in defaults}
+    # as in transformers, the tokenizer's own call does not apply them (SiglipProcessor does)
+    text = "a photo of a cat " * 6
+    assert _plain(ours(text)) == _plain(theirs(text)) and len(ours(text)["input_ids"]) > 17
+    ours.save_pretrained(tmp_path / "ours")
+    theirs.save_pretrained(str(tmp_path / "theirs"))
+    for d in ("ours", "theirs"):
+        saved = json.loads((tmp_path / d / "tokenizer_config.json").read_text())
+        assert {k: saved.get(k) for k in defaults} == defaults, d
+    assert SiglipTokenizer.from_pretrained(tmp_path / "theirs").call_defaults == defaults
+    back = hf_tokenizer_cls.from_pretrained(str(tmp_path / "ours"))
+    assert {k: back.init_kwargs.get(k) for k in defaults} == defaults
+    assert SiglipTokenizer(spiece_dir / "spiece.model", max_length=9).to_config()["max_length"] == 9
+    with pytest.raises(TypeError, match="unexpected keyword argument 'text_pair'"):
+        SiglipTokenizer(spiece_dir / "spiece.model", text_pair="x")
+
+
 def test_save_in_transformers_load_here(spiece_dir, hf_tokenizer_cls, tmp_path):
     theirs = hf_tokenizer_cls(str(spiece_dir / "spiece.model"), model_max_length=16, model_input_names=["input_ids"])
     theirs.save_pretrained(str(tmp_path))
