@@ -360,7 +360,9 @@ _FROM_PRETRAINED_ARGS = (
 class PretrainedMixin:
     """from_pretrained / save_pretrained for the model classes (which set config_class and base_model_prefix)."""
 
-    base_model_prefix: str | None = None
+    # the tower attribute a checkpoint's keys may be prefixed with; "" (transformers' PreTrainedModel default) for the
+    # models that are not one tower, so `getattr(model, model.base_model_prefix, model)` (integrations do) is the model
+    base_model_prefix: str = ""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, *, dtype=None,

@@ -269,3 +269,16 @@ def test_auto_on_cpu_is_the_sdpa_path(tmp_path):
     for tower in ("text_model_output", "vision_model_output"):
         for a, b in zip(o[tower].hidden_states, t[tower].hidden_states, strict=True):
             assert (a - b).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("cls", [sf.SiglipModel, sf.SiglipForImageClassification, sf.SiglipVisionModel,
+                                 sf.SiglipTextModel])
+def test_base_model_prefix_resolves_as_integrations_use_it(cls):
+    """Integrations (PEFT, accelerate, transformers' own loaders) call getattr(model, model.base_model_prefix, model):
+    a string prefix, naming a tower attribute only where the model is one tower's wrapper."""
+    text, vision = TINY_CONFIGS["base"]
+    config = sf.SiglipConfig(text_config=text, vision_config=vision)
+    model = cls({sf.SiglipVisionModel: config.vision_config, sf.SiglipTextModel: config.text_config}.get(cls, config))
+    assert isinstance(model.base_model_prefix, str)
+    base = getattr(model, model.base_model_prefix, model)
+    assert base is model or base is getattr(model, model.base_model_prefix)
