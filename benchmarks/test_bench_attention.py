@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from siglip_fast.kernels.attention import attention, attention_reference
 
 from benchmarks._common import gemm_peak_tflops, peak_memory_mib, sync, time_ms
+from siglip_fast.kernels.attention import attention, attention_reference
 
 # name, B, H, Nq, Nk, d
 FULL_CASES = [

@@ -11,9 +11,9 @@ measure the interpreter, not the kernel.
 
 import pytest
 import torch
-from siglip_fast.kernels.layer_norm import layer_norm, layer_norm_reference
 
 from benchmarks._common import peak_memory_mib, sync, time_ms
+from siglip_fast.kernels.layer_norm import layer_norm, layer_norm_reference
 
 EPS = 1e-6
 # model -> (images, tokens per image, width) at full size; small size scales the batch down.

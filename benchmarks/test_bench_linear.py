@@ -22,10 +22,10 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from siglip_fast.kernels.layer_norm import layer_norm, layer_norm_reference
-from siglip_fast.kernels.linear import linear, linear_reference
 
 from benchmarks._common import gemm_peak_tflops, peak_memory_mib, sync, time_ms
+from siglip_fast.kernels.layer_norm import layer_norm, layer_norm_reference
+from siglip_fast.kernels.linear import linear, linear_reference
 
 # name: (tokens per image, images full, images small, K, N, epilogue)
 CASES = {

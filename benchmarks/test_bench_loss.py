@@ -16,9 +16,9 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
-from siglip_fast.kernels.sigmoid_loss import sigmoid_loss, sigmoid_loss_reference
 
 from benchmarks._common import peak_memory_mib, sync, time_ms
+from siglip_fast.kernels.sigmoid_loss import sigmoid_loss, sigmoid_loss_reference
 
 SUITE = "sigmoid loss fwd+bwd"
 GPU_CASES = [(n, 1152, dt) for n in (4096, 16384, 32768, 65536) for dt in (torch.bfloat16, torch.float32)]

@@ -11,9 +11,9 @@ FLOPs) is timed the same way. Small size (CPU): a tiny case of the eager path on
 
 import pytest
 import torch
-from siglip_fast.kernels.patch_embed import patch_embed, patch_embed_reference
 
 from benchmarks._common import peak_memory_mib, sync, time_ms
+from siglip_fast.kernels.patch_embed import patch_embed, patch_embed_reference
 
 # name -> (B, C, image, p, D)
 CASES = {

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+
 from siglip_fast.kernels.attention import _align, _attention_bwd, _attention_fwd, attention, attention_reference
 
 CUDA = torch.cuda.is_available()

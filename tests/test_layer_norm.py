@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+
 from siglip_fast.kernels.layer_norm import _layer_norm_bwd, _layer_norm_fwd, layer_norm, layer_norm_reference
 
 # fp32 kernel vs fp64 reference: values and gradients are O(1..10) here, fp32 rounding leaves ~1e-6.

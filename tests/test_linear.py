@@ -9,6 +9,7 @@ import importlib
 
 import pytest
 import torch
+
 from siglip_fast.kernels.linear import linear, linear_fwd, linear_reference, linear_torch_fwd
 
 linear_mod = importlib.import_module("siglip_fast.kernels.linear")  # the module (the package exports the function)

@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from siglip_fast.kernels.sigmoid_loss import sigmoid_loss_reference
 
+from siglip_fast.kernels.sigmoid_loss import sigmoid_loss_reference
 from siglip_fast.loss import SigmoidLoss, sigmoid_loss
 
 sl = importlib.import_module("siglip_fast.kernels.sigmoid_loss")  # the module, even if shadowed by the function

@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from siglip_fast.kernels.sigmoid_loss import sigmoid_loss_reference
 
+from siglip_fast.kernels.sigmoid_loss import sigmoid_loss_reference
 from siglip_fast.loss import SigmoidLoss, sigmoid_loss
 
 N_LOCAL, D = 5, 33  # odd on purpose: rows and D tails in every block

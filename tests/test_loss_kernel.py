@@ -17,6 +17,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from siglip_fast.kernels.sigmoid_loss import sigmoid_loss, sigmoid_loss_reference
 
 sl = importlib.import_module("siglip_fast.kernels.sigmoid_loss")  # the module (the package exports the function)

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from siglip_fast.kernels.patch_embed import patch_embed, patch_embed_reference
 
 pe = importlib.import_module("siglip_fast.kernels.patch_embed")  # the module (its name is also the function's)
