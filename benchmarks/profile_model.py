@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -174,7 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_for(args.variant)
     torch.manual_seed(0)
     model = random_model(config, device, dtype)
-    twin = transformers_twin(model, "sdpa") if any(i.startswith("transformers") for i in impls) else None
+    twin = None
+    if any(i.startswith("transformers") for i in impls):
+        twin = transformers_twin(model, "sdpa")
+        if twin is None:
+            parser.error("--impl transformers-*: transformers is not installed")
     vc = config.vision_config
     pixels = torch.randn(args.batch, vc.num_channels, vc.image_size, vc.image_size, device=device, dtype=dtype)
     print(f"# {args.variant} vision tower, batch {args.batch}, {str(dtype).removeprefix('torch.')}, "
@@ -184,14 +189,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = build_steps(model, twin, impls, pixels, args.train)
     except ValueError as e:
         parser.error(str(e))
+    failed = []
     for name, step in steps.items():
         try:
             result = profile_step(step, device, args.steps)
-        except Exception as e:  # one failing implementation is reported; the others still run
+        except Exception as e:  # one failing implementation is reported; the others still run, the exit status is 1
             print(f"{name}: failed: {type(e).__name__}: {e}")
+            failed.append(name)
             continue
         print("\n".join(format_profile(name, result, vc.num_hidden_layers)))
-    return 0
+    if failed:
+        print(f"error: {len(failed)} implementation(s) could not be profiled: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -137,6 +138,11 @@ class CheckpointNotFoundError(FileNotFoundError, ValueError):
     """A checkpoint directory or hub id that cannot be found (both a FileNotFoundError and a ValueError)."""
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def resolve_pretrained_dir(path_or_id: str | os.PathLike, *, allow_patterns: Sequence[str] = _CHECKPOINT_FILES,
                            what: str = "from_pretrained", revision: str | None = None, subfolder: str = "",
                            cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
@@ -155,18 +161,20 @@ def resolve_pretrained_dir(path_or_id: str | os.PathLike, *, allow_patterns: Seq
         if not os.path.isdir(directory):
             raise CheckpointNotFoundError(f"{what}: {path!r} has no subfolder {subfolder!r}")
         return directory
-    looks_like_id = re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", path) is not None and not path.startswith((".", "-"))
-    if not looks_like_id or os.path.exists(path):
+    # A hub id is owner/name (every SigLIP checkpoint is google/...); anything else can only be a local path
+    looks_like_id = re.fullmatch(r"[\w.\-]+/[\w.\-]+", path) is not None and not path.startswith((".", "-"))
+    if os.path.exists(path):
+        raise CheckpointNotFoundError(f"{what}: {path!r} is a file, not a checkpoint directory")
+    if not looks_like_id:
         raise CheckpointNotFoundError(
-            f"{what}: {path!r} is not a directory; the checkpoint directory does not exist (expected a checkpoint "
-            "directory or a hub id)"
+            f"{what}: no such directory: {path!r} (expected a checkpoint directory, or a hub id of the form owner/name)"
         )
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise CheckpointNotFoundError(
-            f"{what}: {path!r} is not a local directory, and huggingface_hub is not installed to fetch it as a hub "
-            "id (pip install 'siglip_fast[hub]', or pass a local directory)"
+            f"{what}: no such directory: {path!r}; as a hub id it needs huggingface_hub, which is not installed "
+            "(pip install 'siglip_fast[hub]', or pass a local directory)"
         ) from None
     patterns = [f"{subfolder.strip('/')}/{p}" for p in allow_patterns] if subfolder else list(allow_patterns)
     hub_kwargs = dict(allow_patterns=patterns, revision=revision, cache_dir=cache_dir, token=token)
@@ -176,13 +184,15 @@ def resolve_pretrained_dir(path_or_id: str | os.PathLike, *, allow_patterns: Seq
     except Exception as online_error:  # noqa: BLE001 - fall back to the local cache, then report both
         if local_files_only:
             raise CheckpointNotFoundError(
-                f"{what}: {path!r} is not in the local hub cache (local_files_only=True): {online_error}"
+                f"{what}: no such directory: {path!r}, and as a hub id it is not in the local hub cache "
+                f"(local_files_only=True): {online_error}"
             ) from online_error
         try:
             snapshot = snapshot_download(path, local_files_only=True, **hub_kwargs)
         except Exception:  # noqa: BLE001
             raise CheckpointNotFoundError(
-                f"{what}: could not fetch {path!r} from the hub nor find it in the local cache: {online_error}"
+                f"{what}: no such directory: {path!r}, and as a hub id it could not be fetched from the hub nor "
+                f"found in the local cache: {_first_line(online_error)}"
             ) from online_error
     directory = os.path.join(snapshot, subfolder) if subfolder else snapshot
     if not os.path.isdir(directory):
@@ -578,6 +588,9 @@ class PretrainedMixin:
                 torch.save(state, weights_tmp)
             with open(config_tmp, "w", encoding="utf-8") as f:
                 f.write(config.to_json_string())
+            # safetensors creates its file private (0600); give it the mode a plain write gets here (the umask's),
+            # as config.json has: checkpoints are shared
+            shutil.copymode(config_tmp, weights_tmp)
             os.replace(weights_tmp, os.path.join(save_directory, weights_name))
             os.replace(config_tmp, os.path.join(save_directory, CONFIG_NAME))
         finally:

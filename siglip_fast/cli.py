@@ -17,6 +17,7 @@ stderr, without a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -92,12 +93,11 @@ def is_naflex(model) -> bool:
 
 
 def transformers_twin(model, attn_implementation: str = "sdpa"):
-    """The same weights in transformers' SiglipModel / Siglip2Model (state_dict keys are identical); None without
-    transformers."""
-    try:
-        import transformers
-    except ImportError:
+    """The same weights in transformers' SiglipModel / Siglip2Model (state_dict keys are identical); None when
+    transformers is not installed. An installed transformers that fails to import or to build the model raises."""
+    if importlib.util.find_spec("transformers") is None:
         return None
+    import transformers
     config = model.config
     naflex = is_naflex(model)
     verbosity = transformers.logging.get_verbosity()
@@ -162,6 +162,14 @@ def _check_backend(backend: str, device: torch.device) -> None:
         ops.resolve(backend, torch.empty(0, device=device))
     except ValueError as e:
         raise CLIError(f"--backend {backend}: {e}") from None
+
+
+def _check_checkpoint_arg(path: str) -> None:
+    """embed / classify need trained weights: a bare shape name (random weights, for `bench`) is a usage error here
+    (a hub id such as google/siglip-base-patch16-224 names the trained checkpoint and is fetched as one)."""
+    if not os.path.exists(path) and "/" not in path and is_variant(path):
+        raise CLIError(f"--model {path}: a shape name means random weights, which only `bench` takes; embed and "
+                       "classify need a checkpoint directory (or a hub id such as google/siglip-base-patch16-224)")
 
 
 def _load_model(path: str, device: torch.device, dtype: torch.dtype, backend: str):
@@ -342,7 +350,7 @@ def cmd_bench(args) -> int:
     hf, hf_error = None, None
     try:
         hf = transformers_twin(model, "sdpa")
-    except Exception as e:  # a transformers version that cannot build this config: report, keep going
+    except Exception as e:  # an installed transformers that cannot import or build this model: a failed row
         hf_error = _short_error(e)
     if hf is not None or hf_error:
         impls.append("transformers-sdpa")
@@ -424,11 +432,14 @@ def cmd_bench(args) -> int:
     print("\nitems/s: img/s (vision) or texts/s (text); max_diff: max |pooled output - eager backend's| on the same "
           "weights and inputs; vs_eager: eager ms / ms.")
     over = [r for r in rows if "over_budget" in r]
+    failed = [r for r in rows if r.get("error")]
     if over:
         print(f"error: {len(over)} row(s) over the {str(dtype).removeprefix('torch.')} error budget "
               f"({', '.join(r['tower'] + ' ' + r['impl'] for r in over)}): their outputs are wrong", file=sys.stderr)
-        return 1
-    return 0
+    if failed:
+        print(f"error: {len(failed)} row(s) could not be measured: "
+              + "; ".join(f"{r['tower']} {r['impl']}: {r['error']}" for r in failed), file=sys.stderr)
+    return 1 if over or failed else 0
 
 
 def _duration(seconds: float) -> str:
@@ -465,6 +476,7 @@ def cmd_embed(args) -> int:
         raise CLIError(f"--shard-size must be >= 1, got {args.shard_size}")
     if not args.inputs and not args.files and not args.texts:
         raise CLIError("nothing to embed: give image files, directories or tar shards, --files lists and/or --texts")
+    _check_checkpoint_arg(args.model)
     out = args.out
     try:
         result = embed_corpus(args.inputs, out, model=args.model, files=args.files or (), texts=args.texts or (),
@@ -504,6 +516,7 @@ def zero_shot(model, processor, image, labels: list[str], template: str, device,
 def cmd_classify(args) -> int:
     from .image_processing import load_image
 
+    _check_checkpoint_arg(args.model)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     if os.path.isdir(args.image):
@@ -563,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weights and activations dtype (default: bf16 on CUDA, fp32 on CPU)")
         if backend:
             p.add_argument("--backend", choices=["auto", "triton", "eager", "sdpa"], default="auto",
-                           help="siglip_fast backend (default auto: Triton kernels on CUDA, eager on CPU)")
+                           help="siglip_fast backend (default auto: Triton kernels on CUDA, sdpa on CPU)")
 
     bench = sub.add_parser("bench", help="time every backend side by side (random weights)",
                            description="Time siglip_fast's backends side by side (and transformers when installed) "

@@ -150,3 +150,20 @@ def test_bad_model_inputs(checkpoint):
         model.get_image_features(pixel_values=torch.randn(1, 3, 25, 25))
     with pytest.raises(ValueError, match="backend"):
         model.set_backend("fast")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+@pytest.mark.parametrize("safe_serialization", [True, False])
+def test_saved_files_get_the_mode_of_a_plain_write(tmp_path, umask, safe_serialization):
+    """Checkpoints are shared: the weights get the mode a plain write gets under the umask (safetensors alone would
+    create them 0600), the same as config.json."""
+    model = sf.SiglipVisionModel(sf.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                       num_attention_heads=2, image_size=28, patch_size=14))
+    old = os.umask(umask)
+    try:
+        model.save_pretrained(tmp_path, safe_serialization=safe_serialization)
+    finally:
+        os.umask(old)
+    weights = "model.safetensors" if safe_serialization else "pytorch_model.bin"
+    modes = {name: os.stat(tmp_path / name).st_mode & 0o777 for name in (weights, "config.json")}
+    assert modes == {weights: 0o666 & ~umask, "config.json": 0o666 & ~umask}

@@ -197,8 +197,10 @@ def test_bench_reports_a_failing_backend_and_carries_on(checkpoint, capsys, monk
     monkeypatch.setattr(siglip_ops, "layer_norm", broken(real_layer_norm))
     code = main(["bench", "--model", checkpoint, "--batch", "2", "--backends", "sdpa,eager", "--reps", "1",
                  "--device", "cpu"])
-    out = capsys.readouterr().out
-    assert code == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 1  # a requested row that could not be measured fails the run, after the others ran
+    assert "error: 2 row(s) could not be measured: vision sdpa: RuntimeError: kernel exploded" in captured.err
     lines = [line for line in out.splitlines() if line.startswith(("vision ", "text "))]
     sdpa = [line for line in lines if line.split()[1] == "sdpa"]
     eager = [line for line in lines if line.split()[1] == "eager"]
@@ -233,7 +235,12 @@ def test_bench_without_triton_interpreter_says_why(checkpoint, capsys, monkeypat
 
 @pytest.mark.parametrize("argv, message", [
     (["embed", "{missing}", "--model", "{ckpt}", "--out", "{tmp}/e.npy"], "no such file or directory"),
-    (["embed", "{images}", "--model", "{tmp}/no-such-checkpoint", "--out", "{tmp}/e.npy"], "does not exist"),
+    (["embed", "{images}", "--model", "{tmp}/no-such-checkpoint", "--out", "{tmp}/e.npy"], "no such directory"),
+    (["embed", "{images}", "--model", "no-such-checkpoint", "--out", "{tmp}/e.npy"],
+     "no such directory: 'no-such-checkpoint'"),
+    (["embed", "{images}", "--model", "base-patch16-224", "--out", "{tmp}/e.npy"], "which only `bench` takes"),
+    (["classify", "{images}/a.png", "--model", "so400m-patch14-384", "--labels", "a,b"], "which only `bench` takes"),
+    (["classify", "{images}/a.png", "--model", "{tmp}/typo", "--labels", "a,b"], "no such directory"),
     (["embed", "{images}", "--model", "{ckpt}", "--out", "{tmp}/no/such/dir/e.npy"], "does not exist"),
     (["embed", "--texts", "{missing}", "--model", "{ckpt}", "--out", "{tmp}/e.npy"], "--texts"),
     (["embed", "--model", "{ckpt}", "--out", "{tmp}/e.npy"], "nothing to embed"),
@@ -260,6 +267,34 @@ def test_usage_errors_exit_2_with_a_message(argv, message, checkpoint, images, t
     assert code == 2
     assert message in captured.err
     assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_bench_transformers_row_that_cannot_be_built_fails_the_run(checkpoint, capsys, monkeypatch):
+    """An installed transformers that fails to import or to build the model (as transformers 5.25 did when the
+    checkout's kernels/ shadowed Hugging Face's `kernels`) is a failed row and a non-zero exit, not a table cell."""
+    import siglip_fast.cli as cli
+
+    def twin(model, attn_implementation="sdpa"):
+        raise ImportError("cannot import name 'CUDAProperties' from 'kernels'")
+
+    monkeypatch.setattr(cli, "transformers_twin", twin)
+    code = main(["bench", "--model", checkpoint, "--batch", "1", "--backends", "eager", "--tower", "text",
+                 "--reps", "1", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 1
+    row = next(line for line in captured.out.splitlines() if line.split()[:2] == ["text", "transformers-sdpa"])
+    assert "ImportError: cannot import name 'CUDAProperties'" in row
+    assert "error: 1 row(s) could not be measured: text transformers-sdpa: ImportError" in captured.err
+
+
+def test_backend_help_says_what_auto_runs_on_cpu(capsys):
+    """--help's "auto" is what the model reports (config._attn_implementation) on CPU: sdpa."""
+    from siglip_fast import ops
+
+    assert main(["embed", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Triton kernels on CUDA, sdpa on CPU" in out
+    assert ops.attention_implementation("auto", torch.empty(1)) == "sdpa"
 
 
 def test_module_help_in_a_subprocess():

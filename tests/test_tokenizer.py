@@ -274,7 +274,7 @@ def test_bad_input(spiece_dir, tmp_path, monkeypatch):
         tok(["a", "a photo of a cat"], return_tensors="pt")
     with pytest.raises(FileNotFoundError, match="vocab_file"):
         SiglipTokenizer(tmp_path / "missing.model")
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(FileNotFoundError, match="no such directory"):
         SiglipTokenizer.from_pretrained(tmp_path / "no" / "such" / "dir")
     with pytest.raises(FileNotFoundError, match="spiece.model"):
         SiglipTokenizer.from_pretrained(tmp_path)  # exists but holds no vocab
