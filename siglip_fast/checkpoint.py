@@ -173,7 +173,7 @@ def resolve_pretrained_dir(path_or_id: str | os.PathLike, *, allow_patterns: Seq
         from huggingface_hub import snapshot_download
     except ImportError:
         raise CheckpointNotFoundError(
-            f"{what}: no such directory: {path!r}; as a hub id it needs huggingface_hub, which is not installed "
+            f"{what}: no such directory: {path!r}, and huggingface_hub is not installed to fetch it as a hub id "
             "(pip install 'siglip_fast[hub]', or pass a local directory)"
         ) from None
     patterns = [f"{subfolder.strip('/')}/{p}" for p in allow_patterns] if subfolder else list(allow_patterns)
