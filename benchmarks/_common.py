@@ -7,9 +7,11 @@ repeated wall-clock runs. Peak memory is `torch.cuda.max_memory_allocated` above
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
@@ -24,6 +26,20 @@ TINY = dict(
 
 ROWS: list[dict] = []
 GEMM_PEAK: dict = {}
+# --bench-warm (benchmarks/conftest.py): every row runs its first call and its correctness check (compilation,
+# autotuning, torch.compile's caches) and is not timed; gpu_check.sh warms triton's and inductor's on-disk caches
+# this way, in parallel processes, before the timed stages.
+WARM = {"on": False}
+
+# The correctness budgets every benchmark checks its rows against before timing them: the error of a row's result
+# relative to the reference's scale, max|out - ref| / max|ref| per tensor (each output and each gradient on its
+# own, so a small gradient is held as tightly as a large one), the reference computed in float64 from the same
+# inputs. fp32 (the CPU shapes: eager, sdpa and the interpreted kernels): 1e-4, so a 1 % error in any kernel's
+# output fails. bf16 / fp16 (the GPU shapes): a few units in the last place at the scale of the tensor (bf16 has 8
+# significant bits, fp16 11), a sanity bound for every row (a wrong tile, an unwritten block, NaN); the kernels'
+# tight low-precision budgets (<= 2x the eager error against fp64) are tests/' GPU tests. TF32 rows (fp32 under
+# torch.set_float32_matmul_precision("high"), 10-bit mantissa) get fp16's.
+REL_BUDGET = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 4e-3, "tf32": 4e-3}
 
 
 def triton_version() -> str | None:
@@ -35,8 +51,86 @@ def triton_version() -> str | None:
         return None
 
 
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """max|out - ref| / max|ref| (in float64; inf when out is not finite where ref is, or when the shapes differ)."""
+    out, ref = out.detach(), ref.detach().to(out.device)
+    if out.shape != ref.shape:
+        return math.inf
+    out, ref = out.double(), ref.double()
+    if not bool(torch.isfinite(out).all()):
+        return math.inf
+    scale = ref.abs().max().item() if ref.numel() else 0.0
+    diff = (out - ref).abs().max().item() if ref.numel() else 0.0
+    return diff / scale if scale > 0 else diff
+
+
+def check_close(name: str, outs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor], budget: float,
+                labels: Sequence[str] | None = None) -> float:
+    """The worst rel_err over matching tensors; AssertionError naming the row, each tensor's error and the budget
+    when one is over it. Returns the worst error (the row's `max_err`)."""
+    if len(outs) != len(refs):
+        raise AssertionError(f"{name}: {len(outs)} results against {len(refs)} references")
+    labels = list(labels) if labels is not None else [str(i) for i in range(len(outs))]
+    errs = {label: rel_err(o, r) for label, o, r in zip(labels, outs, refs, strict=True)}
+    worst = max(errs.values(), default=0.0)
+    if not worst <= budget:
+        detail = ", ".join(f"{k} {v:.2e}" for k, v in errs.items())
+        raise AssertionError(f"{name}: error max|out - ref| / max|ref| = {worst:.2e} over the budget {budget:.0e} "
+                             f"(against float64; per tensor: {detail})")
+    return worst
+
+
+def model_budget(dtype: torch.dtype, errs: dict, baseline: str = "eager") -> float:
+    """The model benchmarks' budget: fp32, REL_BUDGET's; bf16 / fp16, design.md's error budget for the model: 2x the
+    error of the eager backend (what transformers computes) in the same dtype on the same inputs, and at least
+    REL_BUDGET's sanity bound."""
+    if dtype == torch.float32 or baseline not in errs:
+        return REL_BUDGET[dtype]
+    return max(REL_BUDGET[dtype], 2 * errs[baseline])
+
+
+def run_rows(impls: dict, result_of: Callable, reference: Sequence[torch.Tensor], budget_of: Callable,
+             device: torch.device, *, untimed: Sequence[str] = ()) -> tuple[dict, dict, tuple | None]:
+    """The model benchmarks' rows: each `impls[name]()` builds a step (inside the row: a failing build is that row's
+    failure), whose first call (warm-up: compilation, autotuning, graph capture) gives the result checked:
+    rel_err of each tensor of `result_of(out)` against `reference` (float64). `budget_of(errs)` then gives the
+    budget, and each row within it is timed (those in `untimed`, e.g. the interpreted kernels, are not).
+    Returns (results: name -> {err, ms, peak_mib}, failures: name -> reason, (name, step) of the first timed row);
+    a row's exception or error over budget is a failure, never dropped."""
+    results, failures, steps = {}, {}, {}
+    for name, factory in impls.items():
+        try:
+            fn = factory()
+            outs = result_of(fn())
+            sync(device)
+            results[name] = {"err": max(rel_err(o, r) for o, r in zip(outs, reference, strict=True))}
+            steps[name] = fn
+        except Exception as e:  # noqa: BLE001  (every row's exception is a failure of the test, reported below)
+            failures[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    budget = budget_of({name: r["err"] for name, r in results.items()})
+    main = None
+    for name, r in results.items():
+        r["budget"] = budget
+        if not r["err"] <= budget:
+            failures[name] = f"error max|out - ref| / max|ref| = {r['err']:.2e} over the budget {budget:.1e}"
+            continue
+        if name in untimed:
+            continue
+        try:
+            r["ms"] = time_ms(steps[name], device)
+            r["peak_mib"] = peak_memory_mib(steps[name], device)
+            main = main or (name, steps[name])
+        except Exception as e:  # noqa: BLE001
+            failures[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    return results, failures, main
+
+
 def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, rep: int = 10) -> float:
-    """Median milliseconds of fn() (warm-up, autotuning and compilation excluded)."""
+    """Median milliseconds of fn() (warm-up, autotuning and compilation excluded). Under --bench-warm: one call,
+    NaN."""
+    if WARM["on"]:
+        fn()
+        return math.nan
     if device.type == "cuda":
         from triton.testing import do_bench
 
@@ -53,7 +147,7 @@ def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | None:
     """Peak device memory fn() allocates above what was allocated before it, in MiB (None off CUDA)."""
-    if device.type != "cuda":
+    if device.type != "cuda" or WARM["on"]:
         return None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -65,7 +159,7 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | N
 
 def gemm_peak_tflops(device: torch.device) -> float | None:
     """The measured bf16 GEMM rate (8192^3) used as the MFU denominator; measured once per session."""
-    if device.type != "cuda":
+    if device.type != "cuda" or WARM["on"]:
         return None
     if "tflops" not in GEMM_PEAK:
         n = 8192
@@ -79,7 +173,7 @@ def gemm_peak_tflops(device: torch.device) -> float | None:
 def copy_peak_tbps(device: torch.device) -> float | None:
     """The measured device copy rate (1 GiB copied: read + write bytes counted), the roofline's bandwidth ceiling;
     measured once per session."""
-    if device.type != "cuda":
+    if device.type != "cuda" or WARM["on"]:
         return None
     if "tbps" not in GEMM_PEAK:
         a = torch.empty(2**29, device=device, dtype=torch.bfloat16)  # 1 GiB

@@ -31,6 +31,13 @@ def pytest_addoption(parser):
     group.addoption("--cpu-default-check", action="store_true", default=False,
                     help="make the CPU-default benchmark fail when siglip_fast is measurably slower than transformers "
                          "(run it on an otherwise idle machine: other processes skew the comparison)")
+    group.addoption("--bench-warm", action="store_true", default=False,
+                    help="run each row's first call and its correctness check, time nothing: fills triton's and "
+                         "torch.compile's on-disk caches (gpu_check.sh's warm stage; use with --benchmark-disable)")
+
+
+def pytest_configure(config):
+    _common.WARM["on"] = bool(config.getoption("--bench-warm"))
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,12 @@ tflops counts the GEMM only (2*M*N*K); mfu is against the measured bf16 GEMM pea
 The residual sites (`test_bench_residual_site`): the encoder's `h = h + out_proj(a); x = LN2(h)` (and fc2 with the
 next LayerNorm) as the model runs it (cuBLAS GEMM, then the fused add + LayerNorm kernel) against the alternative
 plan (the residual in the Triton GEMM's epilogue, then a plain LayerNorm kernel) and eager (GEMM, add, LayerNorm).
+
+Every row's result is checked before it is timed against float64 (the outputs and dX on the first rows; dW, dbias
+over every row, a block at a time) within the dtype's budget relative to each tensor's scale
+(benchmarks/_common.REL_BUDGET); a row over it fails the test. On CPU (`test_bench_linear_cpu`) a tiny fc1 and
+fc2 shape run: eager checked and timed, the Triton GEMM under the interpreter checked (forward and backward), not
+timed.
 """
 
 import functools
@@ -23,7 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import gemm_peak_tflops, peak_memory_mib, sync, time_ms
+from benchmarks._common import REL_BUDGET, check_close, gemm_peak_tflops, peak_memory_mib, sync, time_ms
 from siglip_fast.kernels.layer_norm import layer_norm, layer_norm_reference
 from siglip_fast.kernels.linear import linear, linear_reference
 
@@ -85,6 +91,31 @@ def _impls(inputs, act, compile_baselines):
     return impls
 
 
+CHECK_ROWS = 4096  # output rows (and dX rows) checked against float64; dW and dbias over every row
+
+
+def _reference(x, w, b, act, r, *, epilogue=True, grad=None):
+    """float64 reference: the output's first CHECK_ROWS rows, or with `grad` (the output's gradient) the gradients
+    [dx rows, dw, db(, dr rows)], dw and db accumulated over every row a block at a time."""
+    m = min(CHECK_ROWS, x.shape[0])
+    wd, bd = w.detach().double(), b.detach().double()
+    if grad is None:
+        xd = x[:m].detach().double()
+        if not epilogue:
+            return F.linear(xd, wd, bd)
+        return linear_reference(xd, wd, bd, activation=act, residual=None if r is None else r[:m].detach().double())
+    wd.requires_grad_()
+    bd.requires_grad_()
+    dx = None
+    for i in range(0, x.shape[0], CHECK_ROWS):
+        xd = x[i:i + CHECK_ROWS].detach().double().requires_grad_(i == 0)
+        y = linear_reference(xd, wd, bd, activation=act)  # the residual adds nothing to dW, db; dr = grad
+        y.backward(grad[i:i + CHECK_ROWS].double())
+        dx = xd.grad if i == 0 else dx
+    out = [dx, wd.grad, bd.grad]
+    return out + ([grad[:m].double()] if r is not None else [])
+
+
 def _pedantic(benchmark, fn, device):
     def call():
         fn()
@@ -99,19 +130,25 @@ def test_bench_linear_fwd(case, benchmark, device, bench_size, report, compile_b
         pytest.skip(GPU_ONLY)
     (m, k, n), inputs, act = _make(case, bench_size, device)
     impls = _impls(inputs, act, compile_baselines)
+    x, w, b, r = inputs
+    shape = f"{case} M={m} K={k} N={n}"
+    errs = {}
     with torch.no_grad():
-        for fn in impls.values():  # warm-up: autotune and compile out of the timings
-            fn()
-        sync(device)
+        ref, ref_gemm = _reference(x, w, b, act, r), _reference(x, w, b, act, r, epilogue=False)
+        for name, fn in impls.items():  # warm-up (autotune and compile out of the timings) and the result checked
+            out = fn()
+            sync(device)
+            errs[name] = check_close(f"linear fwd {shape} {name}", [out[:CHECK_ROWS]],
+                                     [ref_gemm if name == "cublas gemm" else ref], REL_BUDGET[x.dtype])
         _pedantic(benchmark, impls["triton"], device)
         ms = {name: time_ms(fn, device) for name, fn in impls.items()}
         peak = gemm_peak_tflops(device)
         flops = 2 * m * n * k
-        shape = f"{case} M={m} K={k} N={n}"
         for name, fn in impls.items():
             tflops = flops / ms[name] / 1e9
-            report("linear fwd bf16", shape, name, ms=ms[name], tflops=tflops, mfu=tflops / peak,
-                   ratio=ms["cublas+eager"] / ms[name], peak_mib=peak_memory_mib(fn, device), flops=flops,
+            report("linear fwd bf16", shape, name, ms=ms[name], tflops=tflops, mfu=tflops / peak if peak else None,
+                   ratio=ms["cublas+eager"] / ms[name], peak_mib=peak_memory_mib(fn, device), max_err=errs[name],
+                   flops=flops,
                    bytes=sum(t.numel() * t.element_size() for t in inputs if t is not None) + m * n * 2)
 
 
@@ -129,18 +166,24 @@ def test_bench_linear_fwd_bwd(case, benchmark, device, bench_size, report):
 
     impls = {"triton": step(functools.partial(linear, gemm="triton")), "auto": step(linear),
              "cublas+eager": step(linear_reference)}
-    for fn in impls.values():
-        fn()
-    sync(device)
+    shape = f"{case} M={m} K={k} N={n}"
+    refs = _reference(x, w, b, act, r, grad=g)
+    labels = ["dx", "dw", "db"] + (["dr"] if r is not None else [])
+    errs = {}
+    for name, fn in impls.items():  # warm-up and the gradients checked
+        grads = fn()
+        sync(device)
+        outs = [grads[0][:CHECK_ROWS], grads[1], grads[2]] + ([grads[3][:CHECK_ROWS]] if r is not None else [])
+        errs[name] = check_close(f"linear fwd+bwd {shape} {name}", outs, refs, REL_BUDGET[x.dtype], labels)
     _pedantic(benchmark, impls["triton"], device)
     ms = {name: time_ms(fn, device) for name, fn in impls.items()}
     peak = gemm_peak_tflops(device)
     flops = 3 * 2 * m * n * k  # forward GEMM + dX + dW
-    shape = f"{case} M={m} K={k} N={n}"
     for name, fn in impls.items():
         tflops = flops / ms[name] / 1e9
-        report("linear fwd+bwd bf16", shape, name, ms=ms[name], tflops=tflops, mfu=tflops / peak,
-               ratio=ms["cublas+eager"] / ms[name], peak_mib=peak_memory_mib(fn, device), flops=flops,
+        report("linear fwd+bwd bf16", shape, name, ms=ms[name], tflops=tflops, mfu=tflops / peak if peak else None,
+               ratio=ms["cublas+eager"] / ms[name], peak_mib=peak_memory_mib(fn, device), max_err=errs[name],
+               flops=flops,
                bytes=2 * sum(t.numel() * t.element_size() for t in leaves) + 3 * m * n * 2)  # in+grads, out, g
 
 
@@ -163,21 +206,49 @@ def test_bench_residual_site(case, benchmark, device, bench_size, report):
         sync(device)
         _pedantic(benchmark, impls["cublas+add_ln (model)"], device)
         ms = {name: time_ms(fn, device) for name, fn in impls.items()}
-    ref_y = outs["eager"][0].float()
+    # float64: h = x W^T + b + r, y = LN(h), on the first rows
+    rows = min(CHECK_ROWS, m)
+    h64 = F.linear(x[:rows].double(), w.double(), b.double()) + r[:rows].double()
+    y64 = layer_norm_reference(h64, ln_w.double(), ln_b.double(), eps)
+    shape = f"{case} M={m} K={k} N={n}"
     for name in impls:
-        report("residual site fwd bf16", f"{case} M={m} K={k} N={n}", name, ms=ms[name],
-               ratio=ms["eager"] / ms[name], max_err=(outs[name][0].float() - ref_y).abs().max().item())
+        y, h = outs[name]
+        err = check_close(f"residual site {shape} {name}", [y[:rows], h[:rows]], [y64, h64], REL_BUDGET[x.dtype],
+                          ["y", "h"])
+        report("residual site fwd bf16", shape, name, ms=ms[name], ratio=ms["eager"] / ms[name], max_err=err)
 
 
-def test_bench_linear_cpu_eager(benchmark, device, report):
-    """On CPU: the eager reference at a tiny fc1 shape, so the suite runs end to end; the kernel is GPU-only."""
+@pytest.mark.parametrize("epilogue", ["gelu", "residual"])
+def test_bench_linear_cpu(epilogue, benchmark, device, report):
+    """On CPU: a tiny fc1 (GELU) and fc2 (residual) shape with a tail (M = 70): the eager reference checked and
+    timed; the Triton GEMM under the interpreter checked, forward and backward, not timed."""
     if device.type == "cuda":
-        pytest.skip("CPU smoke case; the CUDA cases above cover the real shapes")
-    m, k, n = 64, 96, 256
-    x = torch.randn(m, k)
-    w = torch.randn(n, k) / k**0.5
-    b = torch.randn(n)
-    fn = lambda: linear_reference(x, w, b, activation="gelu_tanh")
-    benchmark(fn)
-    ms = time_ms(fn, device)
-    report("linear fwd fp32 (cpu)", f"M={m} K={k} N={n}", "eager", ms=ms, tflops=2 * m * n * k / ms / 1e9)
+        pytest.skip("CPU case; the CUDA cases above cover the real shapes")
+    m, k, n = (70, 96, 160) if epilogue == "gelu" else (70, 160, 96)
+    act = "gelu_tanh" if epilogue == "gelu" else None
+    x = torch.randn(m, k, requires_grad=True)
+    w = (torch.randn(n, k) / k**0.5).requires_grad_()
+    b = torch.randn(n, requires_grad=True)
+    r = torch.randn(m, n, requires_grad=True) if epilogue == "residual" else None
+    g = torch.randn(m, n)
+    leaves = [t for t in (x, w, b, r) if t is not None]
+    ref = _reference(x, w, b, act, r)
+    ref_grads = _reference(x, w, b, act, r, grad=g)
+    labels = ["dx", "dw", "db"] + (["dr"] if r is not None else [])
+    shape = f"{epilogue} M={m} K={k} N={n}"
+    fns = {"eager": linear_reference, "triton": functools.partial(linear, gemm="triton")}
+    errs = {}
+    for name, f in fns.items():
+        out = f(x, w, b, activation=act, residual=r)
+        grads = torch.autograd.grad(out, leaves, g)
+        errs[name] = max(check_close(f"linear cpu {shape} {name}", [out], [ref], REL_BUDGET[torch.float32]),
+                         check_close(f"linear cpu {shape} {name} backward", grads, ref_grads,
+                                     REL_BUDGET[torch.float32], labels))
+    report("linear fwd+bwd fp32 (cpu)", shape, "triton", max_err=errs["triton"],
+           note="checked, not timed: the Triton interpreter on CPU")
+    with torch.no_grad():
+        fn = lambda: linear_reference(x, w, b, activation=act, residual=r)
+        benchmark.extra_info.update(impl="eager", case=shape)
+        benchmark(fn)
+        ms = time_ms(fn, device)
+    report("linear fwd fp32 (cpu)", shape, "eager", ms=ms, tflops=2 * m * n * k / ms / 1e9, max_err=errs["eager"])

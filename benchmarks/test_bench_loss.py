@@ -7,6 +7,10 @@ compare like with like (the kernel's training forward computes the gradients in 
 GPU (`--bench-size full`): N = 4096 … 65536, D = 1152, fp32 and bf16 inputs (fp32 also under TF32, as
 `torch.set_float32_matmul_precision("high")` selects for both). CPU (`small`): N = 1024, D = 64, the eager blockwise
 path against plain, and the interpreted kernel at a tiny size.
+
+Every row's loss and four gradients (image, text, scale, bias) are checked before they are timed against a float64
+evaluation of the plain formula on the same inputs (blockwise, so no N×N float64 matrix is held), within the dtype's
+budget relative to each tensor's scale (benchmarks/_common.REL_BUDGET; TF32 rows: its "tf32" entry).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import peak_memory_mib, sync, time_ms
+from benchmarks._common import REL_BUDGET, check_close, peak_memory_mib, sync, time_ms
 from siglip_fast.kernels.sigmoid_loss import sigmoid_loss, sigmoid_loss_reference
 
 SUITE = "sigmoid loss fwd+bwd"
@@ -33,11 +37,42 @@ def _inputs(n, d, dtype, device):
 
 
 def _fwd_bwd(loss_fn, x, y, t, b, **kw):
+    """One training step of the loss: returns (loss, dx, dy, dt, db)."""
     def run():
         loss = loss_fn(x, y, t.to(x.dtype) if loss_fn is sigmoid_loss_reference else t,
                        b.to(x.dtype) if loss_fn is sigmoid_loss_reference else b, **kw)
-        return torch.autograd.grad(loss, (x, y, t, b))
+        return (loss.detach(), *torch.autograd.grad(loss, (x, y, t, b)))
     return run
+
+
+def _reference(x, y, t, b, block: int = 2048):
+    """The plain formula in float64, a block of image rows at a time: (loss, dx, dy, dt, db)."""
+    x64, y64 = x.detach().double(), y.detach().double()
+    scale, bias = t.detach().double().exp(), b.detach().double()
+    n = x.shape[0]
+    loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    dx, dy = torch.zeros_like(x64), torch.zeros_like(y64)
+    dt, db = torch.zeros_like(scale), torch.zeros_like(bias)
+    for i in range(0, n, block):
+        cos = x64[i:i + block] @ y64.T  # (rows, N)
+        logits = scale * cos + bias
+        labels = -torch.ones_like(logits)
+        labels[:, i:i + block].diagonal().fill_(1.0)
+        loss -= F.logsigmoid(labels * logits).sum() / n
+        g = -labels * torch.sigmoid(-labels * logits) / n  # d loss / d logits
+        dx[i:i + block] = scale * (g @ y64)
+        dy += scale * (g.T @ x64[i:i + block])
+        dt += scale * (g * cos).sum()
+        db += g.sum()
+    return [loss, dx, dy, dt, db]
+
+
+LABELS = ["loss", "dx", "dy", "dt", "db"]
+
+
+def _check(name, fn, ref, budget) -> float:
+    out = fn()
+    return check_close(name, list(out), ref, budget, LABELS)
 
 
 def _plain_fits(n, dtype, device) -> bool:
@@ -57,8 +92,10 @@ def _matmul_precision(p):
         torch.set_float32_matmul_precision(old)
 
 
-def _measure(fn, device, **kw):
-    return time_ms(fn, device, **kw), peak_memory_mib(fn, device)
+def _measure(fn, device, check=None, **kw):
+    """(ms, peak MiB, error): `check(fn)` first (the result against float64), then the timing."""
+    err = check(fn) if check is not None else None
+    return time_ms(fn, device, **kw), peak_memory_mib(fn, device), err
 
 
 @pytest.mark.parametrize("n,d,dtype", GPU_CASES, ids=[f"N{n}-D{d}-{str(dt)[6:]}" for n, d, dt in GPU_CASES])
@@ -70,25 +107,29 @@ def test_bench_loss_gpu(benchmark, device, bench_size, report, compile_baselines
     case = f"N={n} D={d} {str(dtype)[6:]}"
     flops = 6 * n * n * d
     x, y, t, b = _inputs(n, d, dtype, device)
+    ref = _reference(x, y, t, b)
     precisions = ["highest", "high"] if dtype == torch.float32 else ["highest"]
     for prec in precisions:
         tag = "" if prec == "highest" else " (tf32)"
+        budget = REL_BUDGET["tf32" if prec == "high" else dtype]
         with _matmul_precision(prec):
+            def check(impl, budget=budget):
+                return lambda fn: _check(f"{SUITE} {case} {impl}", fn, ref, budget)
+
             fused = _fwd_bwd(sigmoid_loss, x, y, t, b, backend="triton")
-            ms_f, mem_f = _measure(fused, device)
-            rows = [("fused" + tag, ms_f, mem_f)]
+            rows = [("fused" + tag, *_measure(fused, device, check("fused" + tag)))]
             if _plain_fits(n, dtype, device):
                 plain = _fwd_bwd(sigmoid_loss_reference, x, y, t, b)
-                rows.append(("plain" + tag, *_measure(plain, device)))
+                rows.append(("plain" + tag, *_measure(plain, device, check("plain" + tag))))
                 if compile_baselines:
                     compiled = _fwd_bwd(torch.compile(sigmoid_loss_reference), x, y, t, b)
-                    rows.append(("plain+compile" + tag, *_measure(compiled, device)))
+                    rows.append(("plain+compile" + tag, *_measure(compiled, device, check("plain+compile" + tag))))
             else:
-                report(SUITE, case, "plain" + tag, note="skipped: its N×N tensors would not fit in GPU memory")
+                report(SUITE, case, "plain" + tag, note="not run: its N×N tensors would not fit in GPU memory")
             base = rows[1][1] if len(rows) > 1 else None
-            for impl, ms, mem in rows:
+            for impl, ms, mem, err in rows:
                 report(SUITE, case, impl, ms=ms, tflops=flops / ms / 1e9, peak_mib=mem,
-                       ratio=None if base is None else base / ms, flops=flops,
+                       ratio=None if base is None else base / ms, max_err=err, flops=flops,
                        bytes=4 * n * d * x.element_size())  # ideal: x, y read once; dx, dy written once
     benchmark.extra_info.update(case=case, impl="fused")
     fused = _fwd_bwd(sigmoid_loss, x, y, t, b, backend="triton")
@@ -102,13 +143,17 @@ def test_bench_loss_cpu_small(benchmark, device, bench_size, report):
     n, d = 1024, 64
     case = f"N={n} D={d} float32"
     x, y, t, b = _inputs(n, d, torch.float32, device)
+    ref = _reference(x, y, t, b)
+    budget = REL_BUDGET[torch.float32]
     blockwise = _fwd_bwd(sigmoid_loss, x, y, t, b, backend="eager")
     plain = _fwd_bwd(sigmoid_loss_reference, x, y, t, b)
-    ms_b, mem_b = _measure(blockwise, device)
-    ms_p, mem_p = _measure(plain, device)
+    ms_b, mem_b, err_b = _measure(blockwise, device, lambda fn: _check(f"{SUITE} {case} eager blockwise", fn, ref,
+                                                                       budget))
+    ms_p, mem_p, err_p = _measure(plain, device, lambda fn: _check(f"{SUITE} {case} plain", fn, ref, budget))
     flops = 6 * n * n * d
-    report(SUITE, case, "eager blockwise", ms=ms_b, tflops=flops / ms_b / 1e9, peak_mib=mem_b, ratio=ms_p / ms_b)
-    report(SUITE, case, "plain", ms=ms_p, tflops=flops / ms_p / 1e9, peak_mib=mem_p, ratio=1.0)
+    report(SUITE, case, "eager blockwise", ms=ms_b, tflops=flops / ms_b / 1e9, peak_mib=mem_b, ratio=ms_p / ms_b,
+           max_err=err_b)
+    report(SUITE, case, "plain", ms=ms_p, tflops=flops / ms_p / 1e9, peak_mib=mem_p, ratio=1.0, max_err=err_p)
     benchmark.extra_info.update(case=case, impl="eager blockwise")
     benchmark(lambda: (blockwise(), sync(device)))
 
@@ -121,7 +166,8 @@ def test_bench_loss_interpreted_tiny(benchmark, device, report):
     case = f"N={n} D={d} float32 (interpreter)"
     x, y, t, b = _inputs(n, d, torch.float32, device)
     fused = _fwd_bwd(sigmoid_loss, x, y, t, b, backend="triton")
+    err = _check(f"{SUITE} {case} triton (interpreted)", fused, _reference(x, y, t, b), REL_BUDGET[torch.float32])
     ms = time_ms(fused, device, warmup=1, rep=2)
-    report(SUITE, case, "triton (interpreted)", ms=ms)
+    report(SUITE, case, "triton (interpreted)", ms=ms, max_err=err)
     benchmark.extra_info.update(case=case, impl="triton (interpreted)")
     benchmark.pedantic(fused, rounds=2, iterations=1, warmup_rounds=0)

@@ -10,22 +10,31 @@ Rows per case (one process, one set of weights; transformers gets the same weigh
   transformers-sdpa+compile  the same under torch.compile (only with --compile-baselines)
 Figures: median ms, img/s or texts/s, TFLOP/s from the analytic matmul FLOP count (siglip_fast.variants:
 patch embed, QKV, attention at the true head dim, out proj, MLP, MAP head, text head; a training step counts 3x the
-forward), MFU against the measured bf16 GEMM peak, peak memory, max_err = max |output - eager's output| and
-ratio = eager ms / ms, all from the same run.
+forward), MFU against the measured bf16 GEMM peak, peak memory, max_err and ratio = eager ms / ms, all from the same
+run.
+
+Every row's result (pooled embeddings, or the dual model's logits) is checked before it is timed against a float64
+copy of the model on the eager backend, on the first two images / texts of the batch: max_err = max|out - ref| /
+max|ref|, within 1e-4 in fp32 and, in bf16, within 2x the eager backend's own error in the same run (design.md's
+budget; at least benchmarks/_common.REL_BUDGET's bound). A row that raises or is over budget fails the test after
+every row has been reported. The training rows check the forward output they return (the gradients are checked by
+the op benchmarks and tests/). On CPU the `triton` row runs the kernels under the Triton interpreter: checked, not
+timed.
 
 --bench-size full (GPU default): B/16-224, B/16-384, L/16-384 and So400m/14-384 in bf16, batches sized for an
 80 GB card. --bench-size small (CPU default): a tiny config (2 layers, hidden 64, image 32, patch 8, batch 2) with
-eager, sdpa and transformers only (plus triton when on a GPU).
+eager, sdpa and transformers timed and triton checked.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 
 import pytest
 import torch
 
-from benchmarks._common import TINY, gemm_peak_tflops, peak_memory_mib, sync, time_ms
+from benchmarks._common import TINY, gemm_peak_tflops, model_budget, run_rows, sync
 from siglip_fast.cli import graphed_forward, pooled, random_model, transformers_twin
 from siglip_fast.configuration import SiglipConfig
 from siglip_fast.variants import config_for, matmul_flops
@@ -40,6 +49,7 @@ SHAPES = {
 }
 MODES = ("vision", "text", "dual", "vision-train")
 CASES = [(shape, mode) for shape in SHAPES for mode in MODES]
+CHECK_ITEMS = 2  # images / texts of each batch checked against the float64 model
 GPU_ONLY = "the real checkpoint shapes run on CUDA only (--bench-size full on a GPU); minutes per call on CPU"
 SMALL_ONLY = "the tiny config runs with --bench-size small"
 
@@ -47,7 +57,8 @@ _CACHE: dict = {}
 
 
 def _models(shape: str, device: torch.device, dtype: torch.dtype):
-    """(siglip_fast model, transformers twin or None, error) for one shape, kept while the shape's cases run."""
+    """(siglip_fast model, transformers twin (None: not installed), float64 eager copy) for one shape, kept while
+    the shape's cases run. A transformers that is installed but cannot build the twin raises (the test fails)."""
     key = (shape, device, dtype)
     if key not in _CACHE:
         _CACHE.clear()
@@ -58,11 +69,8 @@ def _models(shape: str, device: torch.device, dtype: torch.dtype):
         config = SiglipConfig(**TINY) if variant is None else config_for(variant)
         torch.manual_seed(0)
         model = random_model(config, device, dtype)
-        try:
-            twin, error = transformers_twin(model, "sdpa"), None
-        except Exception as e:  # a transformers version that cannot take this config: one row's error
-            twin, error = None, f"{type(e).__name__}: {e}"
-        _CACHE[key] = (model, twin, error)
+        exact = copy.deepcopy(model).double().set_backend("eager")
+        _CACHE[key] = (model, transformers_twin(model, "sdpa"), exact)
     return _CACHE[key]
 
 
@@ -104,10 +112,8 @@ def _graphed_step(model, mode: str, pixels, ids):
     return factory
 
 
-def _twin_step(twin, error, mode: str, pixels, ids, *, compile: bool):
+def _twin_step(twin, mode: str, pixels, ids, *, compile: bool):
     def factory():
-        if twin is None:
-            raise RuntimeError(error)
         target = _module(twin, mode)
         target = torch.compile(target, dynamic=False) if compile else target
         return lambda: _step(target, mode, pixels, ids)
@@ -121,7 +127,7 @@ def test_bench_model(shape, mode, benchmark, device, bench_size, report, compile
     if shape != "tiny" and (bench_size != "full" or device.type != "cuda"):
         pytest.skip(GPU_ONLY)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model, twin, twin_error = _models(shape, device, dtype)
+    model, twin, exact = _models(shape, device, dtype)
     config = model.config
     _, images, texts, train_images = SHAPES[shape]
     if mode == "vision-train":
@@ -141,48 +147,56 @@ def test_bench_model(shape, mode, benchmark, device, bench_size, report, compile
         ids.numel() * ids.element_size() if mode in ("text", "dual") else 0)
     nbytes = weight_bytes * (2 if mode == "vision-train" else 1) + input_bytes
 
-    impls = {}  # name -> factory of the step to time (called inside the row's try: a failing build is its error)
-    for backend in (["triton"] if device.type == "cuda" else []) + ["sdpa", "eager"]:
+    # the reference: the float64 model on the first items (rows are independent: pooled embeddings per item, and
+    # the dual logits of the first images against the first texts)
+    k = CHECK_ITEMS
+    with torch.no_grad():
+        ref = _step(_module(exact, mode), "vision" if mode == "vision-train" else mode, pixels[:k].double(), ids[:k])
+
+    def first_items(out):
+        return [out[:k, :k] if mode == "dual" else out[:k]]
+
+    impls = {}  # name -> factory of the step to time (called inside the row: a failing build is its failure)
+    for backend in ["triton", "sdpa", "eager"]:
         impls[backend] = _siglip_fast_step(model, mode, backend, pixels, ids)
     if device.type == "cuda" and mode in ("vision", "text"):
         impls["triton-graph"] = _graphed_step(model, mode, pixels, ids)
-    if twin is not None or twin_error:
-        impls["transformers-sdpa"] = _twin_step(twin, twin_error, mode, pixels, ids, compile=False)
-        if compile_baselines and twin is not None:
-            impls["transformers-sdpa+compile"] = _twin_step(twin, None, mode, pixels, ids, compile=True)
+    if twin is not None:
+        impls["transformers-sdpa"] = _twin_step(twin, mode, pixels, ids, compile=False)
+        if compile_baselines:
+            impls["transformers-sdpa+compile"] = _twin_step(twin, mode, pixels, ids, compile=True)
 
     train = mode == "vision-train"
-    grad_mode = torch.enable_grad() if train else torch.inference_mode()
-    results, main_fn = {}, None
-    with grad_mode:
-        for name, factory in impls.items():
-            try:
-                fn = factory()
-                out = fn().float()  # warm-up: autotuning and compilation out of the timings
-                sync(device)
-                ms = time_ms(fn, device)
-                results[name] = {"out": out, "ms": ms, "peak_mib": peak_memory_mib(fn, device)}
-                main_fn = main_fn or fn
-            except Exception as e:  # a failing kernel is reported in its row; the other rows still run
-                results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:120]}
+    untimed = ["triton"] if device.type != "cuda" else []  # the interpreter on CPU: checked, not timed
+    with torch.enable_grad() if train else torch.inference_mode():
+        results, failures, main = run_rows(
+            impls, lambda out: first_items(out.float()), [ref], lambda errs: model_budget(dtype, errs), device,
+            untimed=untimed)
+        if main is not None:  # pytest-benchmark's record: the first implementation timed (triton on a GPU)
+            main_name, main_fn = main
 
-        if main_fn is not None:  # pytest-benchmark's record: the first implementation that ran (triton on a GPU)
             def call():
                 main_fn()
                 sync(device)
 
+            benchmark.extra_info.update(impl=main_name)
             benchmark.pedantic(call, rounds=10 if device.type == "cuda" else 3, iterations=1, warmup_rounds=1)
 
     peak = gemm_peak_tflops(device)
     eager = results.get("eager", {})
     case = f"{shape} {mode} b{n_items} {str(dtype).removeprefix('torch.')}"
     for name, r in results.items():
-        if "error" in r:
-            report("model", case, name, error=r["error"])
+        if "ms" not in r:
+            note = "checked, not timed: the Triton interpreter on CPU" if name in untimed else None
+            report("model", case, name, max_err=r["err"], note=note, error=failures.get(name))
             continue
         tflops = flops / r["ms"] / 1e9
-        max_err = (r["out"] - eager["out"]).abs().max().item() if "out" in eager else None
         report("model", case, name, ms=r["ms"], **{unit: n_items * 1e3 / r["ms"]}, tflops=tflops,
                mfu=tflops / peak if peak else None, peak_mib=r["peak_mib"],
-               ratio=eager["ms"] / r["ms"] if "ms" in eager else None, max_err=max_err, flops=flops, bytes=nbytes)
-    assert "ms" in eager, f"the eager reference failed: {eager.get('error')}"
+               ratio=eager["ms"] / r["ms"] if "ms" in eager else None, max_err=r["err"], flops=flops, bytes=nbytes)
+    for name, why in failures.items():
+        if name not in results:
+            report("model", case, name, error=why[:120])
+    if twin is None:
+        report("model", case, "transformers-sdpa", note="not run: transformers is not installed")
+    assert not failures, f"{case}: rows failed:\n" + "\n".join(f"{n}: {w}" for n, w in failures.items())

@@ -36,3 +36,52 @@ def test_roofline_without_ceilings(monkeypatch):
     monkeypatch.setattr(_common, "gemm_peak_tflops", lambda device: None)
     monkeypatch.setattr(_common, "copy_peak_tbps", lambda device: None)
     assert _common.roofline(2e9, 3e6, 1.0) == {"gflop": 2.0, "mbytes": 3.0}
+
+
+def test_rel_err_is_relative_to_each_tensors_scale():
+    import math
+
+    import torch
+
+    ref = torch.tensor([1e-3, -2e-3, 0.5e-3])
+    assert abs(_common.rel_err(ref * 1.01, ref) - 0.01) < 1e-6  # a 1 % error reads 1e-2 at any scale
+    assert abs(_common.rel_err(ref * 1e3 * 1.01, ref * 1e3) - 0.01) < 1e-6
+    assert _common.rel_err(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0])) == math.inf
+    assert _common.rel_err(torch.ones(3), torch.ones(4)) == math.inf
+
+
+def test_check_close_fails_over_budget_naming_the_tensor():
+    import pytest
+    import torch
+
+    a = torch.randn(10)
+    assert _common.check_close("row", [a, a * 2], [a, a * 2], 1e-12) == 0.0
+    with pytest.raises(AssertionError, match=r"row: error .* over the budget 1e-04 .*dw 1\.00e-02"):
+        _common.check_close("row", [a, a * 1.01], [a, a], 1e-4, ["dx", "dw"])
+
+
+def test_run_rows_fails_rows_that_raise_or_are_over_budget(monkeypatch):
+    """No row's exception is dropped: a row that raises and a row over budget are failures; the good row is timed."""
+    import torch
+
+    monkeypatch.setattr(_common, "time_ms", lambda fn, device: 1.0)
+    ref = torch.ones(4, dtype=torch.float64)
+
+    def broken():
+        raise RuntimeError("kernel crashed")
+
+    impls = {"good": lambda: (lambda: torch.ones(4)), "off": lambda: (lambda: torch.ones(4) * 1.01),
+             "crash": broken, "untimed": lambda: (lambda: torch.ones(4))}
+    results, failures, main = _common.run_rows(impls, lambda out: [out], [ref], lambda errs: 1e-4,
+                                               torch.device("cpu"), untimed=["untimed"])
+    assert set(failures) == {"off", "crash"} and "kernel crashed" in failures["crash"]
+    assert "over the budget" in failures["off"]
+    assert results["good"]["ms"] == 1.0 and "ms" not in results["untimed"] and main[0] == "good"
+
+
+def test_model_budget():
+    import torch
+
+    assert _common.model_budget(torch.float32, {"eager": 0.5}) == 1e-4
+    assert _common.model_budget(torch.bfloat16, {"eager": 0.04}) == 0.08
+    assert _common.model_budget(torch.bfloat16, {"eager": 1e-3}) == _common.REL_BUDGET[torch.bfloat16]
