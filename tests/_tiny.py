@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+# The oldest transformers the parity tests hold against (pyproject.toml's `test` extra; README, "Supported
+# transformers range"): SigLIP 2's position-embedding resize changed in 5.24, so its model parity needs 5.24 or later.
+TRANSFORMERS_FLOOR = "5.24"
+
 # (text kwargs, vision kwargs): head dims 16, 72 and 8; an image size not divisible by the patch; no vision head.
 TINY_CONFIGS = {
     "base": (

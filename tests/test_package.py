@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+
 import siglip_fast.kernels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +37,16 @@ def _run_from_root(*argv: str, timeout: int = 300) -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def test_the_transformers_floor_is_the_test_extras():
+    """tests/_tiny.py's floor (the SigLIP 2 parity tests' minversion) is the one pyproject.toml states."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from tests._tiny import TRANSFORMERS_FLOOR
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        extra = tomllib.load(f)["project"]["optional-dependencies"]["test"]
+    assert f"transformers>={TRANSFORMERS_FLOOR}" in extra
 
 
 def test_each_op_module_exports_its_functional_and_reference():
