@@ -896,6 +896,12 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     the input dtype, (dropout on the probabilities, as in training), then @ v. Accepts any float dtype (float64 for
     reference checks, whose softmax stays float64). With `return_probs` returns (out, probs (B, H, Nq, Nk)), the
     `output_attentions` of transformers."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"attention_reference: {name} must be a (B, N, H, d) tensor, got "
+                             f"{_describe(t) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if q.shape[-1] < 1:
+        raise ValueError(f"attention_reference: head dim d must be >= 1, got d={q.shape[-1]} (q: {_describe(q)})")
     if scale is None:
         scale = q.shape[-1] ** -0.5
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, N, d)
