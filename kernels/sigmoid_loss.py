@@ -630,6 +630,18 @@ def _resolve_backend(backend: str, x: torch.Tensor) -> str:
     return backend
 
 
+def _autocast_embeds(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+    """Under torch.autocast (on the embeddings' device): (x, y) in the autocast dtype, as autocast casts the inputs of
+    the logits GEMM (float64 ones are kept, as autocast keeps them), and the device type whose autocast the loss then
+    switches off for its own fp32 math (None when autocast is off there)."""
+    kind = x.device.type
+    if kind not in ("cpu", "cuda") or not torch.is_autocast_enabled(kind):
+        return x, y, None
+    amp = torch.get_autocast_dtype(kind)
+    cast = lambda t: t if t.dtype in (amp, torch.float64) else t.to(amp)  # noqa: E731
+    return cast(x), cast(y), kind
+
+
 def _loss_dtype(x: torch.Tensor, t: torch.Tensor, b: torch.Tensor) -> torch.dtype:
     return torch.promote_types(torch.promote_types(x.dtype, t.dtype), b.dtype)
 
@@ -758,8 +770,17 @@ def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sc
     an input requires grad) the forward also computes the gradients (see the module docstring) and keeps two
     (N, D) fp32 tensors until the backward; otherwise it only sums the loss. For several devices use
     `siglip_fast.sigmoid_loss(..., group=...)`.
+
+    Under torch.autocast the embeddings are cast to the autocast dtype (as autocast casts a GEMM's inputs; the
+    gradients flow back to the originals) and the rest runs as without autocast: fp32 accumulation, the loss in
+    promote(autocast dtype, t, b).
     """
     _check_inputs(image_embeds, text_embeds, logit_scale, logit_bias)
+    image_embeds, text_embeds, amp_device = _autocast_embeds(image_embeds, text_embeds)
+    if amp_device is not None:
+        with torch.autocast(amp_device, enabled=False):
+            return sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, backend=backend,
+                                chunk_rows=chunk_rows)
     backend = _resolve_backend(backend, image_embeds)
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
         raise ValueError(f"sigmoid_loss: chunk_rows must be a positive int, got {chunk_rows!r}")

@@ -28,6 +28,7 @@ from torch import nn
 
 from siglip_fast.kernels.sigmoid_loss import (
     _BACKENDS,
+    _autocast_embeds,
     _block_backward,
     _block_loss_sum,
     _check_inputs,
@@ -80,7 +81,17 @@ def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sc
 
     backend: "auto" (Triton kernels on CUDA, eager blockwise on CPU), "triton" (on CPU only with
     TRITON_INTERPRET=1), "eager". chunk_rows: rows per block of logits (a memory knob).
+
+    Under torch.autocast the embeddings are cast to the autocast dtype (autocast's rule for the logits GEMM; the
+    gradients flow back to the originals) and the loss runs as without autocast (fp32 accumulation), on every path.
     """
+    if isinstance(image_embeds, torch.Tensor) and isinstance(text_embeds, torch.Tensor) \
+            and image_embeds.is_floating_point() and text_embeds.is_floating_point():
+        image_embeds, text_embeds, amp_device = _autocast_embeds(image_embeds, text_embeds)
+        if amp_device is not None:
+            with torch.autocast(amp_device, enabled=False):
+                return sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, group=group, backend=backend,
+                                    chunk_rows=chunk_rows)
     if group is None:
         backend = _check_local(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows)
         if image_embeds.device.type != "meta":  # meta tensors carry no values to check
@@ -412,6 +423,9 @@ class _RingSigmoidLoss(torch.autograd.Function):
             raise RuntimeError("sigmoid_loss(group=...) is differentiable once: backward with create_graph=True "
                                "(a double backward) is not supported")
         x, y, t, b = ctx.saved_tensors
+        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):  # a backward run under autocast: same fp32 math
+                return _RingSigmoidLoss.backward(ctx, grad)
         group, backend, chunk_rows = ctx.group, ctx.backend, ctx.chunk_rows
         rank, world, nxt, prv = _ring(group)
         n = x.shape[0]

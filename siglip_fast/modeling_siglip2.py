@@ -44,6 +44,10 @@ def resize_positional_embeddings(table: torch.Tensor, spatial_shapes: torch.Tens
     transformers' explicit per-axis weights (same float32 operations, same result), batched and without host syncs
     (so a CUDA graph can capture it). Padding positions take position (0, 0), as transformers'. → (B, max_length, D).
     """
+    kind = spatial_shapes.device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):  # an interpolation, in fp32 as transformers'
+        with torch.autocast(kind, enabled=False):
+            return resize_positional_embeddings(table, spatial_shapes, max_length)
     side = table.shape[0]
     sizes = spatial_shapes.float()[:, None]  # (B, 1, 2)
     positions = torch.arange(max_length, device=spatial_shapes.device, dtype=torch.float32)[None, :, None]  # (1, L, 1)
