@@ -65,7 +65,10 @@ def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sc
     backward already reads exp(t) to the host). It runs inside a small custom op, so torch.compile(fullgraph=True)
     graphs keep no graph break; during CUDA-graph capture it is skipped (no host read is possible there); the
     distributed path folds it into its metadata exchange (no extra sync).
-    Near the limit the loss itself (a sum of up to N² terms of size ~exp(t)) can still overflow to inf.
+    Near the limit the loss is still finite whenever its true value fits fp32: each term is divided by the batch
+    before any sum (the terms are ≥ 0, so no partial sum exceeds the loss); only a loss beyond the fp32 range is
+    inf. The gradients' sums are not rescaled that way: once N·exp(t) nears the fp32 range (t above about
+    88.7 − ln N) they can overflow to inf.
 
     group: a torch.distributed process group (NCCL or gloo; `dist.group.WORLD` for all ranks). Every rank of the
     group must call this, with the same (n, D), dtype and device type, and either all or none of them with grad
@@ -409,13 +412,13 @@ class _RingSigmoidLoss(torch.autograd.Function):
                 y_next = torch.empty_like(y)
                 works = _shift(y_cur, y_next, nxt, prv, group)
             diag_offset = 0 if k == 0 else n  # own block first; offset n puts no +1 label in the block
-            total = total + _block_loss_sum(x, y_cur, log_scale, bias, diag_offset, backend, chunk_rows)
+            total = total + _block_loss_sum(x, y_cur, log_scale, bias, diag_offset, backend, chunk_rows, norm=1.0 / n)
             if k < world - 1:
                 _wait(works)
                 y_cur = y_next
         ctx.save_for_backward(x, y, t, b)
         ctx.group, ctx.backend, ctx.chunk_rows = group, backend, chunk_rows
-        return (total / n).to(_loss_dtype(x, t, b))
+        return total.to(_loss_dtype(x, t, b))
 
     @staticmethod
     def backward(ctx, grad):
