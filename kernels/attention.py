@@ -244,12 +244,19 @@ def _attention_fwd_inner(
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
         p = p.to(v_base.dtype.element_ty)  # P in v's dtype for the PV product (bf16/fp16 tensor cores)
-        v0 = tl.load(v0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(v0_ptrs)
+        if HAS_MASK:  # a masked key weighs 0, but 0·NaN is NaN: its value is not read (unless the row keeps none)
+            vkeep = (tl.maximum(keep.to(tl.int32), (masked_score == 0.0).to(tl.int32)) != 0)[:, None]  # (BLOCK_N, 1)
+            v0 = tl.load(v0_ptrs, mask=(mask0 & vkeep) if TAIL or PAD_D0 else vkeep, other=0.0)
+        else:
+            v0 = tl.load(v0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(v0_ptrs)
         acc0 = tl.dot(p, v0, acc0 * alpha[:, None], input_precision=DOT_PRECISION)
         k0_ptrs += BLOCK_N * stride_kn
         v0_ptrs += BLOCK_N * stride_vn
         if HAS_D1:
-            v1 = tl.load(v1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(v1_ptrs)
+            if HAS_MASK:
+                v1 = tl.load(v1_ptrs, mask=(mask1 & vkeep) if TAIL or PAD_D1 else vkeep, other=0.0)
+            else:
+                v1 = tl.load(v1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(v1_ptrs)
             acc1 = tl.dot(p, v1, acc1 * alpha[:, None], input_precision=DOT_PRECISION)
             k1_ptrs += BLOCK_N * stride_kn
             v1_ptrs += BLOCK_N * stride_vn

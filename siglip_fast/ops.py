@@ -133,6 +133,16 @@ def check_attention_mask(attention_mask, batch: int, keys: int, device: torch.de
     return None if everything else keep
 
 
+def _zero_masked_keys(keep: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """k, v (B, Nk, H, d) with each row's masked keys zeroed (keep (B, Nk) bool; a row that attends to no key keeps
+    them all: it averages every key, as transformers'). A masked key already weighs exactly 0 (its score + finfo.min
+    is finfo.min for any |score| < 1e31), so finite inputs give the same result bit for bit; but 0 · NaN is NaN, so
+    without this a NaN / inf in one padding token (or an overflow, e.g. 1e30 pixels through a LayerNorm) made every
+    token of its row NaN. The fused kernel does the same in its loads (it skips masked scores and values)."""
+    drop = (~keep & keep.any(-1, keepdim=True))[:, :, None, None]  # (B, Nk, 1, 1)
+    return k.masked_fill(drop, 0), v.masked_fill(drop, 0)
+
+
 def attention(q, k, v, attention_mask=None, *, scale: float, backend: str, dropout_p: float = 0.0,
               need_probs: bool = False):
     """q (B, Nq, H, d), k/v (B, Nk, H, d), attention_mask (B, Nk) True = attend → ((B, Nq, H, d), probs or None).
@@ -154,6 +164,8 @@ def attention(q, k, v, attention_mask=None, *, scale: float, backend: str, dropo
         _warn_once(f"siglip_fast: the Triton attention kernel takes head dims up to {MAX_TRITON_HEAD_DIM}; head dim "
                    f"{q.shape[-1]} runs through PyTorch SDPA instead (the other fused ops still run)")
         impl = "sdpa"
+    if attention_mask is not None and (impl != "triton" or need_probs or dropout_p > 0.0):
+        k, v = _zero_masked_keys(attention_mask.bool(), k, v)
     if need_probs or dropout_p > 0.0:
         return attention_reference(q, k, v, attention_mask=attention_mask, scale=scale, dropout_p=dropout_p,
                                    return_probs=True)
