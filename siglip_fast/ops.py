@@ -138,7 +138,10 @@ def _zero_masked_keys(keep: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     them all: it averages every key, as transformers'). A masked key already weighs exactly 0 (its score + finfo.min
     is finfo.min for any |score| < 1e31), so finite inputs give the same result bit for bit; but 0 · NaN is NaN, so
     without this a NaN / inf in one padding token (or an overflow, e.g. 1e30 pixels through a LayerNorm) made every
-    token of its row NaN. The fused kernel does the same in its loads (it skips masked scores and values)."""
+    token of its row NaN. The fused kernel does the same in its loads (it skips masked scores and values). This
+    protects the forward; a backward through non-finite padding still gives NaN weight gradients (the padding tokens'
+    own backward multiplies their zero gradient by their NaN activations), so training inputs need finite padding,
+    as the image processor gives (zeros)."""
     drop = (~keep & keep.any(-1, keepdim=True))[:, :, None, None]  # (B, Nk, 1, 1)
     return k.masked_fill(drop, 0), v.masked_fill(drop, 0)
 
