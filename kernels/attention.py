@@ -244,12 +244,19 @@ def _attention_fwd_inner(
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
         p = p.to(v_base.dtype.element_ty)  # P in v's dtype for the PV product (bf16/fp16 tensor cores)
-        v0 = tl.load(v0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(v0_ptrs)
+        if HAS_MASK:  # a masked key weighs 0, but 0·NaN is NaN: its value is not read (unless the row keeps none)
+            vkeep = (tl.maximum(keep.to(tl.int32), (masked_score == 0.0).to(tl.int32)) != 0)[:, None]  # (BLOCK_N, 1)
+            v0 = tl.load(v0_ptrs, mask=(mask0 & vkeep) if TAIL or PAD_D0 else vkeep, other=0.0)
+        else:
+            v0 = tl.load(v0_ptrs, mask=mask0, other=0.0) if TAIL or PAD_D0 else tl.load(v0_ptrs)
         acc0 = tl.dot(p, v0, acc0 * alpha[:, None], input_precision=DOT_PRECISION)
         k0_ptrs += BLOCK_N * stride_kn
         v0_ptrs += BLOCK_N * stride_vn
         if HAS_D1:
-            v1 = tl.load(v1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(v1_ptrs)
+            if HAS_MASK:
+                v1 = tl.load(v1_ptrs, mask=(mask1 & vkeep) if TAIL or PAD_D1 else vkeep, other=0.0)
+            else:
+                v1 = tl.load(v1_ptrs, mask=mask1, other=0.0) if TAIL or PAD_D1 else tl.load(v1_ptrs)
             acc1 = tl.dot(p, v1, acc1 * alpha[:, None], input_precision=DOT_PRECISION)
             k1_ptrs += BLOCK_N * stride_kn
             v1_ptrs += BLOCK_N * stride_vn
@@ -896,6 +903,12 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     the input dtype, (dropout on the probabilities, as in training), then @ v. Accepts any float dtype (float64 for
     reference checks, whose softmax stays float64). With `return_probs` returns (out, probs (B, H, Nq, Nk)), the
     `output_attentions` of transformers."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"attention_reference: {name} must be a (B, N, H, d) tensor, got "
+                             f"{_describe(t) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if q.shape[-1] < 1:
+        raise ValueError(f"attention_reference: head dim d must be >= 1, got d={q.shape[-1]} (q: {_describe(q)})")
     if scale is None:
         scale = q.shape[-1] ** -0.5
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, N, d)

@@ -240,8 +240,11 @@ def _check_inputs(x, weight, bias, activation, residual) -> None:
     for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
         if t is None:
             continue
-        if t.dtype != x.dtype:
-            raise TypeError(f"linear: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+        if name == "residual" and t.dtype == torch.float32:  # under torch.autocast: a bf16/fp16 GEMM, an fp32 stream
+            pass
+        elif t.dtype != x.dtype:
+            what = "x's dtype" + (" or float32" if name == "residual" else "")
+            raise TypeError(f"linear: {name} must have {what} {x.dtype}, got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"linear: {name} must be on x's device {x.device}, got {t.device}")
 
@@ -255,6 +258,12 @@ def _check_kernel_device(x: torch.Tensor) -> None:
         return
     raise ValueError(f"linear: the Triton kernel needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set "
                      f"before triton is imported), got x on {x.device}")
+
+
+def _out_dtype(x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.dtype:
+    """The output's dtype: that of `residual + act(x @ W^T + b)` in eager PyTorch, i.e. x's, or float32 for an fp32
+    residual added to a low-precision GEMM (torch.autocast); the epilogue adds it in fp32 and rounds once."""
+    return x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -272,11 +281,11 @@ def linear_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     if _INTERPRET and x.dtype == torch.bfloat16:  # the interpreter's bf16 tl.dot is wrong: run in fp32, round back
         up = lambda t: None if t is None else t.float()  # noqa: E731
         out, pre = linear_fwd(x.float(), weight.float(), up(bias), activation, up(residual), save_pre)
-        return out.to(x.dtype), pre.to(x.dtype)
+        return out.to(_out_dtype(x, residual)), pre.to(x.dtype)
     n, k = weight.shape
     out_shape = (*x.shape[:-1], n)
     m = math.prod(x.shape[:-1])
-    out = _empty(out_shape, x.device, x.dtype)  # (..., N), contiguous
+    out = _empty(out_shape, x.device, _out_dtype(x, residual))  # (..., N), contiguous
     store_pre = bool(save_pre) and activation is not None
     pre = _empty(out_shape if store_pre else (0,), x.device, x.dtype)
     if out.numel() == 0:
@@ -313,7 +322,7 @@ def linear_torch_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if activation == "gelu_tanh":
         y = F.gelu(y, approximate="tanh") if store_pre else torch.ops.aten.gelu_(y, approximate="tanh")
     if residual is not None:
-        y = y.add_(residual)
+        y = y.to(_out_dtype(x, residual)).add_(residual)
     return y, pre
 
 
@@ -408,7 +417,7 @@ def _(x, weight, bias, activation, residual, save_pre, gemm):
     _check_gemm(gemm)
     _check_inputs(x, weight, bias, activation, residual)
     out_shape = (*x.shape[:-1], weight.shape[0])
-    out = x.new_empty(out_shape)
+    out = x.new_empty(out_shape, dtype=_out_dtype(x, residual))
     pre = x.new_empty(out_shape if (save_pre and activation is not None) else (0,))
     return out, pre
 
@@ -429,6 +438,7 @@ def _setup_context(ctx, inputs, output):
     ctx.activation = activation
     ctx.has_bias = bias is not None
     ctx.has_residual = residual is not None
+    ctx.residual_dtype = None if residual is None else residual.dtype
     ctx.save_for_backward(x, weight, pre, bias)
 
 
@@ -444,7 +454,7 @@ def _backward(ctx, grad_out, _grad_pre):
             # The forward ran without save_pre (called directly through the op): recompute the pre-activation.
             pre = F.linear(x, weight, bias)
         dz = torch.ops.siglip_fast.linear_gelu_bwd(grad_out, pre)
-    dz2 = dz.reshape(m, n)  # (M, N)
+    dz2 = dz.reshape(m, n).to(x.dtype)  # (M, N); an fp32 residual made grad_out fp32: the GEMM's part is x's dtype
     grad_x = grad_w = grad_b = grad_r = None
     if need_x:
         grad_x = (dz2 @ weight).reshape(x.shape)  # (M, K) -> (..., K)
@@ -453,7 +463,7 @@ def _backward(ctx, grad_out, _grad_pre):
     if need_b and ctx.has_bias:
         grad_b = dz2.sum(0)  # (N,)
     if need_r and ctx.has_residual:
-        grad_r = grad_out
+        grad_r = grad_out.to(ctx.residual_dtype)
     return grad_x, grad_w, grad_b, None, grad_r, None, None
 
 
@@ -473,7 +483,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 
     x: (..., K) with any strides; weight: (N, K) (torch Linear convention); bias: (N,) or None;
     activation: None or "gelu_tanh" (= F.gelu(approximate="tanh")); residual: (..., N) or None.
-    All tensors share x's dtype (fp16, bf16 or fp32) and device. Returns (..., N), contiguous, in x's dtype.
+    All tensors share x's dtype (fp16, bf16 or fp32) and device, except that the residual may be float32
+    (torch.autocast: a bf16/fp16 GEMM added to an fp32 stream). Returns (..., N), contiguous, in x's dtype (float32
+    with such a residual: eager's type promotion of residual + GEMM).
     fp32 inputs are multiplied in full fp32 unless torch.backends.cuda.matmul.allow_tf32 is set, as F.linear does.
     """
     _check_inputs(x, weight, bias, activation, residual)

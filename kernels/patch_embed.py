@@ -280,9 +280,11 @@ def _check_inputs(pixel_values, weight, bias, position_embedding, patch_size) ->
                          f"patch_size={p} gives {gh}x{gw} = {N} patches (pass an interpolated table for other sizes)")
     if position_embedding.shape[1] != D:
         raise ValueError(f"position_embedding must be ({N}, {D}), got {_describe(position_embedding)}")
-    for name, t in (("bias", bias), ("position_embedding", position_embedding)):
-        if t.dtype != weight.dtype:
-            raise TypeError(f"{name} must have weight's dtype {weight.dtype}, got {_describe(t)}")
+    if bias.dtype != weight.dtype:
+        raise TypeError(f"bias must have weight's dtype {weight.dtype}, got {_describe(bias)}")
+    if position_embedding.dtype not in (weight.dtype, torch.float32):
+        raise TypeError(f"position_embedding must have weight's dtype {weight.dtype} or float32, got "
+                        f"{_describe(position_embedding)}")
     for name, t in (("weight", weight), ("bias", bias), ("position_embedding", position_embedding)):
         if t.device != pixel_values.device:
             raise ValueError(f"{name} is on {t.device} but pixel_values is on {pixel_values.device}")
@@ -308,22 +310,29 @@ def _upcast_for_interpreter(weight: torch.Tensor) -> bool:
     return _INTERPRET and weight.dtype == torch.bfloat16
 
 
+def _out_dtype(weight: torch.Tensor, position_embedding: torch.Tensor) -> torch.dtype:
+    """The output's dtype: that of `conv(x) + position_embedding` in eager PyTorch, i.e. weight's, or float32 for an
+    fp32 table with low-precision weights (under torch.autocast the conv runs in bf16/fp16 and the table stays fp32);
+    the kernel adds the table in fp32 either way and rounds the sum once."""
+    return torch.promote_types(weight.dtype, position_embedding.dtype)
+
+
 def _fp32(pixel_values: torch.Tensor) -> torch.Tensor:
     return pixel_values.float() if pixel_values.dtype == torch.bfloat16 else pixel_values
 
 
 def patch_embed_fwd(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                     position_embedding: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Launch the forward kernel; returns (B, N, D) in weight's dtype."""
+    """Launch the forward kernel; returns (B, N, D) in `_out_dtype` (weight's, unless the table is fp32)."""
     gh, gw, N = _check_inputs(pixel_values, weight, bias, position_embedding, patch_size)
     _check_kernel_device(pixel_values, weight)
     if _upcast_for_interpreter(weight):
         return patch_embed_fwd(_fp32(pixel_values), weight.float(), bias.float(), position_embedding.float(),
-                               patch_size).to(weight.dtype)
+                               patch_size).to(_out_dtype(weight, position_embedding))
     B, C = pixel_values.shape[:2]
     D, p = weight.shape[0], patch_size
     M = B * N
-    out = torch.empty((B, N, D), device=weight.device, dtype=weight.dtype)  # (B, N, D)
+    out = torch.empty((B, N, D), device=weight.device, dtype=_out_dtype(weight, position_embedding))  # (B, N, D)
     if M == 0:
         return out
     p_pad = triton.next_power_of_2(p)
@@ -436,7 +445,8 @@ def _patch_embed_op(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torc
 
 @_patch_embed_op.register_fake
 def _(pixel_values, weight, bias, position_embedding, patch_size):
-    return weight.new_empty((pixel_values.shape[0], position_embedding.shape[0], weight.shape[0]))
+    return weight.new_empty((pixel_values.shape[0], position_embedding.shape[0], weight.shape[0]),
+                            dtype=_out_dtype(weight, position_embedding))
 
 
 @torch.library.custom_op("siglip_fast::patch_embed_grad_input", mutates_args=())
@@ -474,6 +484,7 @@ class _PatchEmbed(torch.autograd.Function):
         pixel_values, weight, bias, position_embedding, patch_size = inputs
         ctx.save_for_backward(pixel_values, weight)
         ctx.patch_size = patch_size
+        ctx.pos_dtype = position_embedding.dtype
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -481,15 +492,16 @@ class _PatchEmbed(torch.autograd.Function):
         p = ctx.patch_size
         needs = ctx.needs_input_grad
         d_pixels = d_weight = d_bias = d_pos = None
+        grad_conv = grad_out.to(weight.dtype)  # an fp32 table made the output fp32: the conv's part is weight's dtype
         if needs[0] and pixel_values.is_floating_point():
-            d_pixels = torch.ops.siglip_fast.patch_embed_grad_input(grad_out, pixel_values, weight, p)
+            d_pixels = torch.ops.siglip_fast.patch_embed_grad_input(grad_conv, pixel_values, weight, p)
         if needs[1]:
-            d_weight = torch.ops.siglip_fast.patch_embed_grad_weight(grad_out, pixel_values, weight, p)
+            d_weight = torch.ops.siglip_fast.patch_embed_grad_weight(grad_conv, pixel_values, weight, p)
         # dbias and dpos: one bandwidth-bound read of dout each (B*N*D elements; the GEMMs above read it too).
         if needs[2]:
             d_bias = grad_out.sum(dim=(0, 1), dtype=torch.float32).to(weight.dtype)
         if needs[3]:
-            d_pos = grad_out.sum(dim=0, dtype=torch.float32).to(weight.dtype)
+            d_pos = grad_out.sum(dim=0, dtype=torch.float32).to(ctx.pos_dtype)
         return d_pixels, d_weight, d_bias, d_pos, None
 
 
@@ -503,12 +515,14 @@ torch.library.register_autograd("siglip_fast::patch_embed", _PatchEmbed.backward
 
 def patch_embed(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 position_embedding: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """SigLIP's patch embedding plus position embedding, fused: (B, C, H, W) pixels -> (B, N, D) in weight's dtype.
+    """SigLIP's patch embedding plus position embedding, fused: (B, C, H, W) pixels -> (B, N, D) in weight's dtype
+    (float32 when the table is float32 and the weight is not: eager's type promotion of conv(x) + table).
 
     pixel_values: (B, C, H, W), float (already normalised; cast to weight's dtype on load) or uint8 (normalised
     here with (x - 127.5) / 127.5), any strides. weight: (D, C, p, p), the Conv2d's; bias: (D,);
-    position_embedding: (N, D) with N = (H // p) * (W // p) (an interpolated table for other image sizes); bias and
-    position_embedding in weight's dtype. Differentiable w.r.t. weight, bias, position_embedding and float pixels.
+    position_embedding: (N, D) with N = (H // p) * (W // p) (an interpolated table for other image sizes); bias in
+    weight's dtype, position_embedding in weight's dtype or float32 (torch.autocast: the conv in bf16/fp16, the table
+    fp32). Differentiable w.r.t. weight, bias, position_embedding and float pixels.
     """
     _check_inputs(pixel_values, weight, bias, position_embedding, patch_size)
     _check_kernel_device(pixel_values, weight)

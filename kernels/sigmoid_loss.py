@@ -181,9 +181,10 @@ def _sigmoid_loss_fwd_kernel(
     y_ptr,  # (N, D) text embeddings, row stride stride_y, unit column stride
     log_scale_ptr,  # (1,) fp32 logit_scale t (a log)
     bias_ptr,  # (1,) fp32 logit_bias b
-    part_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ −log σ(label·z)
+    part_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ −log σ(label·z) · norm
     M, N, D,
     diag_offset,  # label is +1 where col == row + diag_offset
+    norm,  # fp32 factor of every term (1 / the loss's batch): partial sums of the loss never exceed the loss
     stride_x, stride_y,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -191,7 +192,7 @@ def _sigmoid_loss_fwd_kernel(
     part, rows, cols, s, pos, w = _signed_logits_tile(
         x_ptr, y_ptr, log_scale_ptr, bias_ptr, M, N, D, diag_offset, stride_x, stride_y,
         BLOCK_M, BLOCK_N, BLOCK_D, GROUP_M, PRECISION)
-    term = tl.maximum(w, 0.0) + _log1p(tl.exp(-tl.abs(w)))  # softplus(w) = −log σ(label·z)
+    term = (tl.maximum(w, 0.0) + _log1p(tl.exp(-tl.abs(w)))) * norm  # softplus(w) = −log σ(label·z), normalised
     term = tl.where((rows[:, None] < M) & (cols[None, :] < N), term, 0.0)
     tl.store(part_ptr + part, tl.sum(tl.sum(term, axis=1), axis=0))
 
@@ -203,9 +204,9 @@ def _halves(t, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
 
 
 @triton.jit
-def _grad_epilogue(s, rows, cols, M, N, diag_offset, scale, bias, dz_ptr, FUSED: tl.constexpr):
+def _grad_epilogue(s, rows, cols, M, N, diag_offset, scale, bias, norm, dz_ptr, FUSED: tl.constexpr):
     """dz' of one (rows × cols) piece of a tile from its similarities s (fp32): stores dz' (times exp(t) when
-    FUSED) and returns the piece's row sums (BLOCK_M,) of softplus(w) (FUSED; else the dz' sums again, unused),
+    FUSED) and returns the piece's row sums (BLOCK_M,) of softplus(w)·norm (FUSED; else the dz' sums again, unused),
     dz'·s and dz' (row sums only: they stay inside each warp; the tile sums them across warps once, not per piece)."""
     valid = (rows[:, None] < M) & (cols[None, :] < N)
     pos = cols[None, :] == rows[:, None] + diag_offset
@@ -220,7 +221,7 @@ def _grad_epilogue(s, rows, cols, M, N, diag_offset, scale, bias, dz_ptr, FUSED:
     tsum = tl.sum(dz * s, axis=1)
     bsum = tl.sum(dz, axis=1)
     if FUSED:
-        lsum = tl.sum(tl.maximum(w, 0.0) + _log1p(u), axis=1)  # softplus(w) = −log σ(label·z)
+        lsum = tl.sum((tl.maximum(w, 0.0) + _log1p(u)) * norm, axis=1)  # softplus(w) = −log σ(label·z), normalised
     else:
         lsum = bsum
     return lsum, tsum, bsum
@@ -234,11 +235,12 @@ def _sigmoid_loss_grad_kernel(
     log_scale_ptr,  # (1,) fp32 logit_scale t
     bias_ptr,  # (1,) fp32 logit_bias b
     dz_ptr,  # (M, N) out, input dtype, row stride N: dz' = −label·σ(−label·z), times exp(t) when FUSED
-    lpart_ptr,  # (grid_m * grid_n,) fp32 out, FUSED only: per tile, Σ −log σ(label·z)
+    lpart_ptr,  # (grid_m * grid_n,) fp32 out, FUSED only: per tile, Σ −log σ(label·z) · norm
     tpart_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ dz'·<x, y> (times exp(t) when FUSED)
     bpart_ptr,  # (grid_m * grid_n,) fp32 out: per tile, Σ dz'
     M, N, D,
     diag_offset,
+    norm,  # fp32 factor of every loss term (FUSED only), as in _sigmoid_loss_fwd_kernel
     stride_x, stride_y,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -260,10 +262,10 @@ def _sigmoid_loss_grad_kernel(
     s0, s1 = _halves(s_lo, BLOCK_M, BLOCK_N // 2)
     s2, s3 = _halves(s_hi, BLOCK_M, BLOCK_N // 2)
     c = pid_n * BLOCK_N + tl.arange(0, q)
-    l0, t0, b0 = _grad_epilogue(s0, rows, c, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
-    l1, t1, b1 = _grad_epilogue(s1, rows, c + q, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
-    l2, t2, b2 = _grad_epilogue(s2, rows, c + 2 * q, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
-    l3, t3, b3 = _grad_epilogue(s3, rows, c + 3 * q, M, N, diag_offset, scale, bias, dz_ptr, FUSED)
+    l0, t0, b0 = _grad_epilogue(s0, rows, c, M, N, diag_offset, scale, bias, norm, dz_ptr, FUSED)
+    l1, t1, b1 = _grad_epilogue(s1, rows, c + q, M, N, diag_offset, scale, bias, norm, dz_ptr, FUSED)
+    l2, t2, b2 = _grad_epilogue(s2, rows, c + 2 * q, M, N, diag_offset, scale, bias, norm, dz_ptr, FUSED)
+    l3, t3, b3 = _grad_epilogue(s3, rows, c + 3 * q, M, N, diag_offset, scale, bias, norm, dz_ptr, FUSED)
     part = pid_m * grid_n + pid_n
     if FUSED:
         tl.store(lpart_ptr + part, tl.sum((l0 + l1) + (l2 + l3), axis=0))
@@ -318,13 +320,13 @@ def _upcast_for_interpreter(x: torch.Tensor) -> bool:
 
 
 def _sigmoid_loss_fwd(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
-                      diag_offset: int = 0, *, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-tile sums of −log σ(label·z) for x (M, D) against y (N, D): a (grid_m·grid_n,) fp32 tensor.
+                      diag_offset: int = 0, *, norm: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-tile sums of −log σ(label·z)·norm for x (M, D) against y (N, D): a (grid_m·grid_n,) fp32 tensor.
 
     `out` (tests): a buffer of that shape to write into instead of a fresh `torch.empty`."""
     _check_kernel_operands(x, y, log_scale, bias)
     if _upcast_for_interpreter(x):
-        return _sigmoid_loss_fwd(x.float(), y.float(), log_scale, bias, diag_offset, out=out)
+        return _sigmoid_loss_fwd(x.float(), y.float(), log_scale, bias, diag_offset, norm=norm, out=out)
     M, D = x.shape
     N = y.shape[0]
     bm, bn = _tiles(M, N)
@@ -334,7 +336,7 @@ def _sigmoid_loss_fwd(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor,
     elif out.shape != (n_tiles,) or out.dtype != torch.float32 or out.device != x.device:
         raise ValueError(f"out: expected ({n_tiles},) float32 on {x.device}, got {tuple(out.shape)} {out.dtype}")
     _sigmoid_loss_fwd_kernel[(n_tiles,)](
-        x, y, log_scale, bias, out, M, N, D, diag_offset, x.stride(0), y.stride(0),
+        x, y, log_scale, bias, out, M, N, D, diag_offset, float(norm), x.stride(0), y.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, PRECISION=_precision(x.dtype),
     )
     return out
@@ -367,22 +369,22 @@ def _sigmoid_loss_bwd(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor,
             if p.shape != (n_tiles,) or p.dtype != torch.float32:
                 raise ValueError(f"{name}: expected ({n_tiles},) float32, got {tuple(p.shape)} {p.dtype}")
     _sigmoid_loss_grad_kernel[(n_tiles,)](
-        x, y, log_scale, bias, dz, tpart, tpart, bpart, M, N, D, diag_offset, x.stride(0), y.stride(0),
+        x, y, log_scale, bias, dz, tpart, tpart, bpart, M, N, D, diag_offset, 1.0, x.stride(0), y.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, PRECISION=_precision(x.dtype), FUSED=False,
     )
     return dz, tpart, bpart
 
 
 def _sigmoid_loss_fused(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
-                        diag_offset: int = 0, *, out: tuple[torch.Tensor, torch.Tensor] | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+                        diag_offset: int = 0, *, norm: float = 1.0,
+                        out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The training forward's tile pass: (exp(t)·dz' (M, N) in the input dtype, parts (3, n_tiles) fp32) with
-    parts[0] the per-tile Σ −log σ(label·z), parts[1] Σ exp(t)·dz'·<x, y>, parts[2] Σ dz'.
+    parts[0] the per-tile Σ −log σ(label·z)·norm, parts[1] Σ exp(t)·dz'·<x, y>, parts[2] Σ dz'.
 
     `out` (tests): (dz, parts) buffers to write into instead of fresh `torch.empty`s."""
     _check_kernel_operands(x, y, log_scale, bias)
     if _upcast_for_interpreter(x):
-        dz, parts = _sigmoid_loss_fused(x.float(), y.float(), log_scale, bias, diag_offset)
+        dz, parts = _sigmoid_loss_fused(x.float(), y.float(), log_scale, bias, diag_offset, norm=norm)
         results = (dz.to(x.dtype), parts)
         return results if out is None else tuple(o.copy_(r) for o, r in zip(out, results, strict=True))
     M, D = x.shape
@@ -400,7 +402,8 @@ def _sigmoid_loss_fused(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tenso
             raise ValueError(f"out[1]: expected contiguous (3, {n_tiles}) float32, got {tuple(parts.shape)} "
                              f"{parts.dtype}")
     _sigmoid_loss_grad_kernel[(n_tiles,)](
-        x, y, log_scale, bias, dz, parts[0], parts[1], parts[2], M, N, D, diag_offset, x.stride(0), y.stride(0),
+        x, y, log_scale, bias, dz, parts[0], parts[1], parts[2], M, N, D, diag_offset, float(norm), x.stride(0),
+        y.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, PRECISION=_precision(x.dtype), FUSED=True,
     )
     return dz, parts
@@ -488,24 +491,28 @@ def _eager_logits(xc: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bi
 
 
 def _block_loss_sum(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
-                    diag_offset: int, backend: str, chunk_rows: int | None) -> torch.Tensor:
-    """Σ_ij −log σ(label_ij·z_ij) of x (M, D) against y (N, D), label +1 where j == i + diag_offset; fp32 0-d."""
+                    diag_offset: int, backend: str, chunk_rows: int | None, norm: float = 1.0) -> torch.Tensor:
+    """Σ_ij −log σ(label_ij·z_ij)·norm of x (M, D) against y (N, D), label +1 where j == i + diag_offset; fp32 0-d.
+
+    Every term is multiplied by norm (1 / the loss's batch) before any sum: the terms are ≥ 0, so every partial sum
+    is at most the loss itself, which therefore comes out finite whenever its true value fits the compute dtype
+    (summing first and dividing at the end overflowed once N·loss did, e.g. logit_scale ≈ 88.7)."""
     M, N = x.shape[0], y.shape[0]
     if backend == "triton":
-        return _sigmoid_loss_fwd(x, y, log_scale, bias, diag_offset).sum()
+        return _sigmoid_loss_fwd(x, y, log_scale, bias, diag_offset, norm=norm).sum()
     cdt = _compute_dtype(x.dtype)
     x, y, log_scale, bias = x.to(cdt), y.to(cdt), log_scale.to(cdt), bias.to(cdt)
     chunk = chunk_rows or _default_chunk_rows(backend, M, N, x.dtype)
     total = torch.zeros((), device=x.device, dtype=cdt)
     for r0 in range(0, M, chunk):
         w, _ = _eager_logits(x[r0:r0 + chunk], y, log_scale, bias, diag_offset + r0)
-        total = total + F.softplus(w).sum()  # softplus(−label·z) = −log σ(label·z)
+        total = total + F.softplus(w).mul_(norm).sum()  # softplus(−label·z) = −log σ(label·z)
     return total
 
 
 def _block_grads(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor, diag_offset: int,
                  backend: str, blocks: tuple[int, int], dx_acc: torch.Tensor, dy_acc: torch.Tensor, alpha: float,
-                 *, fused: bool, dx_fresh: bool, dy_fresh: bool) -> torch.Tensor:
+                 *, fused: bool, dx_fresh: bool, dy_fresh: bool, norm: float = 1.0) -> torch.Tensor:
     """One pass over the (rows, cols) blocks of dz' for x (M, D) against y (N, D): per block, one tile pass
     (Triton kernel or eager slab) writes the block of dz', then two GEMMs on it:
 
@@ -513,7 +520,8 @@ def _block_grads(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias
 
     (the first column block writes dx_acc's rows when dx_fresh, the first row block dy_acc's columns when dy_fresh:
     no zero fill, no read of an uninitialised accumulator). fused: the training forward, dz' carries the factor
-    exp(t) and the loss is summed too. Returns fp32/fp64 (3,): [Σ −log σ(label·z) (fused only, else 0),
+    exp(t) and the loss is summed too, each term times norm (see _block_loss_sum). Returns fp32/fp64 (3,):
+    [Σ −log σ(label·z)·norm (fused only, else 0),
     Σ dz'·<x, y> (times exp(t) when fused), Σ dz']. dx_acc, dy_acc: fp32 (fp64 for fp64 inputs), contiguous."""
     M, N = x.shape[0], y.shape[0]
     rows, cols = blocks
@@ -526,7 +534,7 @@ def _block_grads(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias
             offset = diag_offset + r0 - c0  # label +1 where col == row + offset within the block
             if backend == "triton":
                 if fused:
-                    dz, parts = _sigmoid_loss_fused(xr, yc, log_scale, bias, offset)  # exp(t)·dz' (R, C)
+                    dz, parts = _sigmoid_loss_fused(xr, yc, log_scale, bias, offset, norm=norm)  # exp(t)·dz' (R, C)
                     sums += parts.sum(dim=1)
                 else:
                     dz, tpart, bpart = _sigmoid_loss_bwd(xr, yc, log_scale, bias, offset)  # dz' (R, C)
@@ -536,7 +544,7 @@ def _block_grads(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias
             else:
                 dz, diag = _eager_logits(xr, yc, log_scale, bias, offset)  # w = −label·z
                 if fused:
-                    sums[0] += F.softplus(dz).sum()
+                    sums[0] += F.softplus(dz).mul_(norm).sum()
                 dz = dz.sigmoid_()  # σ(w)
                 dz[diag] = -dz[diag]  # dz' = −label·σ(w)
                 sums[2] += dz.sum()
@@ -630,6 +638,18 @@ def _resolve_backend(backend: str, x: torch.Tensor) -> str:
     return backend
 
 
+def _autocast_embeds(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+    """Under torch.autocast (on the embeddings' device): (x, y) in the autocast dtype, as autocast casts the inputs of
+    the logits GEMM (float64 ones are kept, as autocast keeps them), and the device type whose autocast the loss then
+    switches off for its own fp32 math (None when autocast is off there)."""
+    kind = x.device.type
+    if kind not in ("cpu", "cuda") or not torch.is_autocast_enabled(kind):
+        return x, y, None
+    amp = torch.get_autocast_dtype(kind)
+    cast = lambda t: t if t.dtype in (amp, torch.float64) else t.to(amp)  # noqa: E731
+    return cast(x), cast(y), kind
+
+
 def _loss_dtype(x: torch.Tensor, t: torch.Tensor, b: torch.Tensor) -> torch.dtype:
     return torch.promote_types(torch.promote_types(x.dtype, t.dtype), b.dtype)
 
@@ -646,8 +666,8 @@ def _scalars(t: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> tuple[torc
 def _loss_forward(x, y, t, b, backend: str, chunk_rows: int) -> torch.Tensor:
     log_scale, bias = _scalars(t, b, _compute_dtype(x.dtype))
     x, y = x.contiguous(), y.contiguous()
-    total = _block_loss_sum(x, y, log_scale, bias, 0, backend, chunk_rows or None)
-    return (total / x.shape[0]).to(_loss_dtype(x, t, b))
+    total = _block_loss_sum(x, y, log_scale, bias, 0, backend, chunk_rows or None, norm=1.0 / x.shape[0])
+    return total.to(_loss_dtype(x, t, b))
 
 
 def _loss_train(x, y, t, b, backend: str, chunk_rows: int):
@@ -663,8 +683,8 @@ def _loss_train(x, y, t, b, backend: str, chunk_rows: int):
     dys = torch.empty(y.shape, device=y.device, dtype=cdt)
     blocks = _blocks(backend, x.shape[0], y.shape[0], x.dtype, chunk_rows or None, None)
     sums = _block_grads(x, y, log_scale, bias, 0, backend, blocks, dxs, dys, 1.0,
-                        fused=True, dx_fresh=True, dy_fresh=True)
-    loss = (sums[0] / x.shape[0]).to(_loss_dtype(x, t, b))
+                        fused=True, dx_fresh=True, dy_fresh=True, norm=1.0 / x.shape[0])
+    loss = sums[0].to(_loss_dtype(x, t, b))
     return loss, dxs, dys, sums[1:2].clone(), sums[2:3].clone()
 
 
@@ -758,8 +778,17 @@ def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sc
     an input requires grad) the forward also computes the gradients (see the module docstring) and keeps two
     (N, D) fp32 tensors until the backward; otherwise it only sums the loss. For several devices use
     `siglip_fast.sigmoid_loss(..., group=...)`.
+
+    Under torch.autocast the embeddings are cast to the autocast dtype (as autocast casts a GEMM's inputs; the
+    gradients flow back to the originals) and the rest runs as without autocast: fp32 accumulation, the loss in
+    promote(autocast dtype, t, b).
     """
     _check_inputs(image_embeds, text_embeds, logit_scale, logit_bias)
+    image_embeds, text_embeds, amp_device = _autocast_embeds(image_embeds, text_embeds)
+    if amp_device is not None:
+        with torch.autocast(amp_device, enabled=False):
+            return sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, backend=backend,
+                                chunk_rows=chunk_rows)
     backend = _resolve_backend(backend, image_embeds)
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
         raise ValueError(f"sigmoid_loss: chunk_rows must be a positive int, got {chunk_rows!r}")
@@ -777,8 +806,9 @@ def sigmoid_loss_blockwise(image_embeds: torch.Tensor, text_embeds: torch.Tensor
 
 def sigmoid_loss_reference(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
                            logit_bias: torch.Tensor) -> torch.Tensor:
-    """The plain formula, as open_clip and transformers compute it: full (N, N) logits, labels 2I − 1."""
+    """The plain formula, as open_clip and transformers compute it: full (N, N) logits, labels 2I − 1 (each term
+    divided by N before the sum, so that the loss is finite whenever its true value is: the terms are ≥ 0)."""
     n = image_embeds.shape[0]
     logits = image_embeds @ text_embeds.T * logit_scale.exp() + logit_bias  # (N, N)
     labels = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
-    return -F.logsigmoid(labels * logits).sum() / n
+    return (-F.logsigmoid(labels * logits) / n).sum()

@@ -28,6 +28,7 @@ from torch import nn
 
 from siglip_fast.kernels.sigmoid_loss import (
     _BACKENDS,
+    _autocast_embeds,
     _block_backward,
     _block_loss_sum,
     _check_inputs,
@@ -64,7 +65,10 @@ def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sc
     backward already reads exp(t) to the host). It runs inside a small custom op, so torch.compile(fullgraph=True)
     graphs keep no graph break; during CUDA-graph capture it is skipped (no host read is possible there); the
     distributed path folds it into its metadata exchange (no extra sync).
-    Near the limit the loss itself (a sum of up to N² terms of size ~exp(t)) can still overflow to inf.
+    Near the limit the loss is still finite whenever its true value fits fp32: each term is divided by the batch
+    before any sum (the terms are ≥ 0, so no partial sum exceeds the loss); only a loss beyond the fp32 range is
+    inf. The gradients' sums are not rescaled that way: once N·exp(t) nears the fp32 range (t above about
+    88.7 − ln N) they can overflow to inf.
 
     group: a torch.distributed process group (NCCL or gloo; `dist.group.WORLD` for all ranks). Every rank of the
     group must call this, with the same (n, D), dtype and device type, and either all or none of them with grad
@@ -80,7 +84,17 @@ def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sc
 
     backend: "auto" (Triton kernels on CUDA, eager blockwise on CPU), "triton" (on CPU only with
     TRITON_INTERPRET=1), "eager". chunk_rows: rows per block of logits (a memory knob).
+
+    Under torch.autocast the embeddings are cast to the autocast dtype (autocast's rule for the logits GEMM; the
+    gradients flow back to the originals) and the loss runs as without autocast (fp32 accumulation), on every path.
     """
+    if isinstance(image_embeds, torch.Tensor) and isinstance(text_embeds, torch.Tensor) \
+            and image_embeds.is_floating_point() and text_embeds.is_floating_point():
+        image_embeds, text_embeds, amp_device = _autocast_embeds(image_embeds, text_embeds)
+        if amp_device is not None:
+            with torch.autocast(amp_device, enabled=False):
+                return sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, group=group, backend=backend,
+                                    chunk_rows=chunk_rows)
     if group is None:
         backend = _check_local(image_embeds, text_embeds, logit_scale, logit_bias, backend, chunk_rows)
         if image_embeds.device.type != "meta":  # meta tensors carry no values to check
@@ -398,13 +412,13 @@ class _RingSigmoidLoss(torch.autograd.Function):
                 y_next = torch.empty_like(y)
                 works = _shift(y_cur, y_next, nxt, prv, group)
             diag_offset = 0 if k == 0 else n  # own block first; offset n puts no +1 label in the block
-            total = total + _block_loss_sum(x, y_cur, log_scale, bias, diag_offset, backend, chunk_rows)
+            total = total + _block_loss_sum(x, y_cur, log_scale, bias, diag_offset, backend, chunk_rows, norm=1.0 / n)
             if k < world - 1:
                 _wait(works)
                 y_cur = y_next
         ctx.save_for_backward(x, y, t, b)
         ctx.group, ctx.backend, ctx.chunk_rows = group, backend, chunk_rows
-        return (total / n).to(_loss_dtype(x, t, b))
+        return total.to(_loss_dtype(x, t, b))
 
     @staticmethod
     def backward(ctx, grad):
@@ -412,6 +426,9 @@ class _RingSigmoidLoss(torch.autograd.Function):
             raise RuntimeError("sigmoid_loss(group=...) is differentiable once: backward with create_graph=True "
                                "(a double backward) is not supported")
         x, y, t, b = ctx.saved_tensors
+        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):  # a backward run under autocast: same fp32 math
+                return _RingSigmoidLoss.backward(ctx, grad)
         group, backend, chunk_rows = ctx.group, ctx.backend, ctx.chunk_rows
         rank, world, nxt, prv = _ring(group)
         n = x.shape[0]

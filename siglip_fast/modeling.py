@@ -507,15 +507,22 @@ class SiglipTextModel(SiglipPreTrainedModel):
             raise TypeError(f"input_ids must be an integer tensor of shape (B, L), got {_describe(input_ids)}")
         device, config = self.embeddings.token_embedding.weight.device, self.config
         _check_device("input_ids", input_ids, device)
+        if input_ids.dtype not in _INDEX_DTYPES:  # what nn.Embedding indexes with
+            raise TypeError(f"input_ids must be an integer tensor of shape (B, L), int64 or int32 (what "
+                            f"nn.Embedding indexes with), got {_describe(input_ids)}")
+        if input_ids.shape[-1] == 0:
+            raise ValueError(f"input_ids must hold at least one token per text (shape (B, L) with L >= 1), got "
+                             f"{_describe(input_ids)}")
         input_ids = input_ids.view(-1, input_ids.shape[-1])  # (B, L)
         B, L = input_ids.shape
         _check_range("input_ids", input_ids, self.embeddings.token_embedding.num_embeddings, "the vocabulary")
         if position_ids is not None:
             _check_device("position_ids", position_ids, device)
-            if not _is_int(position_ids) or position_ids.ndim > 2 or position_ids.shape[-1] != L or (
+            if position_ids.dtype not in _INDEX_DTYPES or position_ids.ndim > 2 or position_ids.shape[-1] != L or (
                     position_ids.ndim == 2 and position_ids.shape[0] not in (1, B)):
                 raise ValueError(f"position_ids must be an integer tensor of shape (L,), (1, L) or (B, L) with "
-                                 f"{(B, L)} = input_ids' shape, got {_describe(position_ids)}")
+                                 f"{(B, L)} = input_ids' shape, int64 or int32 (what nn.Embedding indexes with), got "
+                                 f"{_describe(position_ids)}")
             _check_range("position_ids", position_ids, config.max_position_embeddings, "max_position_embeddings")
         if attention_mask is not None:  # None when nothing is masked: the unmasked kernel path, same result
             attention_mask = ops.check_attention_mask(attention_mask, B, L, device)
@@ -784,6 +791,9 @@ def _check_no_dropout(tower) -> None:
 def _is_meta_init() -> bool:
     """True while from_pretrained builds the module skeleton on the meta device (weights come from the file)."""
     return torch.empty(0).device.type == "meta"
+
+
+_INDEX_DTYPES = (torch.int64, torch.int32)  # the index dtypes nn.Embedding takes
 
 
 def _is_int(t: torch.Tensor) -> bool:

@@ -27,6 +27,7 @@ from .modeling import (
     SiglipMultiheadAttentionPoolingHead,
     SiglipPreTrainedModel,
     SiglipTextModel,
+    _check_device,
     _check_no_dropout,
     _describe,
     _fan_in,
@@ -44,6 +45,10 @@ def resize_positional_embeddings(table: torch.Tensor, spatial_shapes: torch.Tens
     transformers' explicit per-axis weights (same float32 operations, same result), batched and without host syncs
     (so a CUDA graph can capture it). Padding positions take position (0, 0), as transformers'. → (B, max_length, D).
     """
+    kind = spatial_shapes.device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):  # an interpolation, in fp32 as transformers'
+        with torch.autocast(kind, enabled=False):
+            return resize_positional_embeddings(table, spatial_shapes, max_length)
     side = table.shape[0]
     sizes = spatial_shapes.float()[:, None]  # (B, 1, 2)
     positions = torch.arange(max_length, device=spatial_shapes.device, dtype=torch.float32)[None, :, None]  # (1, L, 1)
@@ -136,6 +141,25 @@ class Siglip2TextModel(Siglip2PreTrainedModel, SiglipTextModel):
     config_class = Siglip2TextConfig
 
 
+def _check_mask_matches_shapes(mask: torch.Tensor, spatial_shapes: torch.Tensor) -> None:
+    """Each image's real patches (mask != 0) are its first rows · cols patches, as the image processor lays them out:
+    a mask that says otherwise (more or fewer real patches than the grid, or real patches after padding) would give
+    the patches positions of another grid. One host read, with the spatial_shapes checks before it."""
+    real = spatial_shapes.to(mask.device).prod(-1)  # (B,)
+    expected = torch.arange(mask.shape[1], device=mask.device)[None] < real[:, None]  # (B, N)
+    keep = mask != 0
+    if torch.equal(keep, expected):
+        return
+    i = int((keep != expected).any(-1).nonzero()[0, 0])
+    h, w = spatial_shapes[i].tolist()
+    count = int(keep[i].sum())
+    got = (f"{count} real patches" if count != h * w else
+           f"its {count} real patches not first (padding at index {int((~keep[i]).nonzero()[0, 0])})")
+    raise ValueError(f"pixel_attention_mask disagrees with spatial_shapes for image {i}: spatial_shapes[{i}] = "
+                     f"({h}, {w}) says {h * w} real patches, first, then padding; pixel_attention_mask[{i}] has "
+                     f"{got} (pass the image processor's mask and shapes together)")
+
+
 class Siglip2VisionModel(Siglip2PreTrainedModel):
     """NaFlex vision tower: patch Linear + resized positions → pre-LN encoder (padding patches masked as keys) →
     post LN → masked MAP head (when vision_use_head).
@@ -167,10 +191,15 @@ class Siglip2VisionModel(Siglip2PreTrainedModel):
             raise ValueError(f"pixel_values must be a float tensor of shape (B, max_num_patches, {dim}) (flattened "
                              f"patches, as Siglip2ImageProcessor returns), got {_describe(pixel_values)}")
         B, N, _ = pixel_values.shape
+        device = self.embeddings.patch_embedding.weight.device
+        _check_device("pixel_values", pixel_values, device)
         if not isinstance(spatial_shapes, torch.Tensor) or spatial_shapes.is_floating_point() \
-                or tuple(spatial_shapes.shape) != (B, 2):
+                or spatial_shapes.is_complex() or tuple(spatial_shapes.shape) != (B, 2):
             raise ValueError(f"spatial_shapes must be an integer tensor of shape ({B}, 2) (each image's patch rows "
                              f"and columns), got {_describe(spatial_shapes)}")
+        if spatial_shapes.device.type == "meta":
+            raise ValueError("spatial_shapes must hold values (each image's patch grid sizes its position table and "
+                             "is checked against pixel_attention_mask), got a tensor on the meta device")
         if bool((spatial_shapes <= 0).any()) or bool((spatial_shapes.prod(-1) > N).any()):
             raise ValueError(f"spatial_shapes must be positive with rows * cols <= max_num_patches ({N}), got "
                              f"{spatial_shapes.tolist()}")
@@ -178,6 +207,12 @@ class Siglip2VisionModel(Siglip2PreTrainedModel):
             if not isinstance(pixel_attention_mask, torch.Tensor) or tuple(pixel_attention_mask.shape) != (B, N):
                 raise ValueError(f"pixel_attention_mask must have shape ({B}, {N}) like pixel_values' patches, got "
                                  f"{_describe(pixel_attention_mask)}")
+            _check_device("pixel_attention_mask", pixel_attention_mask, device)
+            if pixel_attention_mask.dtype.is_complex:
+                raise TypeError(f"pixel_attention_mask must be bool, integer or float (1 = a real patch), got "
+                                f"{_describe(pixel_attention_mask)}")
+            if device.type != "meta":
+                _check_mask_matches_shapes(pixel_attention_mask, spatial_shapes)
 
     def forward(self, pixel_values=None, pixel_attention_mask=None, spatial_shapes=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
@@ -281,9 +316,9 @@ class Siglip2ForImageClassification(Siglip2PreTrainedModel, SiglipForImageClassi
         out = self.vision_model(pixel_values, pixel_attention_mask, spatial_shapes,
                                 *SiglipModel._flags(self, output_attentions, output_hidden_states), return_dict=True)
         last = out.last_hidden_state  # (B, N, D)
-        if pixel_attention_mask is not None:
-            pool = pixel_attention_mask[..., None].to(last.device)  # (B, N, 1)
-            pooled = torch.sum(last * pool, dim=1) / torch.sum(pool, dim=1)
+        if pixel_attention_mask is not None:  # the real patches' mean: padding states never enter (not even as 0·NaN)
+            keep = (pixel_attention_mask != 0)[..., None]  # (B, N, 1); each row has >= 1 (checked against the shapes)
+            pooled = last.masked_fill(~keep, 0).sum(dim=1) / keep.sum(dim=1).to(last.dtype)
         else:
             pooled = torch.mean(last, dim=1)
         logits = self.classifier(pooled)  # (B, num_labels)

@@ -10,6 +10,12 @@ Backends:
   computation); in inference the GELU and the residual adds write over the fresh GEMM outputs they consume, and
   the model drops k's bias and folds v's into out_proj's (SiglipAttention).
 
+Under ``torch.autocast`` every op below follows autocast's rules on every backend, as the PyTorch ops transformers
+calls would (torch 2.6+'s op lists): GEMM-like ops (linear, attention, the patch convolution) take their inputs in
+the autocast dtype; layer norm runs in fp32 on CUDA (autocast's fp32 list) and in its input's dtype on CPU (not on
+CPU's lists; statistics in fp32 either way); residual adds promote (a bf16 GEMM output added to an fp32 stream is
+fp32). The casts are differentiable, so gradients reach fp32 weights; inside the kernels accumulation stays fp32.
+
 Whatever the backend, a config transformers runs runs here: where a kernel cannot take a shape (attention head
 dims above 128) the call falls back to PyTorch SDPA and says why, once per reason (``warnings.warn``).
 
@@ -28,6 +34,20 @@ BACKENDS = ("auto", "triton", "eager", "sdpa")
 MAX_TRITON_HEAD_DIM = 128  # the largest head dim the Triton attention kernel takes
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _WARNED: set[str] = set()
+
+
+def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The dtype torch.autocast runs GEMM-like ops in on t's device, or None when autocast is off there."""
+    kind = t.device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return None
+
+
+def _cast(dtype: torch.dtype, *tensors):
+    """autocast's cast: floating-point tensors other than float64 to dtype; None, integer and float64 ones as given."""
+    return tuple(t if t is None or not t.is_floating_point() or t.dtype in (dtype, torch.float64) else t.to(dtype)
+                 for t in tensors)
 
 
 def _warn_once(reason: str) -> None:
@@ -113,6 +133,19 @@ def check_attention_mask(attention_mask, batch: int, keys: int, device: torch.de
     return None if everything else keep
 
 
+def _zero_masked_keys(keep: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """k, v (B, Nk, H, d) with each row's masked keys zeroed (keep (B, Nk) bool; a row that attends to no key keeps
+    them all: it averages every key, as transformers'). A masked key already weighs exactly 0 (its score + finfo.min
+    is finfo.min for any |score| < 1e31), so finite inputs give the same result bit for bit; but 0 · NaN is NaN, so
+    without this a NaN / inf in one padding token (or an overflow, e.g. 1e30 pixels through a LayerNorm) made every
+    token of its row NaN. The fused kernel does the same in its loads (it skips masked scores and values). This
+    protects the forward; a backward through non-finite padding still gives NaN weight gradients (the padding tokens'
+    own backward multiplies their zero gradient by their NaN activations), so training inputs need finite padding,
+    as the image processor gives (zeros)."""
+    drop = (~keep & keep.any(-1, keepdim=True))[:, :, None, None]  # (B, Nk, 1, 1)
+    return k.masked_fill(drop, 0), v.masked_fill(drop, 0)
+
+
 def attention(q, k, v, attention_mask=None, *, scale: float, backend: str, dropout_p: float = 0.0,
               need_probs: bool = False):
     """q (B, Nq, H, d), k/v (B, Nk, H, d), attention_mask (B, Nk) True = attend → ((B, Nq, H, d), probs or None).
@@ -125,12 +158,17 @@ def attention(q, k, v, attention_mask=None, *, scale: float, backend: str, dropo
     from .kernels.attention import attention_reference
 
     impl = resolve(backend, q)
+    amp = _autocast_dtype(q)
+    if amp is not None:  # attention is a GEMM-like op for autocast (matmul, scaled_dot_product_attention)
+        q, k, v = _cast(amp, q, k, v)
     if attention_mask is not None and attention_mask.dtype != torch.bool:
         attention_mask = check_attention_mask(attention_mask, k.shape[0], k.shape[1], k.device)
     if impl == "triton" and q.shape[-1] > MAX_TRITON_HEAD_DIM:
         _warn_once(f"siglip_fast: the Triton attention kernel takes head dims up to {MAX_TRITON_HEAD_DIM}; head dim "
                    f"{q.shape[-1]} runs through PyTorch SDPA instead (the other fused ops still run)")
         impl = "sdpa"
+    if attention_mask is not None and (impl != "triton" or need_probs or dropout_p > 0.0):
+        k, v = _zero_masked_keys(attention_mask.bool(), k, v)
     if need_probs or dropout_p > 0.0:
         return attention_reference(q, k, v, attention_mask=attention_mask, scale=scale, dropout_p=dropout_p,
                                    return_probs=True)
@@ -153,6 +191,9 @@ def patch_embed(pixel_values, weight, bias, position_embedding, patch_size: int,
     from .kernels.patch_embed import patch_embed_reference
 
     fn = patch_embed_kernel if resolve(backend, weight) == "triton" else patch_embed_reference
+    amp = _autocast_dtype(weight)
+    if amp is not None:  # the convolution in the autocast dtype; the table keeps its dtype (the add promotes)
+        pixel_values, weight, bias = _cast(amp, pixel_values, weight, bias)
     return fn(pixel_values, weight, bias, position_embedding, patch_size)
 
 
@@ -166,6 +207,17 @@ def layer_norm(x, weight, bias, eps: float, *, backend: str, residual=None, x_is
     from .kernels.layer_norm import layer_norm_reference
 
     impl = resolve(backend, x)
+    amp = _autocast_dtype(x)
+    if amp is not None:
+        if residual is not None:  # h = x + residual promotes, as eager's add: (bf16 GEMM output) + (fp32 stream)
+            x, residual = _cast(torch.promote_types(x.dtype, residual.dtype), x, residual)
+        if x.device.type == "cuda" and x.dtype != torch.float32:  # layer_norm is on CUDA autocast's fp32 list
+            if residual is None:
+                return layer_norm(x.float(), weight.float(), bias.float(), eps, backend=backend)
+            h = x + residual
+            return layer_norm(h.float(), weight.float(), bias.float(), eps, backend=backend), h
+        if x.device.type == "cuda":
+            weight, bias = _cast(torch.float32, weight, bias)
     if impl == "triton":
         return layer_norm_kernel(x, weight, bias, eps, residual=residual)
     if impl == "sdpa" and residual is not None and x_is_scratch and not torch.is_grad_enabled():
@@ -191,6 +243,11 @@ def linear(x, weight, bias=None, *, backend: str, activation: str | None = None,
     from .kernels.linear import linear_reference
 
     impl = resolve(backend, x)
+    amp = _autocast_dtype(x)
+    if amp is not None:  # linear is on autocast's lower-precision list; the residual add promotes (eager's + does)
+        x, weight, bias = _cast(amp, x, weight, bias)
+        if residual is not None and residual.dtype not in (x.dtype, torch.float32):
+            residual = residual.to(torch.promote_types(x.dtype, residual.dtype))
     if impl == "triton" and (activation is not None or residual is not None):
         return linear_kernel(x, weight, bias, activation=activation, residual=residual)
     if impl == "sdpa" and activation == "gelu_tanh" and residual is None and not torch.is_grad_enabled():

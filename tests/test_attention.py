@@ -225,6 +225,15 @@ def test_bad_input(args, kwargs, exc, match):
         attention(*args, **kwargs)
 
 
+def test_reference_refuses_head_dim_zero():
+    # issue 23: d = 0 raised ZeroDivisionError (0 ** -0.5) deep in the reference
+    q = torch.randn(2, 3, 2, 0)
+    with pytest.raises(ValueError, match=r"attention_reference: head dim d must be >= 1, got d=0"):
+        attention_reference(q, q, q)
+    with pytest.raises(ValueError, match=r"attention_reference: k must be a \(B, N, H, d\) tensor"):
+        attention_reference(torch.randn(2, 3, 2, 4), torch.randn(2, 3, 8), torch.randn(2, 3, 2, 4))
+
+
 def test_alignment_claim():
     """ALIGN (16-byte vectors) is claimed for views of a fused QKV output at d = 72 (head stride 72 is a multiple of
     8 elements, not of 16), never for a base pointer off a 16-byte boundary or a head dim with a non-unit stride."""

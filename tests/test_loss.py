@@ -458,3 +458,38 @@ def test_gpu_compile_inductor_dynamic():
         torch.testing.assert_close(loss, eager_loss, rtol=1e-6, atol=0)
         for g, r in zip(grads, eager_grads, strict=True):
             torch.testing.assert_close(g, r, rtol=0, atol=0)
+
+
+def _edge_problem(n, d, dtype=torch.float32):
+    """Unit embeddings at logit_scale ≈ 88.7 whose loss fits fp32 although the sum of its terms does not: x is n
+    orthonormal rows of a random rotation, y = x except y_0 and y_1, random positive mixes of x_0..x_7 and
+    x_8..x_15, so that ~15 negative pairs score ~0.35·exp(t) each: N·loss ≈ 5·exp(t) overflows fp32 for t ≥ 87.5,
+    loss ≈ 5·exp(t) / N does not; every other term is small."""
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    x = q[:n].clone()
+    y = x.clone()
+    for c in (0, 1):
+        y[c] = (torch.rand(8, 1, dtype=torch.float64).add_(0.5) * x[8 * c:8 * c + 8]).sum(0)
+        y[c] /= y[c].norm()
+    return x.to(dtype), y.to(dtype)
+
+
+@pytest.mark.parametrize("t", [87.5, 88.7])
+@pytest.mark.parametrize("path", ["reference", "eager", "eager-chunked", "triton", "triton-chunked"])
+def test_loss_near_the_scale_limit_is_finite_when_it_fits(path, t):
+    """Issue 23: t from 87 to 88.72 returned inf (the sum of the terms overflowed before the division by N) although
+    the loss fits fp32. Each term is now divided by N before any sum: the loss matches fp64 on every path, with and
+    without a backward to follow (the training forward sums the loss in the same tile pass)."""
+    x, y = _edge_problem(37, 48)
+    t_, b_ = torch.tensor([t]), torch.tensor([-10.0])
+    exact = sigmoid_loss_reference(x.double(), y.double(), t_.double(), b_.double())
+    assert 1e37 < exact < torch.finfo(torch.float32).max < 37 * exact  # the case: only the sum would overflow
+    backend, _, chunked = path.partition("-")
+    for needs_grad in (False, True):
+        xg = x.clone().requires_grad_(needs_grad)
+        if backend == "reference":
+            loss = sigmoid_loss_reference(xg, y, t_, b_)
+        else:
+            loss = sigmoid_loss(xg, y, t_, b_, backend=backend, chunk_rows=5 if chunked else None)
+        assert torch.isfinite(loss), (path, needs_grad)
+        torch.testing.assert_close(loss.double(), exact, rtol=1e-5, atol=0)  # exp(t) in fp32: ~t·2^-24 relative

@@ -159,6 +159,43 @@ def test_distributed_matches_single_process(tmp_path):
     _run_ranks(_worker, 3, tmp_path)
 
 
+def _edge_worker(rank, world, init_file):
+    """logit_scale 88.7, unit embeddings whose rank losses fit fp32 while the sums of their terms do not: x = 20
+    orthonormal rows of a rotation, y = x except y_0, y_1, positive mixes of x_0..x_7 and x_8..x_15 (~0.35·exp(t)
+    per negative pair): each rank's n·L_r ≈ 3·exp(t) overflows, L_r does not."""
+    _init(rank, world, init_file)
+    try:
+        g = torch.Generator().manual_seed(88)  # the same global batch on every rank
+        q, _ = torch.linalg.qr(torch.randn(48, 48, generator=g, dtype=torch.float64))
+        n = 10
+        X = q[:world * n].clone()
+        Y = X.clone()
+        for c in (0, 1):
+            Y[c] = (torch.rand(8, 1, generator=g, dtype=torch.float64).add_(0.5) * X[8 * c:8 * c + 8]).sum(0)
+            Y[c] /= Y[c].norm()
+        X, Y = X.float().double(), Y.float().double()
+        t, b = torch.tensor(88.7), torch.tensor(-10.0)
+        rows = slice(rank * n, (rank + 1) * n)
+        z = X[rows] @ Y.T * t.double().exp() + b.double()
+        label = -torch.ones_like(z)
+        label[:, rows] += 2 * torch.eye(n, dtype=torch.float64)
+        own = (-F.logsigmoid(label * z) / n).sum()
+        assert own < torch.finfo(torch.float32).max < n * own
+        backends = ["eager"] + (["triton"] if os.environ.get("TRITON_INTERPRET") == "1" else [])
+        for backend in backends:
+            loss = sigmoid_loss(X[rows].float(), Y[rows].float(), t, b, group=dist.group.WORLD, backend=backend)
+            assert torch.isfinite(loss), backend
+            _close(loss, own, 1e-5, f"rank loss at the scale limit ({backend})")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_loss_near_the_scale_limit(tmp_path):
+    """Issue 23: the ring summed each rank's terms before dividing by n, so t ≈ 88.7 gave inf where the rank loss
+    fits fp32; the terms are divided by n before any sum now."""
+    _run_ranks(_edge_worker, 2, tmp_path)
+
+
 # --- bad input on some ranks: every rank raises the same ValueError, together --------------------------------------
 
 def _inputs(dtype=torch.float32, n=N_LOCAL, d=D):

@@ -147,3 +147,23 @@ def test_auto_on_cuda_runs_what_the_kernels_do_not_take():
         ref = model(input_ids=ids, pixel_values=pixels).logits_per_image
         out = model.set_backend("auto")(input_ids=ids, pixel_values=pixels).logits_per_image
     assert (out - ref).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int8])
+def test_token_ids_of_a_dtype_embedding_cannot_index(dtype):
+    # issue 23: uint8 ids reached nn.Embedding ("Expected tensor for argument #1 'indices' ..."), a deep error
+    model = _model()
+    with pytest.raises(TypeError, match=rf"input_ids must be .* int64 or int32 .*{dtype}"):
+        model.get_text_features(input_ids=_ids().to(dtype))
+    with pytest.raises(ValueError, match=rf"position_ids must be an integer tensor .* int64 or int32 .*{dtype}"):
+        model.get_text_features(input_ids=_ids(), position_ids=torch.arange(8).to(dtype))
+    ids = _ids()
+    out = model.get_text_features(input_ids=ids.int(), position_ids=torch.arange(8, dtype=torch.int32))
+    ref = model.get_text_features(input_ids=ids, position_ids=torch.arange(8))
+    assert torch.equal(out.pooler_output, ref.pooler_output)
+
+
+def test_texts_without_tokens_are_refused():
+    # issue 23: (B, 0) ids failed deep inside (indexing the last position of an empty sequence)
+    with pytest.raises(ValueError, match=r"input_ids must hold at least one token .*\(3, 0\)"):
+        _model().get_text_features(input_ids=torch.zeros(3, 0, dtype=torch.long))
