@@ -279,7 +279,7 @@ def test_bad_input(spiece_dir, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="spiece.model"):
         SiglipTokenizer.from_pretrained(tmp_path)  # exists but holds no vocab
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    with pytest.raises(OSError, match="huggingface_hub is not installed"):
+    with pytest.raises(OSError, match="huggingface_hub.*not installed"):
         SiglipTokenizer.from_pretrained("google/siglip-base-patch16-224")
 
 
