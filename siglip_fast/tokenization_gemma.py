@@ -112,6 +112,18 @@ class GemmaTokenizer(SiglipTokenizer):
             added_tokens_decoder=decoder, model_max_length=model_max_length,
             do_lower_case=self.default_lower_case if do_lower_case is None else do_lower_case, **kwargs)
 
+    @property
+    def backend(self) -> str:
+        """"tokenizers": transformers v5's GemmaTokenizer / Siglip2Tokenizer are `tokenizers`-backed, and code that
+        reads `backend` expects that class's behaviour (e.g. `sequence_ids()`, which works here too)."""
+        return "tokenizers"
+
+    def _check_overflow_supported(self) -> None:
+        raise ValueError(
+            f"return_overflowing_tokens=True is not supported by {type(self).__name__}: transformers' (tokenizers-"
+            "backed) class returns the overflow as extra rows of input_ids with overflow_to_sample_mapping, which is "
+            "not implemented here; truncate, or split long texts yourself")
+
     # -- text -> ids ------------------------------------------------------------------------------------------
 
     def canonicalize_text(self, text: str) -> str:
@@ -154,6 +166,34 @@ class GemmaTokenizer(SiglipTokenizer):
         """0 for the first text and its bos/eos, 1 for the pair's (transformers' template)."""
         lengths = {"A": len(token_ids_0), "B": len(token_ids_1 or [])}
         return [t for part, t in self._template(0, token_ids_1 is not None) for _ in range(lengths.get(part, 1))]
+
+    def truncate_sequences(self, ids: list[int], pair_ids: list[int] | None = None, num_tokens_to_remove: int = 0,
+                           truncation_strategy: str = "longest_first",
+                           stride: int = 0) -> tuple[list[int], list[int] | None, list[int]]:
+        """As `SiglipTokenizer.truncate_sequences`, but `longest_first` on a pair splits the room as `tokenizers`
+        does (transformers' Gemma classes are tokenizers-backed): the shorter text keeps all its ids if it fits in
+        half, else both get half, the extra id going to the longer one."""
+        if num_tokens_to_remove > 0 and truncation_strategy in ("only_first", "only_second"):
+            # tokenizers refuses these (transformers' Gemma classes raise): the text to cut must keep an id
+            if truncation_strategy == "only_second" and pair_ids is None:
+                raise ValueError("truncation='only_second' needs a text_pair to cut, and this text is longer than "
+                                 "the maximum length; use truncation=True")
+            name, seq = ("first", ids) if truncation_strategy == "only_first" else ("second", pair_ids)
+            if num_tokens_to_remove >= len(seq):
+                raise ValueError(f"truncation={truncation_strategy!r} cannot fit the text in the maximum length: "
+                                 f"{num_tokens_to_remove} ids must go but the {name} text has {len(seq)}; use "
+                                 "truncation='longest_first' or a larger max_length")
+        if truncation_strategy != "longest_first" or pair_ids is None or num_tokens_to_remove <= 0:
+            return super().truncate_sequences(ids, pair_ids, num_tokens_to_remove, truncation_strategy, stride)
+        room = max(0, len(ids) + len(pair_ids) - num_tokens_to_remove)
+        short, long = sorted((len(ids), len(pair_ids)))
+        long = short if short > room else max(short, room - short)
+        if short + long > room:
+            short, long = room // 2, room // 2 + room % 2
+        n_ids, n_pair = (long, short) if len(ids) > len(pair_ids) else (short, long)
+        if self.truncation_side == "left":
+            return ids[len(ids) - n_ids:], pair_ids[len(pair_ids) - n_pair:], []
+        return ids[:n_ids], pair_ids[:n_pair], []
 
     def _token_type_ids(self, ids: list[int], pair_ids: list[int] | None, add_special_tokens: bool) -> list[int]:
         if add_special_tokens:

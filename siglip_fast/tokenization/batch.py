@@ -7,7 +7,23 @@ import torch
 
 
 class BatchEncoding(dict):
-    """A dict of model inputs with attribute access (`enc.input_ids`) and `.to(device)` for its tensors."""
+    """A dict of model inputs with attribute access (`enc.input_ids`) and `.to(device)` for its tensors; from a
+    tokenizer call also `sequence_ids(i)`."""
+
+    def __init__(self, data: dict | None = None, *, sequence_ids: list[list[int | None]] | None = None, **kwargs):
+        super().__init__(data or {}, **kwargs)
+        self.__dict__["_sequence_ids"] = sequence_ids
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        """Per position of row `batch_index`: 0 for the first text's tokens, 1 for the pair's, None for the special
+        tokens the tokenizer added and for padding (transformers' fast encodings' `sequence_ids`)."""
+        rows = self.__dict__.get("_sequence_ids")
+        if rows is None:
+            raise ValueError("sequence_ids() is available on what a tokenizer call returns, not on this "
+                             f"{type(self).__name__} (built by pad(), a processor's image part, or by hand)")
+        if not _is_index(batch_index) or not -len(rows) <= batch_index < len(rows):
+            raise IndexError(f"batch_index must be an int in [0, {len(rows)}), got {batch_index!r}")
+        return list(rows[batch_index])
 
     def __getattr__(self, name: str):
         try:
@@ -30,6 +46,10 @@ class BatchEncoding(dict):
             if isinstance(value, torch.Tensor):
                 self[key] = value.to(*args, **kwargs) if value.is_floating_point() else value.to(device=device)
         return self
+
+
+def _is_index(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def _to_tensors(data: dict, return_tensors: str | None, *, what: str) -> dict:

@@ -88,7 +88,7 @@ class Padding:
             return
         gaps = [target - len(r) for r in rows]
         fills = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": self.pad_token_type_id,
-                 "special_tokens_mask": 1}
+                 "special_tokens_mask": 1, "_sequence_ids": None}
         for key, fill in fills.items():
             if key not in data:
                 continue

@@ -163,24 +163,40 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
         verbose: bool = True,
     ) -> BatchEncoding:
         """Encode one text (flat lists, or a (1, L) tensor) or a batch of texts, optionally with pairs
-        (`text_pair`, or a batch of (text, pair) tuples), as transformers does."""
-        if is_split_into_words:
-            raise ValueError("is_split_into_words=True (pre-tokenised input) is not supported by SiglipTokenizer; "
-                             "join the words into a str")
-        if return_overflowing_tokens or stride:
-            raise ValueError(f"return_overflowing_tokens / stride are not supported (got return_overflowing_tokens="
-                             f"{return_overflowing_tokens!r}, stride={stride!r})")
+        (`text_pair`, or a batch of (text, pair) tuples), as transformers does.
+
+        `is_split_into_words=True`: a text is a list of words, each encoded on its own (as transformers' python
+        tokenizers do; a batch is a list of such lists, a pair in a batch a tuple of two). With
+        `return_overflowing_tokens=True` (and truncation), "overflowing_tokens" holds the ids cut off plus `stride`
+        ids before them and "num_truncated_tokens" how many were cut, as transformers' python tokenizers (its
+        SiglipTokenizer) return them: for one text only when some were cut; for a batch one entry per row ([] and
+        0 for rows that were not cut, where transformers lists only the cut rows); `longest_first` on pairs is
+        refused, as there. The encoding's `sequence_ids(i)` maps each position to 0 (first text), 1 (pair) or None
+        (special tokens, padding)."""
         if return_offsets_mapping:
             raise NotImplementedError("return_offset_mapping is not available for SiglipTokenizer (transformers' "
                                       "slow tokenizers do not offer it either)")
         for name, value in (("add_special_tokens", add_special_tokens), ("return_special_tokens_mask",
                             return_special_tokens_mask), ("return_length", return_length), ("verbose", verbose),
                             ("return_attention_mask", return_attention_mask),
-                            ("return_token_type_ids", return_token_type_ids)):
+                            ("return_token_type_ids", return_token_type_ids),
+                            ("is_split_into_words", is_split_into_words),
+                            ("return_overflowing_tokens", return_overflowing_tokens)):
             if not isinstance(value, bool) and not (value is None and name.startswith("return_") and
                                                     name.endswith(("mask", "ids"))):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
-        batched, texts, pairs = self._texts(text, text_pair)
+        if not _is_int(stride) or stride < 0:
+            raise ValueError(f"stride must be an int >= 0, got {stride!r}")
+        if stride and not return_overflowing_tokens:
+            raise ValueError(f"stride={stride} only applies to the overflowing tokens: pass "
+                             "return_overflowing_tokens=True with it (or leave stride at 0)")
+        if return_overflowing_tokens:
+            self._check_overflow_supported()
+            if return_tensors is not None:
+                raise ValueError(f"return_overflowing_tokens=True with return_tensors={return_tensors!r}: the "
+                                 "overflowing tokens are ragged lists, which transformers' SiglipTokenizer drops "
+                                 "without a word when converting to tensors; call with return_tensors=None")
+        batched, texts, pairs = self._texts(text, text_pair, is_split_into_words)
         padding_side = self.padding_side if padding_side is None else padding_side
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -192,10 +208,11 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
         if return_token_type_ids is None:
             return_token_type_ids = "token_type_ids" in self.model_input_names
 
-        rows, type_ids, special_masks = self._encode_rows(
+        data = self._encode_rows(
             texts, pairs, add_special_tokens=add_special_tokens, truncate=truncate, max_length=max_length,
-            return_special_tokens_mask=return_special_tokens_mask, return_token_type_ids=return_token_type_ids)
-
+            return_special_tokens_mask=return_special_tokens_mask, return_token_type_ids=return_token_type_ids,
+            return_overflowing_tokens=return_overflowing_tokens, stride=stride)
+        rows = data["input_ids"]
         if verbose and max_length is None and rows:
             longest = max(len(r) for r in rows)
             if longest > self.model_max_length:  # transformers' (logged) warning; the model would fail later
@@ -203,24 +220,33 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
                               f"for this model ({longest} > {self.model_max_length}). Running this sequence through "
                               "the model will result in indexing errors; pass truncation=True (SigLIP was trained "
                               "with padding='max_length', truncation=True).", UserWarning, stacklevel=2)
-        data: dict[str, Any] = {"input_ids": rows}
-        if return_token_type_ids:
-            data["token_type_ids"] = type_ids
-        if return_special_tokens_mask:
-            data["special_tokens_mask"] = special_masks
+        if return_overflowing_tokens and not batched and not data["overflowing_tokens"][0]:
+            del data["overflowing_tokens"], data["num_truncated_tokens"]  # transformers: only when some were cut
         if return_length and batched:  # transformers: the unpadded lengths for a batch, the padded one for a text
             data["length"] = [len(r) for r in rows]
         self._pad_rows(data, pad, max_length, pad_to_multiple_of, padding_side, return_attention_mask)
         if return_length and not batched:
             data["length"] = [len(data["input_ids"][0])]
+        sequence_ids = data.pop("_sequence_ids")
         if not batched:
             data = {k: v[0] if return_tensors is None else [v[0]] for k, v in data.items()}
-        return BatchEncoding(_to_tensors(data, return_tensors, what="texts"))
+        return BatchEncoding(_to_tensors(data, return_tensors, what="texts"), sequence_ids=sequence_ids)
+
+    def _check_overflow_supported(self) -> None:
+        """return_overflowing_tokens follows transformers' python tokenizers (SiglipTokenizer's backend); a
+        subclass standing for a tokenizers-backed class, whose overflow is returned otherwise, refuses it here."""
+
+    @property
+    def backend(self) -> str:
+        """transformers v5's name of the tokenizer's backend: "sentencepiece", as its SiglipTokenizer."""
+        return "sentencepiece"
 
     def encode(self, text: str, text_pair: str | None = None, **kwargs) -> list[int]:
-        """The ids of one text (with EOS), or of a pair."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        """The ids of one text (with EOS), or of a pair (a list of words each with is_split_into_words=True)."""
+        if not isinstance(text, str) and not (kwargs.get("is_split_into_words") is True and
+                                              isinstance(text, (list, tuple))):
+            raise TypeError(f"text must be a str (or a list of words with is_split_into_words=True), got "
+                            f"{type(text).__name__}")
         return self(text, text_pair, **kwargs)["input_ids"]
 
     # -- ids -> text ------------------------------------------------------------------------------------------
