@@ -13,7 +13,10 @@ SigLIP 2 was trained on lowercased text. For one text this is, here:
      (big_vision's "sticky" EOS);
   4. padding with `<pad>` (id 0) on `padding_side` (transformers' class default "left", the config's otherwise).
 Expected layout: `<pad>`=0, `<eos>`=1, `<bos>`=2, `<unk>`=3, byte fallback (Gemma's; 256k pieces in SigLIP 2).
-Files: `tokenizer.model` and `tokenizer_config.json` (a `tokenizer.json` beside them is not read).
+Files: `tokenizer.model` and `tokenizer_config.json`; a directory saved by transformers 5 holds `tokenizer.json`
+instead (no tokenizer.model), which is read with Hugging Face's `tokenizers` (an optional dependency, the
+`tokenizers` extra; `TokenizerJsonModel`): its vocabulary, merges, added tokens and bos/eos template, with the
+class's lowercasing, as transformers reads it. Where both files exist, tokenizer.model is read.
 
 Both are `SiglipTokenizer` subclasses (siglip_fast.tokenization): calls, pairs, truncation, padding, `pad`,
 `add_tokens` / `add_special_tokens`, special-token masks, decoding and files are its generic code; this module
@@ -22,12 +25,14 @@ says what differs (the model file's name, the text -> ids step, the bos/eos temp
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterable, Sequence
 
 from .tokenization import SiglipTokenizer, _read_json, read_tokenizer_config
 
 GEMMA_VOCAB_FILE = "tokenizer.model"
+GEMMA_JSON_FILE = "tokenizer.json"  # what transformers 5 saves (its Gemma classes are tokenizers-backed)
 VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when none is set (Gemma's configs: "unlimited")
 _CONTROL, _USER_DEFINED = 3, 4  # sentencepiece ModelProto.SentencePiece.Type
 
@@ -42,6 +47,126 @@ def _proto_added_tokens(proto: bytes) -> dict[int, dict]:
     return {i: {"content": p.piece, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
                 "special": p.type == _CONTROL}
             for i, p in enumerate(model.pieces) if p.type in (_CONTROL, _USER_DEFINED)}
+
+
+def _import_tokenizers():
+    try:
+        import tokenizers
+    except ImportError:
+        raise ImportError("reading tokenizer.json (what transformers 5 saves for SigLIP 2's Gemma tokenizer) needs "
+                          "Hugging Face's tokenizers package: pip install 'siglip_fast[tokenizers]' (or pip install "
+                          "tokenizers); a directory with tokenizer.model is read with sentencepiece instead") from None
+    return tokenizers
+
+
+class TokenizerJsonModel:
+    """Gemma's BPE from a `tokenizer.json`, run by Hugging Face `tokenizers`, behind the part of sentencepiece's
+    processor API the tokenizer uses (`get_piece_size`, `piece_to_id`, `id_to_piece`, `encode`, `decode`).
+
+    The file gives the vocabulary, merges, byte fallback, added tokens and the special-token template
+    (`template_flags`); lowercasing is the class's, as in transformers (a `Lowercase` normaliser is put first for
+    `Siglip2Tokenizer` and removed for `GemmaTokenizer`, whatever the file says). `encode` takes whole texts: the
+    added tokens are split out by `tokenizers` itself; the special tokens around a text are the tokenizer's.
+    """
+
+    def __init__(self, path: str | os.PathLike, lowercase: bool):
+        tokenizers = _import_tokenizers()
+        self.path = os.fspath(path)
+        what = f"tokenizer_file {self.path!r}"
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{what} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{what} is not valid JSON: {e}") from None
+        model = data.get("model") if isinstance(data, dict) else None
+        if not isinstance(model, dict) or model.get("type") != "BPE" or not model.get("byte_fallback"):
+            kind = model.get("type") if isinstance(model, dict) else type(model).__name__
+            raise ValueError(f"{what} is not a Gemma tokenizer: expected a BPE model with byte_fallback, got "
+                             f"{kind!r}")
+        self.post_processor = data.get("post_processor")
+        self.added_tokens = [t for t in data.get("added_tokens") or [] if isinstance(t, dict)]
+        normalizer = data.get("normalizer")
+        parts = (normalizer.get("normalizers", []) if isinstance(normalizer, dict) and normalizer.get("type") ==
+                 "Sequence" else [normalizer] if normalizer else [])
+        parts = [p for p in parts if not (isinstance(p, dict) and p.get("type") == "Lowercase")]
+        if lowercase:
+            parts = [{"type": "Lowercase"}, *parts]
+        data = {**data, "normalizer": {"type": "Sequence", "normalizers": parts} if parts else None,
+                "post_processor": None, "truncation": None, "padding": None}  # special tokens: the tokenizer's
+        try:
+            self.tokenizer = tokenizers.Tokenizer.from_str(json.dumps(data))
+        except Exception as e:  # noqa: BLE001 - tokenizers' own exception types
+            raise ValueError(f"{what} cannot be read by tokenizers {tokenizers.__version__}: {e}") from None
+        self._size = self.tokenizer.get_vocab_size(with_added_tokens=False)
+        unk = model.get("unk_token")
+        self._unk_id = self.tokenizer.token_to_id(unk) if isinstance(unk, str) else None
+
+    def template_flags(self, bos_token: str | None, eos_token: str) -> tuple[bool, bool]:
+        """(add_bos_token, add_eos_token) from the file's TemplateProcessing `[<bos>] $A [<eos>]` (none: no special
+        tokens); another template is refused, naming it."""
+        post = self.post_processor
+        if post is None:
+            return False, False
+        single = post.get("single") if isinstance(post, dict) and post.get("type") == "TemplateProcessing" else None
+        parts = [("special", x["SpecialToken"].get("id")) if isinstance(x, dict) and "SpecialToken" in x else
+                 ("text", None) if isinstance(x, dict) and "Sequence" in x else ("?", x) for x in single or []]
+        bos = bool(parts) and parts[0] == ("special", bos_token)
+        eos = len(parts) > 1 and parts[-1] == ("special", eos_token)
+        if parts[bos:len(parts) - eos] != [("text", None)]:
+            raise ValueError(f"tokenizer_file {self.path!r}: its post_processor is not Gemma's template "
+                             f"[{bos_token}] $A [{eos_token}]: {json.dumps(post)[:200]}")
+        return bos, eos
+
+    def write(self, path: str, template: dict | None) -> None:
+        """Save as tokenizer.json, with `template` as its post_processor."""
+        data = json.loads(self.tokenizer.to_str())
+        data["post_processor"] = template
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+    def sync(self, added: dict[str, int], special: set[str], flags: dict[str, dict]) -> None:
+        """Register with tokenizers (which then splits them out of texts) the added tokens it does not know yet, at
+        the tokenizer's ids: `added` content -> id, `special` the special ones, `flags` their AddedToken flags."""
+        from tokenizers import AddedToken
+
+        known = {t.content for t in self.tokenizer.get_added_tokens_decoder().values()}
+        for content, index in sorted(added.items(), key=lambda kv: kv[1]):
+            if content in known:
+                continue
+            is_special, f = content in special, flags.get(content, {})
+            token = AddedToken(content, special=is_special, normalized=bool(f.get("normalized", not is_special)),
+                               lstrip=bool(f.get("lstrip", False)), rstrip=bool(f.get("rstrip", False)),
+                               single_word=bool(f.get("single_word", False)))
+            (self.tokenizer.add_special_tokens if is_special else self.tokenizer.add_tokens)([token])
+            got = self.tokenizer.token_to_id(content)
+            if got != index:
+                raise ValueError(f"tokenizer_file {self.path!r}: the added token {content!r} has id {index} here but "
+                                 f"{got} in tokenizers (the file's vocabulary and added tokens disagree)")
+
+    # -- the sentencepiece processor's API, as the tokenizer uses it --------------------------------------------
+
+    def get_piece_size(self) -> int:
+        return self._size
+
+    def piece_to_id(self, piece: str) -> int:
+        index = self.tokenizer.token_to_id(piece)
+        return (self._unk_id if self._unk_id is not None else 0) if index is None else index
+
+    def id_to_piece(self, index: int) -> str:
+        return self.tokenizer.id_to_token(index)
+
+    def encode(self, texts: str | Sequence[str], out_type: type = int):
+        """Ids (or tokens, out_type=str) of a text or of each text of a list, without special tokens."""
+        if isinstance(texts, str):
+            return self.encode([texts], out_type)[0]
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [e.ids if out_type is int else e.tokens for e in encodings]
+
+    def decode(self, pieces: Sequence[str]) -> str:
+        return self.tokenizer.decoder.decode(list(pieces)) if pieces else ""
 
 
 class GemmaTokenizer(SiglipTokenizer):
@@ -65,13 +190,14 @@ class GemmaTokenizer(SiglipTokenizer):
         vocab_file: str | os.PathLike | None = None,
         *,
         model_proto: bytes | None = None,
+        tokenizer_file: str | os.PathLike | None = None,
         bos_token: str | None = "<bos>",
         eos_token: str = "<eos>",
         unk_token: str = "<unk>",
         pad_token: str | None = "<pad>",
         mask_token: str | None = "<mask>",
-        add_bos_token: bool = False,
-        add_eos_token: bool = False,
+        add_bos_token: bool | None = None,
+        add_eos_token: bool | None = None,
         additional_special_tokens: Iterable[str] | None = None,
         extra_special_tokens: Iterable[str] | dict | None = None,
         added_tokens_decoder: dict | None = None,
@@ -80,15 +206,34 @@ class GemmaTokenizer(SiglipTokenizer):
         **kwargs: Any,
     ):
         for name, value in (("add_bos_token", add_bos_token), ("add_eos_token", add_eos_token)):
-            if not isinstance(value, bool):
+            if value is not None and not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
-        self.add_bos_token, self.add_eos_token = add_bos_token, add_eos_token
+        lower = self.default_lower_case if do_lower_case is None else do_lower_case
+        self._json = None
+        if tokenizer_file is not None:  # transformers 5's tokenizer.json, run by tokenizers
+            if vocab_file is not None or model_proto is not None:
+                raise ValueError(f"{type(self).__name__} needs exactly one of vocab_file (tokenizer.model), "
+                                 "model_proto or tokenizer_file (tokenizer.json)")
+            if not isinstance(tokenizer_file, (str, os.PathLike)):
+                raise TypeError(f"tokenizer_file must be a path, got {type(tokenizer_file).__name__}")
+            if not isinstance(lower, bool):
+                raise TypeError(f"do_lower_case must be a bool, got {type(lower).__name__} ({lower!r})")
+            self._json = TokenizerJsonModel(tokenizer_file, lowercase=lower)
+            bos, eos = self._json.template_flags(bos_token, eos_token)
+            add_bos_token = bos if add_bos_token is None else add_bos_token
+            add_eos_token = eos if add_eos_token is None else add_eos_token
+        self.add_bos_token, self.add_eos_token = bool(add_bos_token), bool(add_eos_token)
         named = {k: v for k, v in (("bos_token", bos_token), ("mask_token", mask_token)) if v is not None}
         if isinstance(extra_special_tokens, dict):
             named.update(extra_special_tokens)
         elif extra_special_tokens is not None:
             additional_special_tokens = [*(additional_special_tokens or []), *extra_special_tokens]
         decoder: dict = {}
+        if self._json is not None:  # the file's added tokens, with their flags
+            decoder.update({t["id"]: {k: v for k, v in t.items() if k != "id"} for t in self._json.added_tokens})
+            if additional_special_tokens is None:  # as the proto's control and user-defined pieces: all but unk
+                additional_special_tokens = [t["content"] for _, t in sorted(decoder.items()) if t["content"] !=
+                                             unk_token]
         if additional_special_tokens is None:
             # transformers' default extra special tokens: the proto's control and user-defined pieces (added tokens,
             # special for control ones); a config that lists its own leaves the other pieces to the model
@@ -109,8 +254,62 @@ class GemmaTokenizer(SiglipTokenizer):
         super().__init__(
             vocab_file, model_proto=model_proto, eos_token=eos_token, unk_token=unk_token, pad_token=pad_token,
             additional_special_tokens=additional_special_tokens, extra_special_tokens=named,
-            added_tokens_decoder=decoder, model_max_length=model_max_length,
-            do_lower_case=self.default_lower_case if do_lower_case is None else do_lower_case, **kwargs)
+            added_tokens_decoder=decoder, model_max_length=model_max_length, do_lower_case=lower, **kwargs)
+
+    # -- the model: tokenizer.model (sentencepiece) or tokenizer.json (tokenizers) -----------------------------
+
+    def _load_model(self, vocab_file, model_proto, sp_model_kwargs, legacy) -> None:
+        if self._json is None:
+            return super()._load_model(vocab_file, model_proto, sp_model_kwargs, legacy)
+        if sp_model_kwargs:
+            raise ValueError(f"sp_model_kwargs={sp_model_kwargs!r} apply to a sentencepiece model, not to "
+                             f"tokenizer_file {self._json.path!r}")
+        self.sp_model, self.sp_model_kwargs, self._proto = self._json, {}, None
+        self._legacy_given, self.legacy, self.vocab_file = None, True, None
+        self.tokenizer_file = self._json.path
+
+    def _add(self, tokens: Sequence[Any], special: bool) -> int:
+        added = super()._add(tokens, special)
+        if self._json is not None:  # tokenizers splits the added tokens out of the text: it must know them all
+            self._json.sync(self._added, self._special, self._added_flags)
+        return added
+
+    @classmethod
+    def _model_file_names(cls) -> list[str]:
+        return [GEMMA_VOCAB_FILE, GEMMA_JSON_FILE]
+
+    @classmethod
+    def _model_files(cls, directory: str, path_or_id: str | os.PathLike) -> dict[str, str]:
+        """tokenizer.model (sentencepiece) when the directory has it, else tokenizer.json (what transformers 5
+        saves; read with tokenizers)."""
+        for name, key in ((GEMMA_VOCAB_FILE, "vocab_file"), (GEMMA_JSON_FILE, "tokenizer_file")):
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                return {key: path}
+        raise FileNotFoundError(f"{cls.__name__}.from_pretrained: no {GEMMA_VOCAB_FILE} nor {GEMMA_JSON_FILE} in "
+                                f"{os.fspath(path_or_id)!r}")
+
+    def _write_model_files(self, save_directory: str) -> list[str]:
+        if self._json is None:
+            return super()._write_model_files(save_directory)
+        path = os.path.join(save_directory, GEMMA_JSON_FILE)
+        self._json.write(path, self._template_json())
+        return [path]
+
+    def _template_json(self) -> dict | None:
+        """The tokenizers TemplateProcessing of `_template` (None without bos/eos)."""
+        specials = {name: getattr(self, f"{name}_token") for name, on in (("bos", self.add_bos_token and
+                                                                             self.bos_token is not None),
+                                                                            ("eos", self.add_eos_token)) if on}
+        if not specials:
+            return None
+
+        def template(pair: bool) -> list[dict]:
+            return [{"SpecialToken": {"id": specials[part], "type_id": type_id}} if part in specials else
+                    {"Sequence": {"id": part, "type_id": type_id}} for part, type_id in self._template(0, pair)]
+
+        return {"type": "TemplateProcessing", "single": template(False), "pair": template(True),
+                "special_tokens": {t: {"id": t, "ids": [self._added[t]], "tokens": [t]} for t in specials.values()}}
 
     @property
     def backend(self) -> str:
@@ -133,7 +332,10 @@ class GemmaTokenizer(SiglipTokenizer):
         return text.lower() if "\u03a3" not in text else "".join(c.lower() for c in text)
 
     def _encode_batch(self, texts: Sequence[str], out_type: type = int) -> list[list]:
-        """Ids (or pieces) of each text without bos/eos; every chunk of the batch in one sentencepiece call."""
+        """Ids (or pieces) of each text without bos/eos; every chunk of the batch in one sentencepiece call (with
+        tokenizer.json: the whole texts in one tokenizers call, which splits out the added tokens itself)."""
+        if self._json is not None:
+            return self._json.encode(texts, out_type) if texts else []
         return self._split_encode(texts, out_type)[0]
 
     def _template(self, n: int, pair: bool) -> list[tuple[str, int]]:

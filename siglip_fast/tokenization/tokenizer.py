@@ -102,8 +102,6 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
                 "SiglipTokenizer(add_special_tokens=...) is not a constructor option (transformers' SiglipTokenizer "
                 "refuses it as well): pass add_special_tokens=False to the call, extra_special_tokens=[...] or "
                 "{'name_token': '...'} to the constructor, or call tok.add_special_tokens({...}) after loading")
-        if (vocab_file is None) == (model_proto is None):
-            raise ValueError("SiglipTokenizer needs exactly one of vocab_file (a spiece.model path) or model_proto")
         for key in call_defaults:
             if key not in CALL_DEFAULT_KEYS:
                 raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument {key!r} "
@@ -345,16 +343,14 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
         return config
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, processor_class: str | None = None) -> list[str]:
-        """Write spiece.model and tokenizer_config.json; returns the paths written."""
+        """Write the model file (spiece.model) and tokenizer_config.json; returns the paths written."""
         if not isinstance(save_directory, (str, os.PathLike)):
             raise TypeError(f"save_directory must be a path, got {type(save_directory).__name__}")
         save_directory = os.fspath(save_directory)
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory: {save_directory!r} is a file, expected a directory")
         os.makedirs(save_directory, exist_ok=True)
-        vocab_path = os.path.join(save_directory, self.vocab_files_names["vocab_file"])
-        with open(vocab_path, "wb") as f:
-            f.write(self._proto)
+        written = self._write_model_files(save_directory)
         config = self.to_config()
         if processor_class is not None:
             config["processor_class"] = processor_class
@@ -362,7 +358,14 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
         with open(config_path, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=True, ensure_ascii=False)
             f.write("\n")
-        return [vocab_path, config_path]
+        return [*written, config_path]
+
+    def _write_model_files(self, save_directory: str) -> list[str]:
+        """Write the model file (the sentencepiece proto as it was read); returns its path."""
+        vocab_path = os.path.join(save_directory, self.vocab_files_names["vocab_file"])
+        with open(vocab_path, "wb") as f:
+            f.write(self._proto)
+        return [vocab_path]
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, *, revision: str | None = None,
@@ -370,14 +373,29 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
         """Load from a directory with spiece.model (+ tokenizer_config.json), or a hub id (needs huggingface_hub).
 
         `overrides` (e.g. `model_max_length=16`) take precedence over the saved config."""
-        vocab_name = cls.vocab_files_names["vocab_file"]
         directory = resolve_pretrained_dir(
-            path_or_id, allow_patterns=[vocab_name, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE],
+            path_or_id, allow_patterns=[*cls._model_file_names(), TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE],
             what=f"{cls.__name__}.from_pretrained", revision=revision)
+        files = cls._model_files(directory, path_or_id)
+        return cls(**{**cls._config_kwargs(read_tokenizer_config(directory)), **files, **overrides})
+
+    @classmethod
+    def _model_file_names(cls) -> list[str]:
+        """The model files from_pretrained looks for (fetched from the hub with the configs)."""
+        return [cls.vocab_files_names["vocab_file"]]
+
+    @classmethod
+    def _model_files(cls, directory: str, path_or_id: str | os.PathLike) -> dict[str, str]:
+        """The __init__ argument naming the model file in `directory` ({"vocab_file": path})."""
+        vocab_name = cls.vocab_files_names["vocab_file"]
         vocab_file = os.path.join(directory, vocab_name)
         if not os.path.isfile(vocab_file):
             raise FileNotFoundError(f"{cls.__name__}.from_pretrained: no {vocab_name} in {os.fspath(path_or_id)!r}")
-        config = read_tokenizer_config(directory)
+        return {"vocab_file": vocab_file}
+
+    @classmethod
+    def _config_kwargs(cls, config: dict) -> dict[str, Any]:
+        """The __init__ arguments a tokenizer_config.json (+ special_tokens_map.json) gives."""
         kwargs: dict[str, Any] = {}
         for key in ("eos_token", "unk_token", "pad_token"):
             if key in config:
@@ -398,8 +416,7 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
                 kwargs[key] = config[key]
         if config.get("model_max_length") is not None:
             kwargs["model_max_length"] = int(config["model_max_length"])
-        kwargs.update(overrides)
-        return cls(vocab_file, **kwargs)
+        return kwargs
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(vocab_size={self.vocab_size}, model_max_length={self.model_max_length}, "

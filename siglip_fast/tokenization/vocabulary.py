@@ -56,7 +56,10 @@ class Vocabulary:
 
     def _load_model(self, vocab_file: str | os.PathLike | None, model_proto: bytes | None,
                     sp_model_kwargs: dict | None, legacy: bool | None) -> None:
-        """Load the sentencepiece model from `vocab_file` or `model_proto` (exactly one is given)."""
+        """Load the sentencepiece model from `vocab_file` or `model_proto` (exactly one must be given)."""
+        if (vocab_file is None) == (model_proto is None):
+            raise ValueError(f"{type(self).__name__} needs exactly one of vocab_file (a sentencepiece model path) or "
+                             "model_proto")
         if legacy is not None and not isinstance(legacy, bool):
             raise TypeError(f"legacy must be a bool or None, got {type(legacy).__name__} ({legacy!r})")
         if sp_model_kwargs is not None and not isinstance(sp_model_kwargs, dict):
