@@ -317,6 +317,12 @@ class GemmaTokenizer(SiglipTokenizer):
         reads `backend` expects that class's behaviour (e.g. `sequence_ids()`, which works here too)."""
         return "tokenizers"
 
+    @property
+    def add_prefix_space(self) -> bool:
+        """False, as transformers' Gemma classes say: no space is put before the text (Gemma's model has no dummy
+        prefix), nor before each word with is_split_into_words=True."""
+        return False
+
     def _check_overflow_supported(self) -> None:
         raise ValueError(
             f"return_overflowing_tokens=True is not supported by {type(self).__name__}: transformers' (tokenizers-"

@@ -93,6 +93,9 @@ def test_backend(pair):
     ours, theirs = pair
     assert ours.backend == theirs.backend == ("tokenizers" if isinstance(ours, sf.GemmaTokenizer) else
                                               "sentencepiece")
+    assert hasattr(ours, "add_prefix_space") == hasattr(theirs, "add_prefix_space")
+    if hasattr(theirs, "add_prefix_space"):
+        assert ours.add_prefix_space is theirs.add_prefix_space is False
 
 
 def test_pretokenized_input_matches_transformers(pair, rng):
