@@ -60,10 +60,12 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
     `_split_encode` does the added-token split and the batched call), `build_inputs_with_special_tokens` and
     `get_special_tokens_mask` (the special tokens around one text or a pair; `num_special_tokens_to_add` and
     `create_token_type_ids_from_sequences` follow), and if needed `canonicalize_text`, `_token_type_ids`,
-    `_skipped_ids` (what decode(skip_special_tokens=True) drops), `convert_tokens_to_string`, `to_config`.
-    `siglip_fast.tokenization_gemma.GemmaTokenizer` is such a subclass. A BOS goes in as a named token:
-    `extra_special_tokens={"bos_token": "<bos>"}` gives `bos_token_id`. `__call__`, `pad`, truncation, padding,
-    masks, tensors, files and decoding are generic.
+    `_skipped_ids` (what decode(skip_special_tokens=True) drops), `convert_tokens_to_string`, `to_config`,
+    `truncate_sequences`, `backend` / `_check_overflow_supported`, and for another model file `_load_model`,
+    `_model_file_names` / `_model_files` (what from_pretrained reads) and `_write_model_files` (what
+    save_pretrained writes). `siglip_fast.tokenization_gemma.GemmaTokenizer` is such a subclass. A BOS goes in as a
+    named token: `extra_special_tokens={"bos_token": "<bos>"}` gives `bos_token_id`. `__call__`, `pad`,
+    truncation, padding, masks, tensors, files and decoding are generic.
     """
 
     vocab_files_names = {"vocab_file": VOCAB_FILE}

@@ -25,7 +25,7 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from .config import SPIECE_UNDERLINE, _check_str_list, _content_of, _is_int  # noqa: F401 (SPIECE_UNDERLINE: re-export)
+from .config import _check_str_list, _content_of, _is_int
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _WHITESPACE = re.compile(r"\s+")
