@@ -169,6 +169,16 @@ class TokenizerJsonModel:
         return self.tokenizer.decoder.decode(list(pieces)) if pieces else ""
 
 
+def _pair_room(len_ids: int, len_pair: int, room: int) -> tuple[int, int]:
+    """How many ids of each text of a pair `longest_first` keeps in `room`, as tokenizers splits it: the shorter
+    text keeps all its ids if it fits in half, else both get half, the extra id going to the longer one."""
+    short, long = sorted((len_ids, len_pair))
+    long = short if short > room else max(short, room - short)
+    if short + long > room:
+        short, long = room // 2, room // 2 + room % 2
+    return (long, short) if len_ids > len_pair else (short, long)
+
+
 class GemmaTokenizer(SiglipTokenizer):
     """Gemma's sentencepiece tokenizer, id-for-id transformers v5's `GemmaTokenizer` built from `tokenizer.model`.
 
@@ -323,11 +333,108 @@ class GemmaTokenizer(SiglipTokenizer):
         prefix), nor before each word with is_split_into_words=True."""
         return False
 
-    def _check_overflow_supported(self) -> None:
-        raise ValueError(
-            f"return_overflowing_tokens=True is not supported by {type(self).__name__}: transformers' (tokenizers-"
-            "backed) class returns the overflow as extra rows of input_ids with overflow_to_sample_mapping, which is "
-            "not implemented here; truncate, or split long texts yourself")
+    @staticmethod
+    def _texts(text: Any, text_pair: Any, is_split_into_words: bool = False) -> tuple[bool, list, list | None]:
+        batched, firsts, seconds = SiglipTokenizer._texts(text, text_pair, is_split_into_words)
+        if not batched and seconds == [""]:  # transformers' tokenizers-backed call drops an empty pair of one text
+            seconds = None
+        return batched, firsts, seconds
+
+    # -- overflow as tokenizers returns it: more rows -----------------------------------------------------------
+
+    overflow_as_rows = True
+
+    def _encode_rows(self, texts: list, pairs: list | None, *, add_special_tokens: bool, truncate: str | None,
+                     max_length: int | None, return_special_tokens_mask: bool, return_token_type_ids: bool,
+                     return_overflowing_tokens: bool = False, stride: int = 0) -> dict[str, list]:
+        """As `SiglipTokenizer._encode_rows`; with return_overflowing_tokens=True the ids cut off become rows of
+        their own, as transformers' tokenizers-backed classes return them: windows of the room left by the special
+        tokens, overlapping by `stride`, and "overflow_to_sample_mapping" (each row's text)."""
+        if not return_overflowing_tokens:
+            return super()._encode_rows(
+                texts, pairs, add_special_tokens=add_special_tokens, truncate=truncate, max_length=max_length,
+                return_special_tokens_mask=return_special_tokens_mask, return_token_type_ids=return_token_type_ids)
+        firsts = self._encode_sequences(texts)
+        seconds = self._encode_sequences(pairs) if pairs is not None else [None] * len(firsts)
+        room = None
+        if truncate and max_length:
+            if stride >= max_length:  # tokenizers' own check
+                raise ValueError(f"stride={stride} must be smaller than max_length={max_length}, as tokenizers "
+                                 "requires")
+            room = max_length - (self.num_special_tokens_to_add(pairs is not None) if add_special_tokens else 0)
+            room = None if room < 0 else room  # fewer than the special tokens: tokenizers cuts nothing
+        columns: dict[str, list] = {"input_ids": [], "_sequence_ids": [], "overflow_to_sample_mapping": []}
+        if return_token_type_ids:
+            columns["token_type_ids"] = []
+        if return_special_tokens_mask:
+            columns["special_tokens_mask"] = []
+        for index, (ids, pair_ids) in enumerate(zip(firsts, seconds, strict=True)):
+            parts = [(ids, pair_ids)] if room is None else self._overflow_parts(ids, pair_ids, room, truncate, stride)
+            for a, b in parts:
+                sequence = self.build_inputs_with_special_tokens(a, b) if add_special_tokens else a + (b or [])
+                columns["input_ids"].append(sequence)
+                columns["_sequence_ids"].append(self._sequence_ids(a, b, add_special_tokens))
+                columns["overflow_to_sample_mapping"].append(index)
+                if return_token_type_ids:
+                    columns["token_type_ids"].append(self._token_type_ids(a, b, add_special_tokens))
+                if return_special_tokens_mask:
+                    columns["special_tokens_mask"].append(self.get_special_tokens_mask(a, b) if add_special_tokens
+                                                          else [0] * len(sequence))
+        return columns
+
+    def _windows(self, ids: list[int], size: int, stride: int) -> list[list[int]]:
+        """tokenizers' truncation with overflow: the kept window first, then the others, `size` ids each (the last
+        shorter), consecutive ones sharing `stride` ids; from the end when truncation_side is "left"."""
+        n = len(ids)
+        if size >= n:
+            return [ids]
+        if size == 0:
+            return [[], ids]
+        if stride >= size:
+            raise ValueError(f"stride={stride} must be smaller than the room each text has with this max_length "
+                             f"({size} ids, the special tokens left out), as tokenizers requires")
+        step, parts = size - stride, []
+        if self.truncation_side == "left":
+            stop = n
+            while True:
+                start = max(0, stop - size)
+                parts.append(ids[start:stop])
+                if start == 0:
+                    return parts
+                stop -= step
+        start = 0
+        while True:
+            stop = min(start + size, n)
+            parts.append(ids[start:stop])
+            if stop == n:
+                return parts
+            start += step
+
+    def _overflow_parts(self, ids: list[int], pair_ids: list[int] | None, room: int, strategy: str,
+                        stride: int) -> list[tuple[list[int], list[int] | None]]:
+        """The (first, pair) parts of each row, in tokenizers' order: the kept ones, then each overflow of the
+        first text with the kept pair and with each overflow of the pair, then the kept first text with each
+        overflow of the pair."""
+        total = len(ids) + len(pair_ids or [])
+        if total <= room:
+            return [(ids, pair_ids)]
+        cut = total - room
+        if pair_ids is None:
+            self.truncate_sequences(ids, None, cut, strategy)  # refuses what tokenizers refuses
+            return [(w, None) for w in self._windows(ids, room, stride)]
+        if room == 0:  # tokenizers keeps nothing of either text, whatever the strategy
+            n_ids = n_pair = 0
+        elif strategy in ("only_first", "only_second"):
+            self.truncate_sequences(ids, pair_ids, cut, strategy)  # refuses what tokenizers refuses
+            n_ids, n_pair = (len(ids) - cut, len(pair_ids)) if strategy == "only_first" else (len(ids),
+                                                                                              len(pair_ids) - cut)
+        else:
+            n_ids, n_pair = _pair_room(len(ids), len(pair_ids), room)
+        firsts, seconds = self._windows(ids, n_ids, stride), self._windows(pair_ids, n_pair, stride)
+        rows = [(firsts[0], seconds[0])]
+        for first in firsts[1:]:
+            rows += [(first, second) for second in seconds]
+        return rows + [(firsts[0], second) for second in seconds[1:]]
 
     # -- text -> ids ------------------------------------------------------------------------------------------
 
@@ -381,6 +488,10 @@ class GemmaTokenizer(SiglipTokenizer):
         """As `SiglipTokenizer.truncate_sequences`, but `longest_first` on a pair splits the room as `tokenizers`
         does (transformers' Gemma classes are tokenizers-backed): the shorter text keeps all its ids if it fits in
         half, else both get half, the extra id going to the longer one."""
+        if num_tokens_to_remove > len(ids) + len(pair_ids or []):  # max_length below the special tokens
+            return ids, pair_ids, []  # tokenizers cuts nothing then
+        if num_tokens_to_remove > 0 and num_tokens_to_remove == len(ids) + len(pair_ids or []):
+            return [], None if pair_ids is None else [], []  # no room: tokenizers keeps nothing of either text
         if num_tokens_to_remove > 0 and truncation_strategy in ("only_first", "only_second"):
             # tokenizers refuses these (transformers' Gemma classes raise): the text to cut must keep an id
             if truncation_strategy == "only_second" and pair_ids is None:
@@ -393,12 +504,7 @@ class GemmaTokenizer(SiglipTokenizer):
                                  "truncation='longest_first' or a larger max_length")
         if truncation_strategy != "longest_first" or pair_ids is None or num_tokens_to_remove <= 0:
             return super().truncate_sequences(ids, pair_ids, num_tokens_to_remove, truncation_strategy, stride)
-        room = max(0, len(ids) + len(pair_ids) - num_tokens_to_remove)
-        short, long = sorted((len(ids), len(pair_ids)))
-        long = short if short > room else max(short, room - short)
-        if short + long > room:
-            short, long = room // 2, room // 2 + room % 2
-        n_ids, n_pair = (long, short) if len(ids) > len(pair_ids) else (short, long)
+        n_ids, n_pair = _pair_room(len(ids), len(pair_ids), max(0, len(ids) + len(pair_ids) - num_tokens_to_remove))
         if self.truncation_side == "left":
             return ids[len(ids) - n_ids:], pair_ids[len(pair_ids) - n_pair:], []
         return ids[:n_ids], pair_ids[:n_pair], []

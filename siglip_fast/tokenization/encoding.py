@@ -248,7 +248,9 @@ class Encoding:
         text's ids, 1 for the pair's (what transformers' fast encodings give as `sequence_ids()`)."""
         if not add_special_tokens:
             return [0] * len(ids) + [1] * len(pair_ids or [])
-        first = len(self.build_inputs_with_special_tokens(ids))  # the pair's part follows the first's
+        with warnings.catch_warnings():  # ("already has </s>": said once, when the row was built)
+            warnings.simplefilter("ignore")
+            first = len(self.build_inputs_with_special_tokens(ids))  # the pair's part follows the first's
         mask = self.get_special_tokens_mask(ids, pair_ids)
         return [None if m else (0 if i < first else 1) for i, m in enumerate(mask)]
 

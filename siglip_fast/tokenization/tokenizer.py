@@ -61,7 +61,7 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
     `get_special_tokens_mask` (the special tokens around one text or a pair; `num_special_tokens_to_add` and
     `create_token_type_ids_from_sequences` follow), and if needed `canonicalize_text`, `_token_type_ids`,
     `_skipped_ids` (what decode(skip_special_tokens=True) drops), `convert_tokens_to_string`, `to_config`,
-    `truncate_sequences`, `backend` / `_check_overflow_supported`, and for another model file `_load_model`,
+    `truncate_sequences`, `backend` / `overflow_as_rows`, and for another model file `_load_model`,
     `_model_file_names` / `_model_files` (what from_pretrained reads) and `_write_model_files` (what
     save_pretrained writes). `siglip_fast.tokenization_gemma.GemmaTokenizer` is such a subclass. A BOS goes in as a
     named token: `extra_special_tokens={"bos_token": "<bos>"}` gives `bos_token_id`. `__call__`, `pad`,
@@ -69,6 +69,9 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
     """
 
     vocab_files_names = {"vocab_file": VOCAB_FILE}
+    # return_overflowing_tokens as transformers' python tokenizers return it ("overflowing_tokens"), or, True, as
+    # its tokenizers-backed ones do (more rows of input_ids and "overflow_to_sample_mapping", from `_encode_rows`)
+    overflow_as_rows = False
     padding_side = "right"
     truncation_side = "right"
     pad_token_type_id = 0
@@ -190,13 +193,14 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
         if stride and not return_overflowing_tokens:
             raise ValueError(f"stride={stride} only applies to the overflowing tokens: pass "
                              "return_overflowing_tokens=True with it (or leave stride at 0)")
-        if return_overflowing_tokens:
-            self._check_overflow_supported()
+        if return_overflowing_tokens and not self.overflow_as_rows:
             if return_tensors is not None:
                 raise ValueError(f"return_overflowing_tokens=True with return_tensors={return_tensors!r}: the "
                                  "overflowing tokens are ragged lists, which transformers' SiglipTokenizer drops "
                                  "without a word when converting to tensors; call with return_tensors=None")
         batched, texts, pairs = self._texts(text, text_pair, is_split_into_words)
+        if return_overflowing_tokens and self.overflow_as_rows:
+            batched = True  # rows per text, even for one text (transformers' tokenizers-backed classes)
         padding_side = self.padding_side if padding_side is None else padding_side
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -220,7 +224,7 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
                               f"for this model ({longest} > {self.model_max_length}). Running this sequence through "
                               "the model will result in indexing errors; pass truncation=True (SigLIP was trained "
                               "with padding='max_length', truncation=True).", UserWarning, stacklevel=2)
-        if return_overflowing_tokens and not batched and not data["overflowing_tokens"][0]:
+        if return_overflowing_tokens and not batched and not data.get("overflowing_tokens", [1])[0]:
             del data["overflowing_tokens"], data["num_truncated_tokens"]  # transformers: only when some were cut
         if return_length and batched:  # transformers: the unpadded lengths for a batch, the padded one for a text
             data["length"] = [len(r) for r in rows]
@@ -231,10 +235,6 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
         if not batched:
             data = {k: v[0] if return_tensors is None else [v[0]] for k, v in data.items()}
         return BatchEncoding(_to_tensors(data, return_tensors, what="texts"), sequence_ids=sequence_ids)
-
-    def _check_overflow_supported(self) -> None:
-        """return_overflowing_tokens follows transformers' python tokenizers (SiglipTokenizer's backend); a
-        subclass standing for a tokenizers-backed class, whose overflow is returned otherwise, refuses it here."""
 
     @property
     def backend(self) -> str:
