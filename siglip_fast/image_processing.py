@@ -24,7 +24,7 @@ import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Sequence, TypedDict
 
 import numpy as np
 import PIL.Image
@@ -121,6 +121,10 @@ def load_image(source: str | os.PathLike | bytes) -> PIL.Image.Image:
         image.load()
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} does not exist") from None
+    except PIL.Image.DecompressionBombError as e:  # PIL's guard against images that would exhaust memory
+        raise ValueError(f"{what}: the image is too large to decode safely ({e}); PIL refuses images over 2 x "
+                         f"PIL.Image.MAX_IMAGE_PIXELS ({PIL.Image.MAX_IMAGE_PIXELS}) pixels: raise that limit if you "
+                         "trust this image") from None
     except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{what} could not be decoded as an image: {e}") from None
     return PIL.ImageOps.exif_transpose(image).convert("RGB")
@@ -175,6 +179,24 @@ def _check_workers(value: Any) -> int | None:
     return value
 
 
+class SiglipImageProcessorKwargs(TypedDict, total=False):
+    """The options `SiglipImageProcessor` takes, at construction and per call: what transformers v5 reads from an
+    image processor's `valid_kwargs` (a TypedDict of its kwargs) to know which keys are image options."""
+
+    do_resize: bool
+    size: dict
+    resample: int
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    image_mean: float | Sequence[float]
+    image_std: float | Sequence[float]
+    do_convert_rgb: bool
+    num_workers: int | None
+    return_tensors: str | None
+    return_uint8: bool
+
+
 class SiglipImageProcessor:
     """Images -> `pixel_values` (B, 3, H, W) float32, bitwise equal to transformers' `SiglipImageProcessorPil`.
 
@@ -185,6 +207,7 @@ class SiglipImageProcessor:
     """
 
     model_input_names = ["pixel_values"]
+    valid_kwargs = SiglipImageProcessorKwargs
     # what a subclass (e.g. SigLIP 2's NaFlex processor) extends: its option names (each an __init__ argument and
     # attribute, overridable per call) and the image_processor_type it writes and accepts
     config_keys: tuple = _CONFIG_KEYS
@@ -230,7 +253,10 @@ class SiglipImageProcessor:
     def _prepare(self, image: Any, where: str, do_convert_rgb: bool):
         """-> a PIL image ready to resize, or a (C, H, W) array (plus whether it was float-[0,1]-scaled)."""
         if isinstance(image, (str, os.PathLike, bytes, bytearray)):
-            image = load_image(image)
+            try:
+                image = load_image(image)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
         if isinstance(image, PIL.Image.Image):
             if image.width == 0 or image.height == 0:
                 raise ValueError(f"{where}: empty image ({_describe(image)})")
@@ -484,12 +510,13 @@ class SiglipImageProcessor:
     # -- files ------------------------------------------------------------------------------------------------
 
     def _saved(self, key: str):
-        value = list(getattr(self, key))
+        value = tuple(getattr(self, key))
         return value[0] if key in self._scalar_keys and len(set(value)) == 1 else value
 
     def to_dict(self) -> dict:
-        """The preprocessor_config.json fields transformers writes (`config_keys` and image_processor_type),
-        JSON-native (lists, an int resample), in the order of its sorted JSON."""
+        """The fields transformers v5's `to_dict` gives (`config_keys` and image_processor_type), in the order of
+        its sorted JSON: `image_mean` / `image_std` as tuples (or the one number they were given as), as
+        transformers holds them; `to_json_string` / `save_pretrained` write them as JSON lists, as there."""
         out = {"image_processor_type": self.image_processor_type}
         for key in self.config_keys:
             value = getattr(self, key)
@@ -518,16 +545,25 @@ class SiglipImageProcessor:
         return cls.from_dict(config)
 
     @classmethod
-    def from_dict(cls, config: dict, **overrides) -> "SiglipImageProcessor":
+    def from_dict(cls, config: dict, *, return_unused_kwargs: bool = False, _from_auto: bool = False,
+                  **overrides):
         """Build from a preprocessor_config.json dict; `overrides` (e.g. `size={"height": 384, "width": 384}`) win.
         Metadata keys transformers writes are accepted; options SigLIP's processor does not have are refused when
-        they would change the output (`do_center_crop`/`do_pad` true), ignored otherwise."""
+        they would change the output (`do_center_crop`/`do_pad` true), ignored otherwise.
+
+        As transformers' `from_dict`: `_from_auto` (what `AutoImageProcessor` passes) is accepted and changes
+        nothing; with `return_unused_kwargs=True` the overrides that are not options of this class are returned,
+        `(processor, unused)`, instead of refused."""
         if not isinstance(config, dict):
             raise TypeError(f"image processor config must be a dict, got {type(config).__name__}")
+        _check_bool("return_unused_kwargs", return_unused_kwargs)
+        _check_bool("_from_auto", _from_auto)
         keys = (*cls.config_keys, "num_workers")
-        for key in overrides:
-            if key not in keys:
-                raise TypeError(f"{cls.__name__}.from_dict got an unexpected option {key!r}; valid: {list(keys)}")
+        unused = {k: v for k, v in overrides.items() if k not in keys}
+        if unused and not return_unused_kwargs:
+            raise TypeError(f"{cls.__name__}.from_dict got an unexpected option {next(iter(unused))!r}; valid: "
+                            f"{list(keys)} (or pass return_unused_kwargs=True to get the others back)")
+        overrides = {k: v for k, v in overrides.items() if k in keys}
         config = {**config, **overrides}
         unknown = sorted(set(config) - set(keys) - set(_METADATA_KEYS))
         for key in unknown:
@@ -536,7 +572,8 @@ class SiglipImageProcessor:
         kind = config.get("image_processor_type", cls.image_processor_type)
         if not isinstance(kind, str) or kind.removesuffix("Pil").removesuffix("Fast") != cls.image_processor_type:
             raise ValueError(f"not a {cls.config_name}: image_processor_type={kind!r}")
-        return cls(**{k: config[k] for k in keys if k in config})
+        processor = cls(**{k: config[k] for k in keys if k in config})
+        return (processor, unused) if return_unused_kwargs else processor
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
         """Write preprocessor_config.json (what transformers' image processors write)."""

@@ -25,10 +25,13 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .image_processing import BatchFeature, SiglipImageProcessor
+from .image_processing import BatchFeature, SiglipImageProcessor, SiglipImageProcessorKwargs
 
-_CONFIG_KEYS = ("do_resize", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
-                "do_convert_rgb", "patch_size", "max_num_patches")
+_CONFIG_KEYS = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+                "image_std", "do_convert_rgb", "patch_size", "max_num_patches")
+# the keys transformers' SizeDict has: a `size` in a NaFlex config may hold any of them
+_SIZE_KEYS = ("height", "width", "longest_edge", "shortest_edge", "max_height", "max_width", "min_pixels",
+              "max_pixels")
 
 
 def get_image_size_for_max_num_patches(image_height: int, image_width: int, patch_size: int, max_num_patches: int,
@@ -63,6 +66,31 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def _check_unused_size(size: Any) -> dict | None:
+    """A NaFlex `size` as transformers keeps it (an int n is {"height": n, "width": n}, a pair (H, W), a dict of
+    SizeDict keys), checked: positive ints only."""
+    if size is None:
+        return None
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = {"height": size, "width": size}
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        size = {"height": size[0], "width": size[1]}
+    if not isinstance(size, dict) or not size or not set(size) <= set(_SIZE_KEYS):
+        raise ValueError(f"size must be None, an int, (H, W) or a dict with keys among {list(_SIZE_KEYS)}, got "
+                         f"{size!r}")
+    for key, value in size.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"size[{key!r}] must be a positive int, got {value!r}")
+    return {k: int(v) for k, v in size.items()}
+
+
+class Siglip2ImageProcessorKwargs(SiglipImageProcessorKwargs, total=False):
+    """`Siglip2ImageProcessor`'s options (transformers v5's `valid_kwargs`): SigLIP's plus the NaFlex ones."""
+
+    patch_size: int
+    max_num_patches: int
+
+
 class Siglip2ImageProcessor(SiglipImageProcessor):
     """Images → `pixel_values` (B, max_num_patches, p·p·C) float32, `pixel_attention_mask` (B, max_num_patches)
     int32 and `spatial_shapes` (B, 2) int64, bitwise equal to transformers' `Siglip2ImageProcessorPil`.
@@ -72,27 +100,35 @@ class Siglip2ImageProcessor(SiglipImageProcessor):
     (no rescale/normalise)."""
 
     model_input_names = ["pixel_values", "pixel_attention_mask", "spatial_shapes"]
+    valid_kwargs = Siglip2ImageProcessorKwargs
     config_keys = _CONFIG_KEYS
     image_processor_type = "Siglip2ImageProcessor"
     config_name = "SigLIP 2 (NaFlex) image processor config"
 
     def __init__(self, *, resample: int = 2, do_convert_rgb: bool | None = None, patch_size: int = 16,
-                 max_num_patches: int = 256, **kwargs: Any):
+                 max_num_patches: int = 256, size: Any = None, **kwargs: Any):
         """Keyword options as `SiglipImageProcessor`'s (do_resize, do_rescale, rescale_factor, do_normalize,
-        image_mean, image_std, num_workers), without `size` (NaFlex sizes each image itself), with `patch_size`
-        and `max_num_patches`."""
-        if "size" in kwargs:
-            raise TypeError("Siglip2ImageProcessor has no size option: each image is resized to at most "
-                            "max_num_patches patches of patch_size pixels")
+        image_mean, image_std, num_workers), with `patch_size` and `max_num_patches`. `size` is accepted and kept
+        (saved in the config) as transformers does, which does not use it either: NaFlex sizes each image from
+        max_num_patches; a per-call `size` is refused, as it would change nothing."""
         super().__init__(resample=resample, do_convert_rgb=do_convert_rgb, **kwargs)
         self.do_convert_rgb = None if do_convert_rgb is None else bool(do_convert_rgb)  # unset = off, as transformers
         self.patch_size = self._check_option("patch_size", patch_size)
         self.max_num_patches = self._check_option("max_num_patches", max_num_patches)
-        del self.size
+        self.size = _check_unused_size(size)
+
+    def _options(self, overrides: dict) -> dict:
+        if overrides.get("size") is not None:
+            raise TypeError(f"Siglip2ImageProcessor got a per-call size={overrides['size']!r}, which does not change "
+                            "its output: each image is resized to at most max_num_patches patches of patch_size "
+                            "pixels (pass max_num_patches=... instead)")
+        return super()._options(overrides)
 
     def _check_option(self, key: str, value: Any) -> Any:
         if key in ("patch_size", "max_num_patches"):
             return _positive_int(key, value)
+        if key == "size":
+            return _check_unused_size(value)
         return super()._check_option(key, value)
 
     def _target_size(self, image, opts: dict) -> dict:
@@ -129,8 +165,9 @@ class Siglip2ImageProcessor(SiglipImageProcessor):
         return BatchFeature(data)
 
     def to_dict(self) -> dict:
-        """The preprocessor_config.json fields transformers writes (do_convert_rgb only when set)."""
+        """The preprocessor_config.json fields transformers writes (do_convert_rgb and size only when set)."""
         out = super().to_dict()
-        if self.do_convert_rgb is None:
-            del out["do_convert_rgb"]
+        for key in ("do_convert_rgb", "size"):
+            if getattr(self, key) is None:
+                del out[key]
         return out

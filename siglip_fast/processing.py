@@ -22,7 +22,7 @@ from .tokenization import (
     VOCAB_FILE,
     SiglipTokenizer,
 )
-from .tokenization_gemma import GEMMA_VOCAB_FILE, gemma_tokenizer_class
+from .tokenization_gemma import GEMMA_JSON_FILE, GEMMA_VOCAB_FILE, gemma_tokenizer_class
 
 _TEXT_KEYS = ("text_pair", "add_special_tokens", "padding", "truncation", "max_length", "pad_to_multiple_of",
               "padding_side", "return_attention_mask", "return_token_type_ids", "return_special_tokens_mask",
@@ -196,8 +196,8 @@ class SiglipProcessor:
             raise TypeError(f"lowercase must be a bool or None, got {type(lowercase).__name__}")
         directory = resolve_pretrained_dir(
             path_or_id, what=f"{cls.__name__}.from_pretrained", revision=revision,
-            allow_patterns=[PROCESSOR_FILE, IMAGE_PROCESSOR_FILE, VOCAB_FILE, GEMMA_VOCAB_FILE, TOKENIZER_CONFIG_FILE,
-                            SPECIAL_TOKENS_MAP_FILE, "config.json"])
+            allow_patterns=[PROCESSOR_FILE, IMAGE_PROCESSOR_FILE, VOCAB_FILE, GEMMA_VOCAB_FILE, GEMMA_JSON_FILE,
+                            TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, "config.json"])
         image_config = read_image_processor_config(directory)
         kind = str(image_config.get("image_processor_type", "")).removesuffix("Pil").removesuffix("Fast")
         image_class = next((c for c in cls.image_processor_classes if c.image_processor_type == kind),
@@ -208,10 +208,10 @@ class SiglipProcessor:
 
     @classmethod
     def _tokenizer_class_for(cls, directory: str, lowercase: bool | None) -> type[SiglipTokenizer]:
-        """SigLIP's tokenizer for spiece.model; Gemma's for a directory with only tokenizer.model (fixed-resolution
-        SigLIP 2)."""
-        if not os.path.isfile(os.path.join(directory, VOCAB_FILE)) and \
-                os.path.isfile(os.path.join(directory, GEMMA_VOCAB_FILE)):
+        """SigLIP's tokenizer for spiece.model; Gemma's for a directory with only tokenizer.model or tokenizer.json
+        (fixed-resolution SigLIP 2)."""
+        if not os.path.isfile(os.path.join(directory, VOCAB_FILE)) and any(
+                os.path.isfile(os.path.join(directory, name)) for name in (GEMMA_VOCAB_FILE, GEMMA_JSON_FILE)):
             return gemma_tokenizer_class(directory, lowercase)
         if lowercase is not None:
             raise ValueError(f"lowercase= picks a Gemma tokenizer (SigLIP 2), but {directory!r} holds SigLIP's "

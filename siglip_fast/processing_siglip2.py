@@ -18,7 +18,7 @@ from .image_processing import IMAGE_PROCESSOR_FILE, PROCESSOR_FILE, SiglipImageP
 from .image_processing_siglip2 import Siglip2ImageProcessor
 from .processing import SiglipProcessor
 from .tokenization import SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, VOCAB_FILE
-from .tokenization_gemma import GEMMA_VOCAB_FILE, GemmaTokenizer, gemma_tokenizer_class
+from .tokenization_gemma import GEMMA_JSON_FILE, GEMMA_VOCAB_FILE, GemmaTokenizer, gemma_tokenizer_class
 
 TEXT_DEFAULTS = {"padding": "max_length", "truncation": True, "max_length": 64}
 
@@ -51,11 +51,14 @@ def load_processor(path_or_id: str | os.PathLike, *, revision: str | None = None
     whose model loads into `SiglipModel`)."""
     directory = resolve_pretrained_dir(
         path_or_id, what="load_processor", revision=revision,
-        allow_patterns=[PROCESSOR_FILE, IMAGE_PROCESSOR_FILE, GEMMA_VOCAB_FILE, VOCAB_FILE, TOKENIZER_CONFIG_FILE,
-                        SPECIAL_TOKENS_MAP_FILE, "config.json"])
+        allow_patterns=[PROCESSOR_FILE, IMAGE_PROCESSOR_FILE, GEMMA_VOCAB_FILE, GEMMA_JSON_FILE, VOCAB_FILE,
+                        TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, "config.json"])
     if os.path.isfile(os.path.join(directory, GEMMA_VOCAB_FILE)):
         return Siglip2Processor.from_pretrained(directory)
     if os.path.isfile(os.path.join(directory, VOCAB_FILE)):
         return SiglipProcessor.from_pretrained(directory)
-    raise FileNotFoundError(f"load_processor: neither {GEMMA_VOCAB_FILE} (SigLIP 2) nor {VOCAB_FILE} (SigLIP) in "
+    if os.path.isfile(os.path.join(directory, GEMMA_JSON_FILE)):  # saved by transformers 5: only tokenizer.json
+        return Siglip2Processor.from_pretrained(directory)
+    raise FileNotFoundError(f"load_processor: neither {GEMMA_VOCAB_FILE} / {GEMMA_JSON_FILE} (SigLIP 2) nor "
+                            f"{VOCAB_FILE} (SigLIP) in "
                             f"{os.fspath(path_or_id)!r}")

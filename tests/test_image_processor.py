@@ -5,14 +5,16 @@ default path must match exactly (max difference 0), and so must every override.
 """
 
 import json
+import struct
 import warnings
+import zlib
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 
-from siglip_fast.image_processing import BatchFeature, SiglipImageProcessor
+from siglip_fast.image_processing import BatchFeature, SiglipImageProcessor, load_image
 
 # parity tests feed [0, 1] floats on purpose; the warning itself is tested in
 # test_float_images_in_unit_range_warn_like_transformers_v4 (pytest.warns sees it regardless of this filter)
@@ -240,6 +242,34 @@ def test_bad_input(rng, tmp_path):
         SiglipImageProcessor(resample=42)
 
 
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height (and whose data is a few bytes): what PIL sees of a huge image
+    before decoding it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + \
+        chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_a_clear_error_naming_the_image(rng, tmp_path):
+    """Issue 23: a 100000 x 100000 PNG gave PIL's DecompressionBombError unwrapped; it is a ValueError naming the
+    image (its position, and its file), the pixel count and the limit to raise."""
+    side = int(rng.integers(100_000, 120_000))
+    data = _png_header_only(side, side)
+    path = tmp_path / "huge.png"
+    path.write_bytes(data)
+    proc = SiglipImageProcessor()
+    with pytest.raises(ValueError, match=r"images\[1\]: image file .*huge\.png.* too large to decode safely "
+                                         rf"\(Image size \({side * side} pixels\).*MAX_IMAGE_PIXELS"):
+        proc([_rgb(rng, 9, 9), str(path)])
+    with pytest.raises(ValueError, match=r"images\[0\]: image bytes: the image is too large"):
+        proc(data)
+    with pytest.raises(ValueError, match="too large to decode safely"):
+        load_image(path)
+
+
 def test_config_round_trip(hf_pil_cls, rng, tmp_path):
     ours = SiglipImageProcessor(size={"height": 384, "width": 320}, resample=2, image_mean=[0.1, 0.2, 0.3])
     ours.save_pretrained(tmp_path / "ours")
@@ -276,10 +306,13 @@ CONFIGS = [
 def test_to_dict_and_json_match_transformers(hf_pil_cls, tmp_path, config):
     ours, theirs = SiglipImageProcessor(**config), hf_pil_cls(**config)
     expected = json.loads(theirs.to_json_string())
-    assert ours.to_dict() == expected and list(ours.to_dict()) == sorted(expected)  # same keys, values, order
-    native = json.loads(json.dumps(ours.to_dict()))  # JSON-native: lists, not tuples; resample an int
-    assert native == ours.to_dict() and type(ours.to_dict()["resample"]) is int
-    assert isinstance(ours.to_dict()["image_mean"], list) and isinstance(ours.to_dict()["size"], dict)
+    mine = ours.to_dict()
+    assert json.loads(json.dumps(mine)) == expected and list(mine) == sorted(expected)  # same keys, values, order
+    # transformers v5's to_dict itself: image_mean / image_std as tuples (or the one number given), resample an int
+    # (an IntEnum there, equal to it), size a plain dict
+    assert mine == theirs.to_dict() and type(mine["resample"]) is int and type(mine["size"]) is dict
+    for key in ("image_mean", "image_std"):
+        assert type(mine[key]) is type(theirs.to_dict()[key]), key
     assert ours.to_json_string() == theirs.to_json_string()
     ours.to_json_file(tmp_path / "ours.json")
     theirs.to_json_file(str(tmp_path / "theirs.json"))
@@ -308,7 +341,7 @@ def test_from_dict_with_overrides_matches_transformers(hf_pil_cls, rng):
     overrides = {"resample": 2, "do_normalize": False, "size": {"height": 17, "width": 23}}
     ours = SiglipImageProcessor.from_dict(saved, **overrides)
     theirs = hf_pil_cls.from_dict(saved, **overrides)
-    assert ours.to_dict() == json.loads(theirs.to_json_string())
+    assert ours.to_dict() == theirs.to_dict()
     assert saved["size"] == {"height": 30, "width": 40}  # the given dict is not modified
     image = _rgb(rng, 50, 60)
     _equal(ours(image, return_tensors="np")["pixel_values"], theirs(image, return_tensors="np")["pixel_values"])
