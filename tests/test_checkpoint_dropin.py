@@ -104,7 +104,8 @@ def test_new_classification_head_with_ignore_mismatched_sizes(classifier_checkpo
         sf.SiglipForImageClassification.from_pretrained(path, num_labels=5)
     with pytest.raises(ValueError, match="shape mismatches"):  # loading info alone does not hide a mismatch
         sf.SiglipForImageClassification.from_pretrained(path, num_labels=5, output_loading_info=True)
-    with pytest.warns(UserWarning, match=r"classifier.weight \(checkpoint \(3, 32\), model \(5, 32\)\)"):
+    with pytest.warns(UserWarning, match=r"classifier.weight \(Reinit due to size mismatch - ckpt: \(3, 32\) vs "
+                                         r"model: \(5, 32\)\)"):
         ours, info = sf.SiglipForImageClassification.from_pretrained(
             path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
     _, hf_info = transformers.SiglipForImageClassification.from_pretrained(
