@@ -522,7 +522,8 @@ class PretrainedMixin:
         weights first; then the weight files of other formats or shardings an older checkpoint left there
         (`model.safetensors.index.json`, `model-0000x-of-0000y.safetensors`, `pytorch_model*.bin[.index.json]`, and
         `model.safetensors` when writing a .bin) are removed, so every loader reads what was saved. The model's config
-        is not changed.
+        is not changed. A write that fails is an OSError naming the file (safetensors' own SafetensorError and
+        torch.save's RuntimeError are not OSErrors); a save_directory that is "" or an existing file is a ValueError.
 
         transformers' keyword arguments: `safe_serialization=False` writes `pytorch_model.bin` (`torch.save` of the
         same state dict) instead, as transformers v4 did (v5 ignores the argument and always writes safetensors);

@@ -40,6 +40,18 @@ _PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_labe
 ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new", "gelu", "quick_gelu", "relu", "silu", "swish")
 
 
+def _torch_dtype(value: Any) -> Any:
+    """A dtype name as the torch.dtype it names, as transformers' configs hold it ("float32" -> torch.float32);
+    anything else as given (None; a name torch lacks is reported when a model is loaded with it)."""
+    if isinstance(value, str):
+        import torch  # only when a config names a dtype: a bare config needs no torch
+
+        named = getattr(torch, value.removeprefix("torch."), None)
+        if isinstance(named, torch.dtype):
+            return named
+    return value
+
+
 def _type_name(value: Any) -> str:
     return "None" if value is None else type(value).__name__
 
@@ -94,7 +106,7 @@ class _SiglipBaseConfig:
         for key in _DTYPE_KEYS:
             value = kwargs.pop(key, None)
             dtype = value if value is not None else dtype
-        self.dtype = dtype
+        self.dtype = _torch_dtype(dtype)
         for key in _IGNORED_KEYS:
             kwargs.pop(key, None)
         self._extra_keys = list(kwargs)
@@ -384,6 +396,9 @@ class _SiglipBaseConfig:
             raise ValueError(f"no {CONFIG_NAME} in {path_or_id!s}")
         config = cls.from_json_file(path)
         for key, value in kwargs.items():
+            current = getattr(config, key, None)
+            if isinstance(current, _SiglipBaseConfig) and isinstance(value, dict):  # update that sub-config's fields
+                value = type(current).from_dict({**current.to_dict(), **value})
             setattr(config, key, value)
         config.validate()
         return config

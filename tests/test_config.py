@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import siglip_fast as sf
 
@@ -37,7 +38,7 @@ def test_hub_config_fills_defaults_and_keeps_dtype(tmp_path):
     config = sf.SiglipConfig.from_pretrained(tmp_path)
     assert config.vision_config.patch_size == 14 and config.vision_config.head_dim == 72
     assert config.text_config.max_position_embeddings == 64 and config.text_config.projection_size == 1152
-    assert config.dtype == "float32"
+    assert config.dtype == torch.float32 == transformers.SiglipConfig.from_pretrained(tmp_path).dtype
     assert config.architectures == ["SiglipModel"]
     vision = sf.SiglipVisionConfig.from_pretrained(tmp_path)  # a tower config out of a full config
     assert vision.image_size == 384 and vision.num_patches == 27 * 27
