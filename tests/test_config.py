@@ -391,3 +391,17 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_from_pretrained_updates_a_sub_config_from_a_dict_and_reads_dtype_as_torch(tmp_path):
+    """`from_pretrained(dir, text_config={"vocab_size": 20})` changes that field only, keeping the rest of the saved
+    sub-config (as transformers' ConfigTester checks); a saved dtype name reads back as a torch.dtype."""
+    saved = sf.SiglipConfig(text_config=dict(hidden_size=64, num_attention_heads=4, vocab_size=300), dtype="bfloat16")
+    saved.save_pretrained(tmp_path)
+    ours = sf.SiglipConfig.from_pretrained(tmp_path, text_config={"vocab_size": 20})
+    theirs = transformers.SiglipConfig.from_pretrained(tmp_path, text_config={"vocab_size": 20})
+    expected = dict(saved.text_config.to_dict(), vocab_size=20)
+    assert ours.text_config.to_dict() == expected
+    assert {k: v for k, v in theirs.text_config.to_dict().items() if k in expected} == expected
+    assert saved.dtype == ours.dtype == theirs.dtype == torch.bfloat16
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
