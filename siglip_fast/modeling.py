@@ -420,6 +420,25 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return any(m.gradient_checkpointing for m in self.modules() if isinstance(m, SiglipEncoder))
 
+    def enable_input_require_grads(self):
+        """transformers' `enable_input_require_grads` (what PEFT calls when the weights are frozen): the output of
+        every tower's embeddings requires grad, so the encoder layers, checkpointed with use_reentrant=True, still
+        pass gradients to adapters inside them. `disable_input_require_grads()` removes it."""
+        self.disable_input_require_grads()
+
+        def require_grad(module, args, output):
+            if torch.is_grad_enabled():  # never under no_grad / inference_mode
+                output.requires_grad_(True)
+
+        towers = [m for m in self.modules() if isinstance(m, SiglipPreTrainedModel) and "embeddings" in m._modules]
+        self._require_grads_hooks = [t.embeddings.register_forward_hook(require_grad) for t in towers]
+        return self
+
+    def disable_input_require_grads(self):
+        for hook in self.__dict__.pop("_require_grads_hooks", []):
+            hook.remove()
+        return self
+
     @property
     def is_activation_checkpointing(self) -> bool:
         """transformers v5.24's name for is_gradient_checkpointing."""

@@ -423,3 +423,43 @@ def test_feature_outputs_are_mappings_rebuilt_as_transformers_outputs():
         assert not isinstance(out, transformers.utils.ModelOutput)  # the documented difference
     with pytest.raises(TypeError, match="unexpected fields"):
         type(text)({"pooled": 1})
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_enable_input_require_grads_with_frozen_weights(cls):
+    """PEFT's path: frozen weights, reentrant checkpointing, enable_input_require_grads(): a trainable layer inside a
+    checkpointed encoder gets its gradient (without the call it gets none: the checkpoint's inputs need no grad);
+    disable_input_require_grads() removes the hooks; no effect under no_grad."""
+    model = randomize_(_ours(cls)).train()
+    model.requires_grad_(False)
+    towers = [m for m in (model, getattr(model, "text_model", None), getattr(model, "vision_model", None))
+              if m is not None and hasattr(m, "encoder")]
+    adapters = [t.encoder.layers[-1].self_attn.q_proj.weight for t in towers]
+    for w in adapters:
+        w.requires_grad_(True)
+    model.gradient_checkpointing_enable({"use_reentrant": True})
+    text, vision = TINY_CONFIGS["base"]
+    ids, pixels = inputs(sf.SiglipConfig(text_config=dict(text), vision_config=dict(vision)), batch=2)
+    kwargs = {"SiglipModel": dict(input_ids=ids, pixel_values=pixels), "SiglipTextModel": dict(input_ids=ids),
+              "SiglipVisionModel": dict(pixel_values=pixels),
+              "SiglipForImageClassification": dict(pixel_values=pixels)}[cls]
+
+    def grads():
+        for w in adapters:
+            w.grad = None
+        out = model(**kwargs)
+        loss = out[0].float().square().mean() if not isinstance(out, sf.outputs.SiglipOutput) \
+            else out.logits_per_image.square().mean()
+        if loss.requires_grad:
+            loss.backward()
+        return [w.grad for w in adapters]
+
+    with pytest.warns(UserWarning, match="None of the inputs have requires_grad=True"):
+        assert all(g is None for g in grads())
+    model.enable_input_require_grads()
+    assert all(g is not None and g.abs().sum() > 0 and g.isfinite().all() for g in grads())
+    with torch.no_grad():
+        assert not model(**kwargs)[0].requires_grad
+    model.disable_input_require_grads()
+    with pytest.warns(UserWarning, match="None of the inputs have requires_grad=True"):
+        assert all(g is None for g in grads())
