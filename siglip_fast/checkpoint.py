@@ -111,10 +111,10 @@ def backend_of_attn_implementation(attn_implementation: Any, what: str = "attn_i
     if not isinstance(attn_implementation, str):
         raise TypeError(f"{what} must be a str ({', '.join(map(repr, ATTN_IMPLEMENTATIONS))}), got "
                         f"{type(attn_implementation).__name__}")
-    if attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"{what}={attn_implementation!r} has no siglip_fast equivalent: it takes "
-                         f"{', '.join(map(repr, ATTN_IMPLEMENTATIONS))}; or use backend='triton' (fused kernels), "
-                         "'sdpa', 'eager' or 'auto'")
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:  # the first words are transformers' message
+        raise ValueError(f'Specified `{what}="{attn_implementation}"` is not supported: it has no siglip_fast '
+                         f"equivalent; {what} takes {', '.join(map(repr, ATTN_IMPLEMENTATIONS))}, or use "
+                         "backend='triton' (fused kernels), 'sdpa', 'eager' or 'auto'")
     return ATTN_IMPLEMENTATIONS[attn_implementation]
 
 
@@ -374,10 +374,16 @@ class PretrainedMixin:
             raise TypeError(f"state_dict must be a mapping of tensors, got {type(state_dict).__name__}")
         if use_safetensors not in (None, True, False):
             raise TypeError(f"use_safetensors must be None, True or False, got {use_safetensors!r}")
+        attn_request = None  # a dict: per part, set on the config (each part's model honours its request)
         if attn_implementation is not None:
             if backend != "auto":
                 raise ValueError("pass backend or attn_implementation, not both")
-            backend = backend_of_attn_implementation(attn_implementation)
+            if isinstance(attn_implementation, Mapping):
+                for key, value in attn_implementation.items():
+                    backend_of_attn_implementation(value, f"attn_implementation[{key!r}]")
+                attn_request = dict(attn_implementation)
+            else:
+                backend = backend_of_attn_implementation(attn_implementation)
         if torch_dtype is not None:
             if dtype is not None:
                 raise ValueError("pass dtype or torch_dtype, not both")
@@ -409,6 +415,8 @@ class PretrainedMixin:
                                 "config=: set them on the config object instead")
         else:
             raise TypeError(f"config must be a {cls.config_class.__name__} or a path, got {type(config).__name__}")
+        if attn_request is not None:
+            config._attn_implementation = attn_request  # unknown keys: a ValueError naming them
         unknown = _apply_config_kwargs(config, config_kwargs)
         if unknown:
             raise TypeError(f"{what} got unexpected keyword argument(s) {', '.join(sorted(unknown))}; it accepts "

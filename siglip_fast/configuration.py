@@ -194,8 +194,19 @@ class _SiglipBaseConfig:
     @_attn_implementation.setter
     def _attn_implementation(self, value: str | dict | None) -> None:
         """Set this config's value and the sub-configs' (a dict sets each by key, "" being this config; a key left
-        out keeps that config's value), as transformers' PreTrainedConfig. The models write the attention that runs
-        here ("eager", "sdpa" or "siglip_fast_triton"); to change it, use `model.set_attn_implementation()`."""
+        out keeps that config's value), as transformers' PreTrainedConfig. A value set here (or given as
+        `attn_implementation=`) is a request: a model built from the config runs that attention ("eager", "sdpa" or
+        "siglip_fast_triton") unless a backend is passed. The models then write here the attention that runs; to
+        change what a built model runs, use `model.set_attn_implementation()`."""
+        self._set_attn_implementation(value, requested=True)
+
+    @property
+    def _attn_implementation_requested(self) -> bool:
+        """Whether the value was set by the user (honoured by a model built from this config) rather than written by
+        a model to report what runs (which says nothing about the next model: "sdpa" is also auto on CPU)."""
+        return bool(self.__dict__.get("_attn_requested"))
+
+    def _set_attn_implementation(self, value: str | dict | None, requested: bool) -> None:
         if value is not None and not isinstance(value, (str, dict)):
             raise TypeError(f"{type(self).__name__}._attn_implementation must be a str, a dict of str or None, got "
                             f"{_type_name(value)}")
@@ -204,15 +215,13 @@ class _SiglipBaseConfig:
             if unknown:
                 raise ValueError(f"{type(self).__name__}._attn_implementation: unknown key(s) {sorted(unknown)}; "
                                  f"the keys are '' (this config) and {sorted(self.sub_configs)}")
-            own = value.get("", self._attn_implementation)
-        else:
-            own = value
-        self.__dict__["_attn_implementation_internal"] = own
+        if not isinstance(value, dict) or "" in value:
+            self.__dict__["_attn_implementation_internal"] = value.get("") if isinstance(value, dict) else value
+            self.__dict__["_attn_requested"] = requested and self._attn_implementation is not None
         for key in self.sub_configs:
             sub = getattr(self, key, None)
-            if isinstance(sub, _SiglipBaseConfig):
-                sub._attn_implementation = value.get(key, sub._attn_implementation) if isinstance(value, dict) \
-                    else value
+            if isinstance(sub, _SiglipBaseConfig) and (not isinstance(value, dict) or key in value):
+                sub._set_attn_implementation(value.get(key) if isinstance(value, dict) else value, requested)
 
     # --- classification labels (PreTrainedConfig's behaviour: 2 labels unless told otherwise) -------------------
     # Written to config.json only when they differ from that default, as transformers' diff.

@@ -17,7 +17,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from . import ops
-from .checkpoint import PretrainedMixin, backend_of_attn_implementation, parse_dtype
+from .checkpoint import ATTN_IMPLEMENTATIONS, PretrainedMixin, backend_of_attn_implementation, parse_dtype
 from .configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from .inference import InferenceRunner, StaticInput
 from .outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput, SiglipOutput
@@ -236,6 +236,25 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _uses_text_tower = True
+    # transformers' PreTrainedModel capability attributes, read by the libraries around it (accelerate's device maps,
+    # quantizers, code choosing an attention): statements about these classes, changing nothing here
+    _no_split_modules = ["SiglipTextEmbeddings", "SiglipVisionEmbeddings", "Siglip2VisionEmbeddings",
+                         "SiglipEncoderLayer", "SiglipMultiheadAttentionPoolingHead",
+                         "Siglip2MultiheadAttentionPoolingHead"]
+    _supports_sdpa = True  # attn_implementation="sdpa" (and "eager"; "siglip_fast_triton" for the kernels)
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _keep_in_fp32_modules = None
+    _keep_in_fp32_modules_strict = None
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """set_attn_implementation() works on every class (it switches the backend)."""
+        return True
+
+    @classmethod
+    def _can_set_experts_implementation(cls) -> bool:
+        return False  # no mixture-of-experts layers
 
     @classmethod
     def _validate_config(cls, config) -> None:
@@ -252,7 +271,12 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self._validate_config(config)
         self.config = config
+        requested = config._attn_implementation
+        if backend == "auto" and config._attn_implementation_requested and requested in ATTN_IMPLEMENTATIONS:
+            backend = ATTN_IMPLEMENTATIONS[requested]  # `config._attn_implementation = "eager"`, as transformers
         self.backend = ops.check_backend(backend)
+        # as transformers' instances hold them (sets, empty: no module is kept in fp32)
+        self._keep_in_fp32_modules, self._keep_in_fp32_modules_strict = set(), set()
         self._sync_attn_implementation()
         self.register_load_state_dict_post_hook(_after_load)  # from_pretrained assigns weights on their device
 
@@ -269,14 +293,10 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
         """config._attn_implementation names the attention that runs: "eager", "sdpa" or "siglip_fast_triton".
 
         Each model writes its own config's value only ({"": name}); a tower inside a dual model writes its
-        sub-config, so towers on different backends (`set_attn_implementation({"text_config": ...})`) keep theirs."""
+        sub-config, so towers on different backends (`set_attn_implementation({"text_config": ...})`) keep theirs.
+        A sub-config no tower runs (the classifier's text_config) keeps what it was given, as in transformers."""
         name = ops.attention_implementation(self.backend, next(self.parameters(), None))
-        self.config._attn_implementation = {"": name}
-        for key in self.config.sub_configs:  # a sub-config no tower of this model owns (the classifier's text_config)
-            sub = getattr(self.config, key, None)
-            if sub is not None and not any(isinstance(m, SiglipPreTrainedModel) and m.config is sub
-                                           for m in self.children()):
-                sub._attn_implementation = {"": name}
+        self.config._set_attn_implementation({"": name}, requested=False)
 
     def set_attn_implementation(self, attn_implementation: str | dict):
         """transformers' `set_attn_implementation`: "eager" or "sdpa" (or "siglip_fast_triton", the fused kernels)
@@ -284,7 +304,7 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
         model itself (the dual model's loss) and "text_config" / "vision_config" its towers, e.g.
         `{"text_config": "eager", "vision_config": "sdpa"}`; a part left out keeps its backend."""
         if isinstance(attn_implementation, dict):
-            parts = {"": self}
+            parts = {"": self, **dict.fromkeys(self.config.sub_configs)}  # None: a sub-config without a tower
             for key in self.config.sub_configs:
                 for module in self.children():
                     if isinstance(module, SiglipPreTrainedModel) and module.config is getattr(self.config, key, None):
@@ -292,7 +312,7 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
             unknown = set(attn_implementation) - set(parts)
             if unknown:
                 raise ValueError(f"set_attn_implementation: unknown key(s) {sorted(unknown)} for "
-                                 f"{type(self).__name__}; its parts are {sorted(parts)}")
+                                 f"{type(self).__name__}; its keys are {sorted(parts)}")
             backends = {key: backend_of_attn_implementation(value, f"attn_implementation[{key!r}]")
                         for key, value in attn_implementation.items()}
             for key, backend in backends.items():
@@ -300,10 +320,15 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
                 if part is self:
                     self.backend = backend
                     self._sync_attn_implementation()
+                elif part is None:  # nothing runs it (the classifier's text_config): the config says what was asked
+                    getattr(self.config, key)._set_attn_implementation(
+                        {"": attn_implementation[key]}, requested=False)
                 else:
                     part.set_backend(backend)
             return self
-        return self.set_backend(backend_of_attn_implementation(attn_implementation))
+        backend = backend_of_attn_implementation(attn_implementation)
+        self.config._set_attn_implementation(attn_implementation, requested=False)  # every nested config, as there
+        return self.set_backend(backend)  # then each model writes what runs
 
     _FROM_CONFIG_ARGS = ("attn_implementation", "dtype", "torch_dtype", "backend")
 

@@ -463,3 +463,64 @@ def test_enable_input_require_grads_with_frozen_weights(cls):
     model.disable_input_require_grads()
     with pytest.warns(UserWarning, match="None of the inputs have requires_grad=True"):
         assert all(g is None for g in grads())
+
+
+def test_a_requested_attn_implementation_chooses_the_backend(tmp_path):
+    """`config._attn_implementation = "eager"` (or attn_implementation= / a dict per part) before building a model
+    chooses its backend, as in transformers, unless backend= is passed; what a model then writes there reports what
+    runs and does not carry over to the next model built from a copy (on CPU "sdpa" is also what "auto" runs)."""
+    import copy
+
+    text, vision = TINY_CONFIGS["base"]
+    config = sf.SiglipConfig(text_config=dict(text), vision_config=dict(vision))
+    config._attn_implementation = "eager"
+    model = sf.SiglipModel(copy.deepcopy(config))
+    assert (model.backend, model.text_model.backend, model.vision_model.backend) == ("eager",) * 3
+    assert sf.SiglipModel(copy.deepcopy(config), backend="sdpa").backend == "sdpa"
+    assert sf.SiglipModel(copy.deepcopy(model.config)).backend == "auto"  # a report is no request
+    config._attn_implementation = {"text_config": "sdpa"}
+    model = sf.SiglipModel(copy.deepcopy(config))
+    assert (model.backend, model.text_model.backend, model.vision_model.backend) == ("eager", "sdpa", "eager")
+    assert sf.SiglipVisionModel(sf.SiglipVisionConfig(**vision, attn_implementation="eager")).backend == "eager"
+
+    sf.SiglipModel(sf.SiglipConfig(text_config=dict(text), vision_config=dict(vision))).save_pretrained(tmp_path)
+    model = sf.SiglipModel.from_pretrained(tmp_path, attn_implementation={"vision_config": "eager", "": "sdpa"})
+    assert (model.backend, model.text_model.backend, model.vision_model.backend) == ("sdpa", "auto", "eager")
+    theirs = transformers.SiglipModel.from_pretrained(tmp_path, attn_implementation={"vision_config": "eager",
+                                                                                      "": "sdpa"})
+    assert theirs.config.vision_config._attn_implementation == model.config.vision_config._attn_implementation
+    with pytest.raises(ValueError, match=r"Specified `attn_implementation\['text_config'\]=\"flash_attention_2\"` is "
+                                         r"not supported"):
+        sf.SiglipModel.from_pretrained(tmp_path, attn_implementation={"text_config": "flash_attention_2"})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['audio_config'\]"):
+        sf.SiglipModel.from_pretrained(tmp_path, attn_implementation={"audio_config": "eager"})
+
+
+def test_classifier_text_config_attn_implementation_as_transformers():
+    """SiglipForImageClassification runs no text tower: its text_config keeps what it is given; a str given to
+    set_attn_implementation is set on every nested config, as transformers' does."""
+    text, vision = TINY_CONFIGS["base"]
+    for lib in (sf, transformers):
+        config = lib.SiglipConfig(text_config=dict(text), vision_config=dict(vision))
+        config._attn_implementation = None
+        config.text_config._attn_implementation = "eager"
+        model = lib.SiglipForImageClassification(config)
+        assert model.config.text_config._attn_implementation == "eager", lib
+        model.set_attn_implementation("sdpa")
+        nested = (model.config, model.config.text_config, model.config.vision_config)
+        assert [c._attn_implementation for c in nested] == ["sdpa"] * 3, lib
+        model.set_attn_implementation({"text_config": "eager"})
+        assert model.config.text_config._attn_implementation == "eager", lib
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_capability_attributes_as_transformers(cls):
+    """The PreTrainedModel attributes integrations read (accelerate's device maps, quantizers): the same kinds of
+    values as transformers', saying what these classes support."""
+    ours, theirs_cls = _ours(cls), getattr(transformers, cls)
+    assert ours._supports_sdpa is theirs_cls._supports_sdpa is True
+    assert ours._can_set_attn_implementation() is True and ours._can_set_experts_implementation() is False
+    assert ours._keep_in_fp32_modules == set() == ours._keep_in_fp32_modules_strict
+    assert set(theirs_cls._no_split_modules) <= set(ours._no_split_modules)
+    module_names = {type(m).__name__ for m in ours.modules()}
+    assert module_names & set(ours._no_split_modules)
