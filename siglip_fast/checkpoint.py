@@ -15,22 +15,30 @@ checkpoint are then removed, so every loader reads exactly what was saved.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import shutil
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from .configuration import COMMON_FIELDS, CONFIG_NAME, _SiglipBaseConfig
+
+# the file helpers live in .files (below both the configs and this module); re-exported here for callers
+from .files import (  # noqa: F401
+    CheckpointNotFoundError,
+    prepare_save_directory,
+    read_json_file,
+    resolve_pretrained_dir,
+    write_temporary,
+)
+
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 TORCH_WEIGHTS = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
-_CHECKPOINT_FILES = ["config.json", "*.safetensors", "*.json", "*.bin", "*.model", "*.txt"]
 # Weight files an older checkpoint may have left in a directory we save into (transformers' shard naming).
 _STALE_WEIGHTS = re.compile(r"(model\.safetensors\.index\.json|model-\d{5}-of-\d{5}\.safetensors|pytorch_model\.bin"
                             r"|pytorch_model\.bin\.index\.json|pytorch_model-\d{5}-of-\d{5}\.bin)")
@@ -41,13 +49,12 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "float64": torch.float64,
 }
-# Config fields every transformers PreTrainedConfig has that a caller may set through from_pretrained(**kwargs).
-_GENERIC_CONFIG_FIELDS = ("output_hidden_states", "output_attentions", "return_dict")
 _LABEL_FIELDS = ("num_labels", "id2label", "label2id", "problem_type")
 
 
 def parse_dtype(dtype: Any) -> torch.dtype | None:
-    """None or 'auto' → None (keep the stored dtype); a torch.dtype or its name → that dtype."""
+    """None or 'auto' → None (the config's dtype, else the checkpoint's, decided by the loader); a torch floating
+    dtype or its name → that dtype."""
     if dtype is None or dtype == "auto":
         return None
     if isinstance(dtype, torch.dtype):
@@ -75,7 +82,7 @@ def parse_device(device: Any, what: str = "device") -> torch.device:
         raise ValueError(f"{what}={device!r} is not a valid device; expected e.g. 'cpu', 'cuda', 'cuda:1' or a "
                          "CUDA index") from None
     if dev.type == "cpu":
-        return dev
+        return torch.device("cpu")  # 'cpu:0' is the CPU: torch's CPU tensors have no index
     if dev.type == "meta":
         raise ValueError(f"{what}='meta' holds no data: a checkpoint cannot be loaded onto it")
     if dev.type == "cuda":
@@ -92,6 +99,36 @@ def parse_device(device: Any, what: str = "device") -> torch.device:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{what}={device!r}: the device is not available on this machine ({reason})") from None
     return dev
+
+
+# transformers' attn_implementation names -> siglip_fast backends ("siglip_fast_triton" is what the models write in
+# config._attn_implementation on the Triton backend, so that value can be given back)
+ATTN_IMPLEMENTATIONS = {"eager": "eager", "sdpa": "sdpa", "siglip_fast_triton": "triton"}
+
+
+def backend_of_attn_implementation(attn_implementation: Any, what: str = "attn_implementation") -> str:
+    """The backend for a transformers `attn_implementation` name; a ValueError naming the argument otherwise."""
+    if not isinstance(attn_implementation, str):
+        raise TypeError(f"{what} must be a str ({', '.join(map(repr, ATTN_IMPLEMENTATIONS))}), got "
+                        f"{type(attn_implementation).__name__}")
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:  # the first words are transformers' message
+        raise ValueError(f'Specified `{what}="{attn_implementation}"` is not supported: it has no siglip_fast '
+                         f"equivalent; {what} takes {', '.join(map(repr, ATTN_IMPLEMENTATIONS))}, or use "
+                         "backend='triton' (fused kernels), 'sdpa', 'eager' or 'auto'")
+    return ATTN_IMPLEMENTATIONS[attn_implementation]
+
+
+def _config_dtype(config, source) -> torch.dtype | None:
+    """The floating dtype a config names in its `dtype` field (None when it names none)."""
+    value = getattr(config, "dtype", None)
+    if value is None:
+        return None
+    try:
+        return parse_dtype(value)
+    except ValueError:
+        where = f"config file {os.fspath(source)}: " if source is not None else ""
+        raise ValueError(f"{where}{type(config).__name__}.dtype must name a floating dtype ("
+                         f"{', '.join(sorted(_DTYPES))}), got {value!r}") from None
 
 
 def _device_spec(device: Any) -> Any:
@@ -134,72 +171,6 @@ class CheckpointShapeError(ValueError, RuntimeError):
     errors, and a RuntimeError as transformers raises for size mismatches."""
 
 
-class CheckpointNotFoundError(FileNotFoundError, ValueError):
-    """A checkpoint directory or hub id that cannot be found (both a FileNotFoundError and a ValueError)."""
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def resolve_pretrained_dir(path_or_id: str | os.PathLike, *, allow_patterns: Sequence[str] = _CHECKPOINT_FILES,
-                           what: str = "from_pretrained", revision: str | None = None, subfolder: str = "",
-                           cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
-                           local_files_only: bool = False, force_download: bool = False) -> str:
-    """A local directory as is; otherwise a hub id fetched with huggingface_hub (its local cache first when offline).
-
-    `subfolder` selects a directory inside either; `revision`, `cache_dir`, `token`, `local_files_only` and
-    `force_download` go to huggingface_hub. Shared by the models, the tokenizer, the image processor and the processor.
-    """
-    if not isinstance(path_or_id, (str, os.PathLike)):
-        raise TypeError(f"{what}: path_or_id must be a str or os.PathLike, got {type(path_or_id).__name__}")
-    path = os.fspath(path_or_id)
-    subfolder = os.fspath(subfolder or "")
-    if os.path.isdir(path):
-        directory = os.path.join(path, subfolder) if subfolder else path
-        if not os.path.isdir(directory):
-            raise CheckpointNotFoundError(f"{what}: {path!r} has no subfolder {subfolder!r}")
-        return directory
-    # A hub id is owner/name (every SigLIP checkpoint is google/...); anything else can only be a local path
-    looks_like_id = re.fullmatch(r"[\w.\-]+/[\w.\-]+", path) is not None and not path.startswith((".", "-"))
-    if os.path.exists(path):
-        raise CheckpointNotFoundError(f"{what}: {path!r} is a file, not a checkpoint directory")
-    if not looks_like_id:
-        raise CheckpointNotFoundError(
-            f"{what}: no such directory: {path!r} (expected a checkpoint directory, or a hub id of the form owner/name)"
-        )
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CheckpointNotFoundError(
-            f"{what}: no such directory: {path!r}, and huggingface_hub is not installed to fetch it as a hub id "
-            "(pip install 'siglip_fast[hub]', or pass a local directory)"
-        ) from None
-    patterns = [f"{subfolder.strip('/')}/{p}" for p in allow_patterns] if subfolder else list(allow_patterns)
-    hub_kwargs = dict(allow_patterns=patterns, revision=revision, cache_dir=cache_dir, token=token)
-    try:
-        snapshot = snapshot_download(path, local_files_only=local_files_only, force_download=force_download,
-                                     **hub_kwargs)
-    except Exception as online_error:  # noqa: BLE001 - fall back to the local cache, then report both
-        if local_files_only:
-            raise CheckpointNotFoundError(
-                f"{what}: no such directory: {path!r}, and as a hub id it is not in the local hub cache "
-                f"(local_files_only=True): {online_error}"
-            ) from online_error
-        try:
-            snapshot = snapshot_download(path, local_files_only=True, **hub_kwargs)
-        except Exception:  # noqa: BLE001
-            raise CheckpointNotFoundError(
-                f"{what}: no such directory: {path!r}, and as a hub id it could not be fetched from the hub nor "
-                f"found in the local cache: {_first_line(online_error)}"
-            ) from online_error
-    directory = os.path.join(snapshot, subfolder) if subfolder else snapshot
-    if not os.path.isdir(directory):
-        raise CheckpointNotFoundError(f"{what}: hub repo {path!r} has no subfolder {subfolder!r}")
-    return directory
-
-
 _SAFE_FILES = ["config.json", SAFE_WEIGHTS, SAFE_INDEX, "*.safetensors"]
 _TORCH_FILES = ["config.json", TORCH_WEIGHTS, TORCH_INDEX, "*.bin"]
 
@@ -214,23 +185,6 @@ def _resolve_model_dir(path_or_id, use_safetensors: bool | None, **kwargs) -> st
     if use_safetensors or any(os.path.isfile(os.path.join(directory, name)) for name in first[1:3]):
         return directory
     return resolve_pretrained_dir(path_or_id, allow_patterns=second, **kwargs)
-
-
-def read_json_file(path: str | os.PathLike, what: str = "file") -> dict[str, Any]:
-    """A JSON object from a file, or a ValueError naming the file (not UTF-8, not JSON, not an object)."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{what} {os.fspath(path)} is not UTF-8 text (byte {e.start}: {e.reason})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {os.fspath(path)} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} {os.fspath(path)} must hold a JSON object, got a JSON {type(data).__name__}")
-    return data
 
 
 def _index_shards(directory: str, index_path: str) -> list[str]:
@@ -326,19 +280,19 @@ def _map_key(key: str, expected: set[str], prefix: str | None, ignorable: tuple[
     return key  # unexpected: reported by the caller
 
 
+def _matches(key: str, patterns: Sequence[str] | None) -> bool:
+    return bool(patterns) and any(re.search(p, key) for p in patterns)
+
+
 def _config_fields(config) -> list[str]:
     """The keyword arguments from_pretrained sets on a config: its fields, the keys its file carried, and the
-    PreTrainedConfig fields transformers callers set (output switches; labels on a SiglipConfig)."""
-    fields = set(config._defaults) | set(config._extra_keys) | set(_GENERIC_CONFIG_FIELDS)
-    if hasattr(config, "id2label"):
-        fields |= set(_LABEL_FIELDS)
-    return sorted(fields)
+    PreTrainedConfig fields transformers callers set (output switches, labels, ...)."""
+    return sorted(set(config._defaults) | set(config._extra_keys) | set(COMMON_FIELDS) | set(_LABEL_FIELDS))
 
 
 def _apply_config_kwargs(config, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Set the config fields named in kwargs, as transformers' `from_pretrained(path, num_labels=3)` does; return
     the kwargs that are not config fields. A dict given for a sub-config updates that sub-config."""
-    from .configuration import _SiglipBaseConfig
 
     fields = _config_fields(config)
     unused = {}
@@ -349,9 +303,7 @@ def _apply_config_kwargs(config, kwargs: dict[str, Any]) -> dict[str, Any]:
         current = getattr(config, key, None)
         if isinstance(current, _SiglipBaseConfig) and isinstance(value, dict):
             value = type(current).from_dict({**current.to_dict(), **value})
-        if key == "label2id":
-            config._label2id = dict(value)
-        elif key in config._defaults or key in _LABEL_FIELDS:
+        if key in config._defaults or key in COMMON_FIELDS or key in _LABEL_FIELDS:
             setattr(config, key, value)
         else:
             config.set_extra(key, value)
@@ -373,6 +325,15 @@ class PretrainedMixin:
     # the tower attribute a checkpoint's keys may be prefixed with; "" (transformers' PreTrainedModel default) for the
     # models that are not one tower, so `getattr(model, model.base_model_prefix, model)` (integrations do) is the model
     base_model_prefix: str = ""
+    # prefixes of the keys of the other parts of a full dual-model checkpoint, skipped when loading a tower or the
+    # classifier from one (as transformers)
+    _keys_of_other_parts: tuple[str, ...] = ()
+    # prefixes of a head that a checkpoint of another class lacks and is initialised fresh (the classifier)
+    _new_head_prefixes: tuple[str, ...] = ()
+    # transformers' PreTrainedModel attributes: regex patterns of keys that may be missing (initialised, not an
+    # error) or unexpected (skipped) when loading; None = none
+    _keys_to_ignore_on_load_missing: list[str] | None = None
+    _keys_to_ignore_on_load_unexpected: list[str] | None = None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, *, dtype=None,
@@ -385,7 +346,9 @@ class PretrainedMixin:
                         trust_remote_code: bool | None = None, **config_kwargs):
         """Load a transformers SigLIP checkpoint (local directory, or hub id with huggingface_hub installed).
 
-        dtype: None/'auto' keeps the stored dtype (transformers v5's default); else a torch dtype or its name.
+        dtype: None/'auto' loads every floating tensor in the config's `dtype` when it has one, else in the dtype
+        of the checkpoint's first floating tensor (transformers v5's default, so a checkpoint mixing fp16 and fp32
+        loads in one dtype); else a torch dtype or its name.
         device / device_map: where the weights are read to (default CPU), checked up front; `device_map` may be
         'auto' (the current CUDA device, else CPU), a device, or a dict placing the whole model on one device.
         backend: see `siglip_fast.ops`. `torch_dtype` is an alias of `dtype`, `attn_implementation` ("eager" or
@@ -411,13 +374,16 @@ class PretrainedMixin:
             raise TypeError(f"state_dict must be a mapping of tensors, got {type(state_dict).__name__}")
         if use_safetensors not in (None, True, False):
             raise TypeError(f"use_safetensors must be None, True or False, got {use_safetensors!r}")
+        attn_request = None  # a dict: per part, set on the config (each part's model honours its request)
         if attn_implementation is not None:
-            if attn_implementation not in ("eager", "sdpa"):
-                raise ValueError(f"attn_implementation {attn_implementation!r} has no siglip_fast equivalent; use "
-                                 "backend='triton' (fused kernels), 'sdpa', 'eager' or 'auto'")
             if backend != "auto":
                 raise ValueError("pass backend or attn_implementation, not both")
-            backend = attn_implementation
+            if isinstance(attn_implementation, Mapping):
+                for key, value in attn_implementation.items():
+                    backend_of_attn_implementation(value, f"attn_implementation[{key!r}]")
+                attn_request = dict(attn_implementation)
+            else:
+                backend = backend_of_attn_implementation(attn_implementation)
         if torch_dtype is not None:
             if dtype is not None:
                 raise ValueError("pass dtype or torch_dtype, not both")
@@ -449,6 +415,8 @@ class PretrainedMixin:
                                 "config=: set them on the config object instead")
         else:
             raise TypeError(f"config must be a {cls.config_class.__name__} or a path, got {type(config).__name__}")
+        if attn_request is not None:
+            config._attn_implementation = attn_request  # unknown keys: a ValueError naming them
         unknown = _apply_config_kwargs(config, config_kwargs)
         if unknown:
             raise TypeError(f"{what} got unexpected keyword argument(s) {', '.join(sorted(unknown))}; it accepts "
@@ -464,39 +432,51 @@ class PretrainedMixin:
         with torch.device("meta"):
             model = cls(config, backend=backend)
         expected = dict(model.state_dict())
-        # Keys of the other parts of a full SiglipModel checkpoint, ignored when loading a tower (as transformers).
-        ignorable = {
-            "SiglipVisionModel": ("text_model.", "logit_scale", "logit_bias", "classifier."),
-            "SiglipTextModel": ("vision_model.", "logit_scale", "logit_bias"),
-            "SiglipForImageClassification": ("text_model.", "logit_scale", "logit_bias"),
-        }.get(cls.__name__, ())
+        ignorable = cls._keys_of_other_parts
+        if dtype is None:  # transformers' dtype="auto": the config's, else the checkpoint's first floating dtype
+            dtype = _config_dtype(config, config_source)
         if state_dict is not None:
             source = _iter_state_dict(state_dict, device)
         else:
             files = _weight_files(directory, use_safetensors)
             source = (item for file in files for item in _iter_tensors(file, device))
         loaded: dict[str, torch.Tensor] = {}
-        unexpected, ignored, mismatched = [], [], []
+        origin: dict[str, str] = {}  # model key -> the checkpoint key it was read from
+        unexpected, ignored, mismatched, not_float, conflicting = [], [], [], [], []
         for key, tensor in source:
+            if dtype is None and tensor.is_floating_point():
+                dtype = tensor.dtype
             name = _map_key(key, expected.keys(), cls.base_model_prefix, ignorable)
             if name is None:
                 if not key.endswith("position_ids"):
                     ignored.append(key)
                 continue
             if name not in expected:
-                unexpected.append(key)
+                if _matches(key, cls._keys_to_ignore_on_load_unexpected):
+                    ignored.append(key)
+                else:
+                    unexpected.append(key)
+                continue
+            if expected[name].is_floating_point() and not tensor.is_floating_point():
+                not_float.append(f"{key} ({str(tensor.dtype).removeprefix('torch.')})")
                 continue
             if tuple(tensor.shape) != tuple(expected[name].shape):
                 mismatched.append((name, tensor.shape, expected[name].shape))
                 continue
-            if dtype is not None and tensor.is_floating_point():
+            if tensor.is_floating_point() and tensor.dtype != dtype:
                 tensor = tensor.to(dtype)
+            if name in origin:  # the same weight twice, with and without the tower prefix
+                if name in loaded and not torch.equal(loaded[name], tensor):
+                    conflicting.append(f"{origin[name]} / {key}")
+                continue
+            origin[name] = key
             loaded[name] = tensor
         mismatched_names = {m[0] for m in mismatched}
         missing = [k for k in expected if k not in loaded and k not in mismatched_names]
-        # A classifier is new when a SiglipModel checkpoint is fine-tuned for classification (as in transformers).
-        allowed_missing = [k for k in missing if k.startswith("classifier.")] \
-            if cls.__name__ == "SiglipForImageClassification" else []
+        # A classifier is new when a SiglipModel checkpoint is fine-tuned for classification (as in transformers);
+        # so are the keys of the class's `_keys_to_ignore_on_load_missing` patterns.
+        allowed_missing = [k for k in missing if k.startswith(cls._new_head_prefixes)
+                           or _matches(k, cls._keys_to_ignore_on_load_missing)]
         errors = []
         if missing != allowed_missing and not output_loading_info:
             strict_missing = [k for k in missing if k not in allowed_missing]
@@ -506,25 +486,31 @@ class PretrainedMixin:
         if mismatched and not ignore_mismatched_sizes:
             errors.append(f"  shape mismatches ({len(mismatched)}): " + "; ".join(
                 f"{k}: checkpoint {tuple(a)}, model {tuple(b)}" for k, a, b in mismatched))
+        if not_float:  # never loadable: an integer tensor where the model has a floating-point weight
+            errors.append(f"  tensors that must be floating point, of an integer/bool dtype ({len(not_float)}): "
+                          f"{', '.join(not_float)}")
+        if conflicting:  # never loadable: which of the two is the weight?
+            errors.append(f"  weights stored twice, with and without the '{cls.base_model_prefix}.' prefix, with "
+                          f"different values ({len(conflicting)}): {', '.join(conflicting)}")
         if errors:
             source_name = "the state_dict" if directory is None else str(pretrained_model_name_or_path)
             hints = []
             if mismatched and not ignore_mismatched_sizes:
                 hints.append("ignore_mismatched_sizes=True re-initialises mis-shaped weights")
-            if len(errors) > len(hints):
+            if (missing != allowed_missing or unexpected) and not output_loading_info:
                 hints.append("output_loading_info=True loads leniently (as transformers) and returns the lists")
             error_cls = CheckpointShapeError if mismatched and not ignore_mismatched_sizes else ValueError
-            raise error_cls("\n".join([f"cannot load {source_name} into {cls.__name__}:", *errors,
-                                       f"  ({'; '.join(hints)})"]))
+            raise error_cls("\n".join([f"cannot load {source_name} into {cls.__name__}:", *errors]
+                                      + ([f"  ({'; '.join(hints)})"] if hints else [])))
 
         fresh = missing + sorted(mismatched_names)
-        fallback_dtype = next((t.dtype for t in loaded.values() if t.is_floating_point()), torch.get_default_dtype())
-        _initialise(model, fresh, device, dtype or fallback_dtype)
+        _initialise(model, fresh, device, dtype or torch.get_default_dtype())
         model.load_state_dict(loaded, strict=False, assign=True)
         _materialise_buffers(model, device)
         if fresh:
-            shapes = {k: f" (checkpoint {tuple(a)}, model {tuple(b)})" for k, a, b in mismatched}
-            warnings.warn(f"{cls.__name__}: {', '.join(k + shapes.get(k, '') for k in fresh)} not loaded from the "
+            reasons = {k: f" (Reinit due to size mismatch - ckpt: {tuple(a)} vs model: {tuple(b)})"
+                       for k, a, b in mismatched}
+            warnings.warn(f"{cls.__name__}: {', '.join(k + reasons.get(k, '') for k in fresh)} not loaded from the "
                           "checkpoint; initialised randomly (train before use)", stacklevel=2)
         model.eval()
         if output_loading_info:
@@ -544,7 +530,8 @@ class PretrainedMixin:
         weights first; then the weight files of other formats or shardings an older checkpoint left there
         (`model.safetensors.index.json`, `model-0000x-of-0000y.safetensors`, `pytorch_model*.bin[.index.json]`, and
         `model.safetensors` when writing a .bin) are removed, so every loader reads what was saved. The model's config
-        is not changed.
+        is not changed. A write that fails is an OSError naming the file (safetensors' own SafetensorError and
+        torch.save's RuntimeError are not OSErrors); a save_directory that is "" or an existing file is a ValueError.
 
         transformers' keyword arguments: `safe_serialization=False` writes `pytorch_model.bin` (`torch.save` of the
         same state dict) instead, as transformers v4 did (v5 ignores the argument and always writes safetensors);
@@ -568,33 +555,40 @@ class PretrainedMixin:
             return
         from safetensors.torch import save_file
 
-        save_directory = os.fspath(save_directory)
-        os.makedirs(save_directory, exist_ok=True)
+        save_directory = prepare_save_directory(save_directory, f"{type(self).__name__}.save_pretrained")
         config = copy.deepcopy(self.config)
-        config.set_extra("architectures", [type(self).__name__])
+        config.architectures = [type(self).__name__]
         config.dtype = str(self.dtype).removeprefix("torch.")
         prefix = f"{self.base_model_prefix}." if self.base_model_prefix else ""
         state = {prefix + k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        from .configuration import CONFIG_NAME
+        config_text = config.to_json_string()
 
-        weights_name = SAFE_WEIGHTS if safe_serialization else TORCH_WEIGHTS
-        tag = f"{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-        weights_tmp = os.path.join(save_directory, f".{weights_name}.{tag}")
-        config_tmp = os.path.join(save_directory, f".{CONFIG_NAME}.{tag}")
-        try:
+        def write_weights(tmp: str) -> None:
             if safe_serialization:
-                save_file(state, weights_tmp, metadata={"format": "pt"})
+                save_file(state, tmp, metadata={"format": "pt"})
             else:
-                torch.save(state, weights_tmp)
-            with open(config_tmp, "w", encoding="utf-8") as f:
-                f.write(config.to_json_string())
+                torch.save(state, tmp)
+
+        def write_config(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(config_text)
+
+        # Both files are complete under temporary names before either replaces the old one; a failed write is an
+        # OSError naming the file it was for (safetensors' and torch's own errors are not OSErrors).
+        weights_name = SAFE_WEIGHTS if safe_serialization else TORCH_WEIGHTS
+        weights_path, config_path = os.path.join(save_directory, weights_name), os.path.join(save_directory,
+                                                                                            CONFIG_NAME)
+        temporaries = []
+        try:
+            temporaries.append(write_temporary(weights_path, write_weights))
+            temporaries.append(write_temporary(config_path, write_config))
             # safetensors creates its file private (0600); give it the mode a plain write gets here (the umask's),
             # as config.json has: checkpoints are shared
-            shutil.copymode(config_tmp, weights_tmp)
-            os.replace(weights_tmp, os.path.join(save_directory, weights_name))
-            os.replace(config_tmp, os.path.join(save_directory, CONFIG_NAME))
+            shutil.copymode(temporaries[1], temporaries[0])
+            os.replace(temporaries[0], weights_path)
+            os.replace(temporaries[1], config_path)
         finally:
-            for tmp in (weights_tmp, config_tmp):
+            for tmp in temporaries:
                 if os.path.lexists(tmp):
                     os.remove(tmp)
         for name in os.listdir(save_directory):

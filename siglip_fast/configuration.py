@@ -10,76 +10,146 @@ from __future__ import annotations
 import copy
 import json
 import os
-import uuid
 from typing import Any
 
-CONFIG_NAME = "config.json"
+from .files import CONFIG_NAME, prepare_save_directory, read_json_file, resolve_pretrained_dir, write_file_atomically
+
+__all__ = ["CONFIG_NAME", "SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig"]
 
 # Keys transformers' PreTrainedConfig writes that carry no model shape; kept as plain attributes when present.
 _DTYPE_KEYS = ("dtype", "torch_dtype")
+
+# The fields every transformers PreTrainedConfig has (v5), with its defaults: set from keyword arguments or a
+# config.json, read by the models (output_hidden_states, output_attentions, return_dict: the defaults of the
+# forward's flags), and written to config.json when they differ from these defaults, as transformers' diff does.
+COMMON_FIELDS: dict[str, Any] = {
+    "return_dict": True,
+    "output_hidden_states": False,
+    "output_attentions": False,
+    "chunk_size_feed_forward": 0,
+    "is_encoder_decoder": False,
+    "architectures": None,
+}
+_DEFAULT_ID2LABEL = {0: "LABEL_0", 1: "LABEL_1"}
+# Keys a config file may carry that are not fields: transformers' bookkeeping, never set as attributes.
+_IGNORED_KEYS = ("model_type", "transformers_version", "_name_or_path", "_commit_hash", "_attn_implementation",
+                 "_attn_implementation_internal", "_experts_implementation", "_experts_implementation_internal")
+_PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 # hidden_act values the model implements (transformers' ACT2FN names); every SigLIP checkpoint uses the first.
 ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new", "gelu", "quick_gelu", "relu", "silu", "swish")
 
 
+def _torch_dtype(value: Any) -> Any:
+    """A dtype name as the torch.dtype it names, as transformers' configs hold it ("float32" -> torch.float32);
+    anything else as given (None; a name torch lacks is reported when a model is loaded with it)."""
+    if isinstance(value, str):
+        import torch  # only when a config names a dtype: a bare config needs no torch
+
+        named = getattr(torch, value.removeprefix("torch."), None)
+        if isinstance(named, torch.dtype):
+            return named
+    return value
+
+
+def _type_name(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
+
+
 class _SiglipBaseConfig:
-    """Explicit fields with defaults; anything else given is kept as an attribute and saved back."""
+    """Explicit fields with defaults; anything else given is kept as an attribute and saved back.
+
+    The PreTrainedConfig surface that callers and libraries use: `sub_configs` (class and instance), iteration and
+    `in` over the field names, `to_dict()` (every field) and `to_diff_dict()` (what config.json holds: the generic
+    fields only when they differ from transformers' defaults), the common fields of `COMMON_FIELDS`, and
+    `_attn_implementation`, settable on every config and set on the sub-configs too (a dict value sets each config
+    by key: `{"": top, "text_config": ..., "vision_config": ...}`).
+    """
 
     model_type: str = ""
     base_config_key: str = ""
+    sub_configs: dict[str, type] = {}
     _defaults: dict[str, Any] = {}
+    # field -> the types a value of it may have (checked at construction and when a model is built)
+    _field_types: dict[str, tuple[type, ...]] = {}
+    # the common fields' defaults on the class too, as on transformers' PreTrainedConfig (a dataclass)
+    return_dict: bool | None = COMMON_FIELDS["return_dict"]
+    output_hidden_states: bool | None = COMMON_FIELDS["output_hidden_states"]
+    output_attentions: bool | None = COMMON_FIELDS["output_attentions"]
+    chunk_size_feed_forward: int = COMMON_FIELDS["chunk_size_feed_forward"]
+    is_encoder_decoder: bool = COMMON_FIELDS["is_encoder_decoder"]
+    architectures: list[str] | None = COMMON_FIELDS["architectures"]
 
     def __init__(self, **kwargs: Any):
         num_labels = kwargs.pop("num_labels", None)
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
         problem_type = kwargs.pop("problem_type", None)
+        attn_implementation = kwargs.pop("attn_implementation", None)
         if id2label is not None:
-            id2label = {int(k): v for k, v in id2label.items()}
+            id2label = self._parse_id2label(id2label)
             if num_labels is not None and num_labels != len(id2label):
                 raise ValueError(f"num_labels ({num_labels}) disagrees with id2label ({len(id2label)} labels)")
         self._id2label = id2label
-        self._label2id = dict(label2id) if label2id is not None else None
+        self._label2id = self._parse_label2id(label2id) if label2id is not None else None
         if num_labels is not None and id2label is None:
             self.num_labels = num_labels
-        if problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
-            raise ValueError(f"{type(self).__name__}.problem_type {problem_type!r} is not a known problem type")
+        if problem_type not in _PROBLEM_TYPES:
+            raise ValueError(f"{type(self).__name__}.problem_type must be one of {list(_PROBLEM_TYPES)}, got "
+                             f"{problem_type!r}")
         self.problem_type = problem_type
         for key, default in self._defaults.items():
+            setattr(self, key, copy.deepcopy(kwargs.pop(key, default)))
+        for key, default in COMMON_FIELDS.items():
             setattr(self, key, copy.deepcopy(kwargs.pop(key, default)))
         dtype = None
         for key in _DTYPE_KEYS:
             value = kwargs.pop(key, None)
             dtype = value if value is not None else dtype
-        self.dtype = dtype
-        kwargs.pop("model_type", None)
-        kwargs.pop("transformers_version", None)
+        self.dtype = _torch_dtype(dtype)
+        for key in _IGNORED_KEYS:
+            kwargs.pop(key, None)
         self._extra_keys = list(kwargs)
         for key, value in kwargs.items():
             setattr(self, key, value)
         self._post_init()
+        if attn_implementation is not None:
+            self._attn_implementation = attn_implementation
         self.validate()
 
     def _post_init(self) -> None:
         pass
 
+    # --- checks -------------------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Construction-time checks: only the field types (transformers' strict configs reject e.g.
-        hidden_size="768" too). Values are checked by `validate_for_model()` when a model is built, as transformers
-        accepts any value in a config and fails only when building or running the model."""
+        """Construction-time checks: the field types (transformers' strict configs reject e.g. hidden_size="768"
+        or layer_norm_eps=None too), a TypeError naming the field, what it takes and what it got. Values are checked
+        by `validate_for_model()` when a model is built, as transformers accepts any value of the right type in a
+        config and fails only when building or running the model."""
+        for name, types in self._field_types.items():
+            self._check_type(name, types)
+        for name in ("return_dict", "output_hidden_states", "output_attentions"):
+            self._check_type(name, (bool, type(None)))
+        self._check_type("is_encoder_decoder", (bool,))
+        self._check_type("chunk_size_feed_forward", (int,))
+        architectures = self.architectures
+        if architectures is not None and not (isinstance(architectures, list)
+                                              and all(isinstance(a, str) for a in architectures)):
+            raise TypeError(f"{type(self).__name__}.architectures must be a list of class names or None, got "
+                            f"{architectures!r} ({_type_name(architectures)})")
+
+    def _check_type(self, name: str, types: tuple[type, ...]) -> None:
+        value = getattr(self, name)
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            expected = " or ".join("None" if t is type(None) else ("an " if t.__name__[0] in "aeiou" else "a ")
+                                   + t.__name__ for t in types)
+            raise TypeError(f"{type(self).__name__}.{name} must be {expected}, got {value!r} ({_type_name(value)})")
 
     def validate_for_model(self) -> None:
         """Raise ValueError naming the field when the values cannot describe a working model (called by the model
-        classes' constructors)."""
-
-    @staticmethod
-    def _check_int_types(config: "_SiglipBaseConfig", names: tuple[str, ...]) -> None:
-        for name in names:
-            value = getattr(config, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(
-                    f"{type(config).__name__}.{name} must be an int, got {value!r} ({type(value).__name__})"
-                )
+        classes' constructors); the types are checked again first (a field may have been set after construction)."""
+        self.validate()
 
     @staticmethod
     def _check_positive(config: "_SiglipBaseConfig", names: tuple[str, ...]) -> None:
@@ -107,8 +177,8 @@ class _SiglipBaseConfig:
             )
 
     def set_extra(self, key: str, value: Any) -> None:
-        """Set a key that is not a declared field (e.g. `architectures`); it is saved with the config."""
-        if key not in self._defaults and key not in self._extra_keys:
+        """Set a key that is not a declared field (e.g. a custom one); it is saved with the config."""
+        if key not in self._defaults and key not in COMMON_FIELDS and key not in self._extra_keys:
             self._extra_keys.append(key)
         setattr(self, key, value)
 
@@ -116,15 +186,74 @@ class _SiglipBaseConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    # --- attention implementation (transformers' `config._attn_implementation`) ----------------------------------
+    @property
+    def _attn_implementation(self) -> str | None:
+        return self.__dict__.get("_attn_implementation_internal")
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str | dict | None) -> None:
+        """Set this config's value and the sub-configs' (a dict sets each by key, "" being this config; a key left
+        out keeps that config's value), as transformers' PreTrainedConfig. A value set here (or given as
+        `attn_implementation=`) is a request: a model built from the config runs that attention ("eager", "sdpa" or
+        "siglip_fast_triton") unless a backend is passed. The models then write here the attention that runs; to
+        change what a built model runs, use `model.set_attn_implementation()`."""
+        self._set_attn_implementation(value, requested=True)
+
+    @property
+    def _attn_implementation_requested(self) -> bool:
+        """Whether the value was set by the user (honoured by a model built from this config) rather than written by
+        a model to report what runs (which says nothing about the next model: "sdpa" is also auto on CPU)."""
+        return bool(self.__dict__.get("_attn_requested"))
+
+    def _set_attn_implementation(self, value: str | dict | None, requested: bool) -> None:
+        if value is not None and not isinstance(value, (str, dict)):
+            raise TypeError(f"{type(self).__name__}._attn_implementation must be a str, a dict of str or None, got "
+                            f"{_type_name(value)}")
+        if isinstance(value, dict):
+            unknown = set(value) - {"", *self.sub_configs}
+            if unknown:
+                raise ValueError(f"{type(self).__name__}._attn_implementation: unknown key(s) {sorted(unknown)}; "
+                                 f"the keys are '' (this config) and {sorted(self.sub_configs)}")
+        if not isinstance(value, dict) or "" in value:
+            self.__dict__["_attn_implementation_internal"] = value.get("") if isinstance(value, dict) else value
+            self.__dict__["_attn_requested"] = requested and self._attn_implementation is not None
+        for key in self.sub_configs:
+            sub = getattr(self, key, None)
+            if isinstance(sub, _SiglipBaseConfig) and (not isinstance(value, dict) or key in value):
+                sub._set_attn_implementation(value.get(key) if isinstance(value, dict) else value, requested)
+
     # --- classification labels (PreTrainedConfig's behaviour: 2 labels unless told otherwise) -------------------
-    # Written to config.json only once set (num_labels/id2label given), as transformers' diff of the defaults.
+    # Written to config.json only when they differ from that default, as transformers' diff.
+    def _parse_id2label(self, value: Any) -> dict[int, str]:
+        if not isinstance(value, dict):
+            raise TypeError(f"{type(self).__name__}.id2label must be a dict of class index -> label name, got "
+                            f"{_type_name(value)}")
+        parsed = {}
+        for key, label in value.items():
+            try:
+                index = int(key)
+            except (TypeError, ValueError):
+                index = None
+            if index is None or isinstance(key, bool) or isinstance(key, float) or index < 0:
+                raise ValueError(f"{type(self).__name__}.id2label keys must be class indices (non-negative ints, or "
+                                 f"their decimal strings as in config.json), got the key {key!r}")
+            parsed[index] = label
+        return parsed
+
+    def _parse_label2id(self, value: Any) -> dict[str, int]:
+        if not isinstance(value, dict):
+            raise TypeError(f"{type(self).__name__}.label2id must be a dict of label name -> class index, got "
+                            f"{_type_name(value)}")
+        return dict(value)
+
     @property
     def id2label(self) -> dict[int, str]:
-        return self._id2label if self._id2label is not None else {0: "LABEL_0", 1: "LABEL_1"}
+        return self._id2label if self._id2label is not None else dict(_DEFAULT_ID2LABEL)
 
     @id2label.setter
     def id2label(self, value: dict) -> None:
-        self._id2label = {int(k): v for k, v in value.items()}
+        self._id2label = self._parse_id2label(value)
         self._label2id = None
 
     @property
@@ -132,6 +261,10 @@ class _SiglipBaseConfig:
         if self._label2id is not None:
             return self._label2id
         return {v: k for k, v in self.id2label.items()}
+
+    @label2id.setter
+    def label2id(self, value: dict) -> None:
+        self._label2id = self._parse_label2id(value)
 
     @property
     def num_labels(self) -> int:
@@ -144,38 +277,61 @@ class _SiglipBaseConfig:
         self._id2label = {i: f"LABEL_{i}" for i in range(n)}
         self._label2id = None
 
+    # --- iteration (PreTrainedConfig iterates its attribute names) -----------------------------------------------
+    def _field_names(self) -> list[str]:
+        names = [*self._defaults, *COMMON_FIELDS, "dtype", "id2label", "label2id", "problem_type"]
+        return names + [k for k in self._extra_keys if k not in names]
+
+    def __iter__(self):
+        """The names of the config's fields (declared, common, labels and the extra keys it carries), as
+        `for key in config: getattr(config, key)` in transformers."""
+        return iter(self._field_names())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._field_names()
+
     # --- serialisation -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Every field: the declared ones, the common PreTrainedConfig fields, dtype, the labels and the extra keys
+        (as transformers' `to_dict`, without its bookkeeping keys); sub-configs as dicts."""
         out: dict[str, Any] = {}
-        for key in self._defaults:
+        for key in self._field_names():
             value = getattr(self, key)
             out[key] = value.to_dict() if isinstance(value, _SiglipBaseConfig) else copy.deepcopy(value)
-        for key in self._extra_keys:
-            out[key] = copy.deepcopy(getattr(self, key))
-        if self.dtype is not None:
-            out["dtype"] = self.dtype
-        if self._id2label is not None:
-            out["id2label"] = {str(k): v for k, v in self.id2label.items()}
-            out["label2id"] = self.label2id
-        if self.problem_type is not None:
-            out["problem_type"] = self.problem_type
+        if out["dtype"] is not None and not isinstance(out["dtype"], str):  # a torch.dtype set on the config
+            out["dtype"] = str(out["dtype"]).removeprefix("torch.")
         out["model_type"] = self.model_type
         return dict(sorted(out.items()))
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+    def to_diff_dict(self) -> dict[str, Any]:
+        """What config.json holds (transformers' `to_diff_dict`): every SigLIP field and extra key, and the common
+        fields, dtype and labels only where they differ from a bare PreTrainedConfig's; sub-configs the same way."""
+        out = self.to_dict()
+        for key in self.sub_configs:
+            value = getattr(self, key, None)
+            if isinstance(value, _SiglipBaseConfig):
+                out[key] = value.to_diff_dict()
+        for key, default in {**COMMON_FIELDS, "dtype": None, "problem_type": None}.items():
+            if key in out and out[key] == default:
+                del out[key]
+        if self._id2label is None or self._id2label == _DEFAULT_ID2LABEL:
+            out.pop("id2label")
+            if self.label2id == {v: k for k, v in _DEFAULT_ID2LABEL.items()}:
+                out.pop("label2id")
+        return out
 
-    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
-        """Write `to_json_string()` to `json_file_path`, as transformers' `to_json_file`.
-
-        transformers' `use_diff=True` drops the keys equal to a bare `PreTrainedConfig()`'s (generic fields such as
-        `output_hidden_states`); our configs hold no such generic defaults, so the full dict — every SigLIP field, as
-        transformers also writes them — is written whatever `use_diff` is.
-        """
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """The config as JSON: `to_diff_dict()` (what config.json holds), or with use_diff=False `to_dict()`."""
         if not isinstance(use_diff, bool):
             raise TypeError(f"use_diff must be a bool, got {type(use_diff).__name__}")
+        data = self.to_diff_dict() if use_diff else self.to_dict()
+        return json.dumps(_json_keys(data), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
+        """Write `to_json_string(use_diff)` to `json_file_path`, as transformers' `to_json_file`."""
+        text = self.to_json_string(use_diff)
         with open(json_file_path, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
+            f.write(text)
 
     def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> "_SiglipBaseConfig":
         """The text config, as transformers' `PreTrainedConfig.get_text_config`: a dual config's `text_config`, else
@@ -191,17 +347,17 @@ class _SiglipBaseConfig:
         return self
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write `config.json` atomically (a temporary file in the directory, then os.replace)."""
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, CONFIG_NAME)
-        tmp = os.path.join(save_directory, f".{CONFIG_NAME}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
+        """Write `config.json` (`to_json_string()`) atomically: a temporary file in the directory, then os.replace.
+        A save_directory that is empty or an existing file is a ValueError; a failed write an OSError naming the
+        file, the previous config.json left as it was."""
+        directory = prepare_save_directory(save_directory, f"{type(self).__name__}.save_pretrained")
+        text = self.to_json_string()
+
+        def write(tmp: str) -> None:
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(self.to_json_string())
-            os.replace(tmp, path)
-        finally:
-            if os.path.lexists(tmp):
-                os.remove(tmp)
+                f.write(text)
+
+        write_file_atomically(os.path.join(directory, CONFIG_NAME), write)
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
@@ -222,8 +378,6 @@ class _SiglipBaseConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike):
         """Read a config file; every error (not UTF-8, not JSON, not an object, a bad field) names the file."""
-        from .checkpoint import read_json_file
-
         data = read_json_file(path, "config file")
         try:
             return cls.from_dict(data)
@@ -242,8 +396,6 @@ class _SiglipBaseConfig:
         `force_download` go to huggingface_hub (as the models' from_pretrained). Other keyword arguments are set on
         the config read.
         """
-        from .checkpoint import resolve_pretrained_dir
-
         directory = resolve_pretrained_dir(path_or_id, allow_patterns=[CONFIG_NAME],
                                            what=f"{cls.__name__}.from_pretrained", subfolder=subfolder,
                                            revision=revision, cache_dir=cache_dir, token=token,
@@ -253,6 +405,9 @@ class _SiglipBaseConfig:
             raise ValueError(f"no {CONFIG_NAME} in {path_or_id!s}")
         config = cls.from_json_file(path)
         for key, value in kwargs.items():
+            current = getattr(config, key, None)
+            if isinstance(current, _SiglipBaseConfig) and isinstance(value, dict):  # update that sub-config's fields
+                value = type(current).from_dict({**current.to_dict(), **value})
             setattr(config, key, value)
         config.validate()
         return config
@@ -262,6 +417,17 @@ class _SiglipBaseConfig:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"
+
+
+def _json_keys(value: Any) -> Any:
+    """Dict keys as JSON writes them (id2label's int keys become strings), so sort_keys never compares int to str."""
+    if isinstance(value, dict):
+        return {str(k): _json_keys(v) for k, v in value.items()}
+    return value
+
+
+# The encoder fields both towers have, and the types a value may take (an int is a valid float, a bool is not).
+_LAYER_FIELD_TYPES = {"hidden_act": (str,), "layer_norm_eps": (float, int), "attention_dropout": (float, int)}
 
 
 class SiglipTextConfig(_SiglipBaseConfig):
@@ -291,11 +457,11 @@ class SiglipTextConfig(_SiglipBaseConfig):
 
     _INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                    "max_position_embeddings", "projection_size")
-
-    def validate(self) -> None:
-        self._check_int_types(self, self._INT_FIELDS)
+    _field_types = {**dict.fromkeys(_INT_FIELDS, (int,)), **_LAYER_FIELD_TYPES,
+                    **dict.fromkeys(("pad_token_id", "bos_token_id", "eos_token_id"), (int, type(None)))}
 
     def validate_for_model(self) -> None:
+        super().validate_for_model()
         self._check_positive(self, self._INT_FIELDS)
         self._check_layers(self)
 
@@ -321,11 +487,10 @@ class SiglipVisionConfig(_SiglipBaseConfig):
 
     _INT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
                    "image_size", "patch_size")
-
-    def validate(self) -> None:
-        self._check_int_types(self, self._INT_FIELDS)
+    _field_types = {**dict.fromkeys(_INT_FIELDS, (int,)), **_LAYER_FIELD_TYPES, "vision_use_head": (bool,)}
 
     def validate_for_model(self) -> None:
+        super().validate_for_model()
         self._check_positive(self, self._INT_FIELDS)
         self._check_layers(self)
         if self.image_size < self.patch_size:
@@ -346,27 +511,37 @@ class SiglipConfig(_SiglipBaseConfig):
     """
 
     model_type = "siglip"
+    sub_configs = {"text_config": SiglipTextConfig, "vision_config": SiglipVisionConfig}
     _defaults = {"text_config": None, "vision_config": None, "initializer_factor": 1.0}
+    _field_types = {"initializer_factor": (float, int)}
 
     def __init__(self, text_config=None, vision_config=None, **kwargs: Any):
         super().__init__(text_config=text_config, vision_config=vision_config, **kwargs)
 
     def _post_init(self) -> None:
-        self.text_config = self._sub_config(SiglipTextConfig, self.text_config, "text_config")
-        self.vision_config = self._sub_config(SiglipVisionConfig, self.vision_config, "vision_config")
+        for name, cls in self.sub_configs.items():
+            setattr(self, name, self._sub_config(cls, getattr(self, name), name))
 
-    @staticmethod
-    def _sub_config(cls, value, name):
+    def _sub_config(self, cls, value, name):
         if value is None:
             return cls()
         if isinstance(value, cls):
             return copy.deepcopy(value)
         if isinstance(value, dict):
             return cls.from_dict(value)
-        raise TypeError(f"SiglipConfig.{name} must be a dict, a {cls.__name__} or None, got {type(value).__name__}")
+        raise TypeError(f"{type(self).__name__}.{name} must be a dict, a {cls.__name__} or None, got "
+                        f"{type(value).__name__}")
+
+    def validate(self) -> None:
+        super().validate()
+        for name, cls in self.sub_configs.items():
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"{type(self).__name__}.{name} must be a {cls.__name__}, got "
+                                f"{type(getattr(self, name)).__name__}")
 
     def validate_for_model(self, with_text: bool = True) -> None:
         """The towers' checks; with the text tower (SiglipModel) also that the two embeddings can be compared."""
+        super().validate_for_model()
         text, vision = self.text_config, self.vision_config
         vision.validate_for_model()
         if not with_text:

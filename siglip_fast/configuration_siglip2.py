@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .configuration import SiglipConfig, SiglipTextConfig, _SiglipBaseConfig
+from .configuration import _LAYER_FIELD_TYPES, SiglipConfig, SiglipTextConfig, _SiglipBaseConfig
 
 
 def _tower_dict(cls, config_dict: dict[str, Any]) -> dict[str, Any]:
@@ -58,11 +58,10 @@ class Siglip2VisionConfig(_SiglipBaseConfig):
 
     _INT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
                    "patch_size", "num_patches")
-
-    def validate(self) -> None:
-        self._check_int_types(self, self._INT_FIELDS)
+    _field_types = {**dict.fromkeys(_INT_FIELDS, (int,)), **_LAYER_FIELD_TYPES, "vision_use_head": (bool,)}
 
     def validate_for_model(self) -> None:
+        super().validate_for_model()
         self._check_positive(self, self._INT_FIELDS)
         self._check_layers(self)
         if math.isqrt(self.num_patches) ** 2 != self.num_patches:
@@ -90,7 +89,4 @@ class Siglip2Config(SiglipConfig):
     """The NaFlex dual-encoder config (model_type "siglip2"): a `Siglip2TextConfig` and a `Siglip2VisionConfig`."""
 
     model_type = "siglip2"
-
-    def _post_init(self) -> None:
-        self.text_config = self._sub_config(Siglip2TextConfig, self.text_config, "text_config")
-        self.vision_config = self._sub_config(Siglip2VisionConfig, self.vision_config, "vision_config")
+    sub_configs = {"text_config": Siglip2TextConfig, "vision_config": Siglip2VisionConfig}

@@ -7,6 +7,7 @@ backend computes exactly what transformers computes.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -16,7 +17,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from . import ops
-from .checkpoint import PretrainedMixin
+from .checkpoint import ATTN_IMPLEMENTATIONS, PretrainedMixin, backend_of_attn_implementation, parse_dtype
 from .configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from .inference import InferenceRunner, StaticInput
 from .outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput, SiglipOutput
@@ -235,6 +236,25 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _uses_text_tower = True
+    # transformers' PreTrainedModel capability attributes, read by the libraries around it (accelerate's device maps,
+    # quantizers, code choosing an attention): statements about these classes, changing nothing here
+    _no_split_modules = ["SiglipTextEmbeddings", "SiglipVisionEmbeddings", "Siglip2VisionEmbeddings",
+                         "SiglipEncoderLayer", "SiglipMultiheadAttentionPoolingHead",
+                         "Siglip2MultiheadAttentionPoolingHead"]
+    _supports_sdpa = True  # attn_implementation="sdpa" (and "eager"; "siglip_fast_triton" for the kernels)
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _keep_in_fp32_modules = None
+    _keep_in_fp32_modules_strict = None
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """set_attn_implementation() works on every class (it switches the backend)."""
+        return True
+
+    @classmethod
+    def _can_set_experts_implementation(cls) -> bool:
+        return False  # no mixture-of-experts layers
 
     @classmethod
     def _validate_config(cls, config) -> None:
@@ -251,7 +271,12 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self._validate_config(config)
         self.config = config
+        requested = config._attn_implementation
+        if backend == "auto" and config._attn_implementation_requested and requested in ATTN_IMPLEMENTATIONS:
+            backend = ATTN_IMPLEMENTATIONS[requested]  # `config._attn_implementation = "eager"`, as transformers
         self.backend = ops.check_backend(backend)
+        # as transformers' instances hold them (sets, empty: no module is kept in fp32)
+        self._keep_in_fp32_modules, self._keep_in_fp32_modules_strict = set(), set()
         self._sync_attn_implementation()
         self.register_load_state_dict_post_hook(_after_load)  # from_pretrained assigns weights on their device
 
@@ -265,12 +290,67 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
         return self
 
     def _sync_attn_implementation(self) -> None:
-        """config._attn_implementation names the attention that runs: "eager", "sdpa" or "siglip_fast_triton"."""
+        """config._attn_implementation names the attention that runs: "eager", "sdpa" or "siglip_fast_triton".
+
+        Each model writes its own config's value only ({"": name}); a tower inside a dual model writes its
+        sub-config, so towers on different backends (`set_attn_implementation({"text_config": ...})`) keep theirs.
+        A sub-config no tower runs (the classifier's text_config) keeps what it was given, as in transformers."""
         name = ops.attention_implementation(self.backend, next(self.parameters(), None))
-        for config in (self.config, getattr(self.config, "text_config", None),
-                       getattr(self.config, "vision_config", None)):
-            if config is not None:
-                config._attn_implementation = name
+        self.config._set_attn_implementation({"": name}, requested=False)
+
+    def set_attn_implementation(self, attn_implementation: str | dict):
+        """transformers' `set_attn_implementation`: "eager" or "sdpa" (or "siglip_fast_triton", the fused kernels)
+        selects the backend of the whole model, as `set_backend`; a dict sets the parts by config key, "" being the
+        model itself (the dual model's loss) and "text_config" / "vision_config" its towers, e.g.
+        `{"text_config": "eager", "vision_config": "sdpa"}`; a part left out keeps its backend."""
+        if isinstance(attn_implementation, dict):
+            parts = {"": self, **dict.fromkeys(self.config.sub_configs)}  # None: a sub-config without a tower
+            for key in self.config.sub_configs:
+                for module in self.children():
+                    if isinstance(module, SiglipPreTrainedModel) and module.config is getattr(self.config, key, None):
+                        parts[key] = module
+            unknown = set(attn_implementation) - set(parts)
+            if unknown:
+                raise ValueError(f"set_attn_implementation: unknown key(s) {sorted(unknown)} for "
+                                 f"{type(self).__name__}; its keys are {sorted(parts)}")
+            backends = {key: backend_of_attn_implementation(value, f"attn_implementation[{key!r}]")
+                        for key, value in attn_implementation.items()}
+            for key, backend in backends.items():
+                part = parts[key]
+                if part is self:
+                    self.backend = backend
+                    self._sync_attn_implementation()
+                elif part is None:  # nothing runs it (the classifier's text_config): the config says what was asked
+                    getattr(self.config, key)._set_attn_implementation(
+                        {"": attn_implementation[key]}, requested=False)
+                else:
+                    part.set_backend(backend)
+            return self
+        backend = backend_of_attn_implementation(attn_implementation)
+        self.config._set_attn_implementation(attn_implementation, requested=False)  # every nested config, as there
+        return self.set_backend(backend)  # then each model writes what runs
+
+    _FROM_CONFIG_ARGS = ("attn_implementation", "dtype", "torch_dtype", "backend")
+
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        """transformers' `PreTrainedModel._from_config(config, attn_implementation=..., dtype=...)`: a randomly
+        initialised model of a copy of `config` (the caller's config is not changed), on `backend` (or the
+        backend of `attn_implementation`, as `set_attn_implementation`), in `dtype` (default: torch's default)."""
+        unknown = set(kwargs) - set(cls._FROM_CONFIG_ARGS)
+        if unknown:
+            raise TypeError(f"{cls.__name__}._from_config got unexpected keyword argument(s) "
+                            f"{', '.join(sorted(unknown))}; it accepts {', '.join(cls._FROM_CONFIG_ARGS)}")
+        backend, attn = kwargs.get("backend"), kwargs.get("attn_implementation")
+        if backend is not None and attn is not None:
+            raise ValueError("pass backend or attn_implementation, not both")
+        if attn is not None:
+            backend = backend_of_attn_implementation(attn)
+        if kwargs.get("dtype") is not None and kwargs.get("torch_dtype") is not None:
+            raise ValueError("pass dtype or torch_dtype, not both")
+        dtype = parse_dtype(kwargs.get("dtype", kwargs.get("torch_dtype")))
+        model = cls(copy.deepcopy(config), backend=backend or "auto")
+        return model.to(dtype) if dtype is not None else model
 
     def _apply(self, fn, *args, **kwargs):
         module = super()._apply(fn, *args, **kwargs)
@@ -282,9 +362,18 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
         return False
 
     def _embeddings(self) -> nn.Module:
-        if isinstance(self, (SiglipTextModel, SiglipVisionModel)):
+        if "embeddings" in self._modules:  # a tower (SigLIP or SigLIP 2)
             return self.embeddings
         return self.text_model.embeddings if isinstance(self, SiglipModel) else self.vision_model.embeddings
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of token embeddings (what `resize_token_embeddings` changes), for the models with a text
+        tower; transformers sets this attribute when it resizes."""
+        emb = self._embeddings()
+        if not isinstance(emb, SiglipTextEmbeddings):
+            raise AttributeError("vocab_size")  # a vision model has none (nn.Module reports the missing attribute)
+        return emb.token_embedding.num_embeddings
 
     def get_input_embeddings(self) -> nn.Module:
         """The token embedding (SiglipModel, SiglipTextModel) or the patch embedding Conv2d (vision models)."""
@@ -355,6 +444,30 @@ class SiglipPreTrainedModel(PretrainedMixin, nn.Module):
     @property
     def is_gradient_checkpointing(self) -> bool:
         return any(m.gradient_checkpointing for m in self.modules() if isinstance(m, SiglipEncoder))
+
+    def enable_input_require_grads(self):
+        """transformers' `enable_input_require_grads` (what PEFT calls when the weights are frozen): the output of
+        every tower's embeddings requires grad, so the encoder layers, checkpointed with use_reentrant=True, still
+        pass gradients to adapters inside them. `disable_input_require_grads()` removes it."""
+        self.disable_input_require_grads()
+
+        def require_grad(module, args, output):
+            if torch.is_grad_enabled():  # never under no_grad / inference_mode
+                output.requires_grad_(True)
+
+        towers = [m for m in self.modules() if isinstance(m, SiglipPreTrainedModel) and "embeddings" in m._modules]
+        self._require_grads_hooks = [t.embeddings.register_forward_hook(require_grad) for t in towers]
+        return self
+
+    def disable_input_require_grads(self):
+        for hook in self.__dict__.pop("_require_grads_hooks", []):
+            hook.remove()
+        return self
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        """transformers v5.24's name for is_gradient_checkpointing."""
+        return self.is_gradient_checkpointing
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameter count, as transformers: optionally only those requiring grad, or without nn.Embedding tables."""
@@ -473,6 +586,7 @@ class SiglipTextModel(SiglipPreTrainedModel):
 
     config_class = SiglipTextConfig
     base_model_prefix = "text_model"
+    _keys_of_other_parts = ("vision_model.", "logit_scale", "logit_bias")
 
     def __init__(self, config: SiglipTextConfig, backend: str = "auto"):
         super().__init__(config, backend)
@@ -580,6 +694,7 @@ class SiglipVisionModel(SiglipPreTrainedModel):
     config_class = SiglipVisionConfig
     base_model_prefix = "vision_model"
     main_input_name = "pixel_values"
+    _keys_of_other_parts = ("text_model.", "logit_scale", "logit_bias", "classifier.")
 
     def __init__(self, config: SiglipVisionConfig, backend: str = "auto"):
         super().__init__(config, backend)
@@ -666,9 +781,12 @@ class SiglipModel(SiglipPreTrainedModel):
         self.logit_bias = nn.Parameter(torch.zeros(1))
 
     def _flags(self, output_attentions, output_hidden_states):
-        """Per-call flags, else this config's (transformers v4), else each tower's own config (transformers v5)."""
-        return (_flag(output_attentions, self.config, "output_attentions", None),
-                _flag(output_hidden_states, self.config, "output_hidden_states", None))
+        """Per-call flags, else this config's when set to True (transformers v4), else each tower's own config
+        (transformers v5): the top config's default False leaves the towers' configs in charge."""
+        def pick(value, name):
+            return value if value is not None else (True if getattr(self.config, name, False) else None)
+
+        return pick(output_attentions, "output_attentions"), pick(output_hidden_states, "output_hidden_states")
 
     def get_text_features(self, input_ids=None, attention_mask=None, position_ids=None, output_attentions=None,
                           output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
@@ -732,6 +850,8 @@ class SiglipForImageClassification(SiglipPreTrainedModel):
     config_class = SiglipConfig
     main_input_name = "pixel_values"
     _uses_text_tower = False
+    _keys_of_other_parts = ("text_model.", "logit_scale", "logit_bias")
+    _new_head_prefixes = ("classifier.",)
 
     def __init__(self, config: SiglipConfig, backend: str = "auto"):
         super().__init__(config, backend)

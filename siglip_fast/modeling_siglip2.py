@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from . import ops
-from .checkpoint import PretrainedMixin
 from .configuration_siglip2 import Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig
 from .inference import InferenceRunner, StaticInput
 from .modeling import (
@@ -100,27 +99,12 @@ class Siglip2MultiheadAttentionPoolingHead(SiglipMultiheadAttentionPoolingHead):
         return self.mlp(x, a, backend)[:, 0]  # (B, D)
 
 
-# Loading a tower (or the classifier) from a full dual-model checkpoint ignores the other tower's keys: the shared
-# loader (siglip_fast.checkpoint) decides that by class name, so each class loads under its SigLIP twin's name.
-_LOAD_AS = {"Siglip2VisionModel": "SiglipVisionModel", "Siglip2TextModel": "SiglipTextModel",
-            "Siglip2ForImageClassification": "SiglipForImageClassification"}
-
-
 class Siglip2PreTrainedModel(SiglipPreTrainedModel):
-    """Backend switch, gradient checkpointing, loading and initialisation for the SigLIP 2 classes."""
+    """Backend switch, gradient checkpointing, loading and initialisation for the SigLIP 2 classes (loading is
+    SigLIP's: `SiglipModel.from_pretrained`'s arguments, the class attributes saying which keys of a dual-model
+    checkpoint a tower skips)."""
 
     config_class = Siglip2Config
-
-    @classmethod
-    def from_pretrained(cls, path_or_id, **kwargs):
-        """Load a transformers SigLIP 2 (NaFlex) checkpoint; arguments as `SiglipModel.from_pretrained`."""
-        name = _LOAD_AS.get(cls.__name__)
-        if name is None:
-            return super().from_pretrained(path_or_id, **kwargs)
-        loader = type(name, (cls,), {"__module__": cls.__module__})
-        model = PretrainedMixin.from_pretrained.__func__(loader, path_or_id, **kwargs)
-        model.__class__ = cls
-        return model
 
     @torch.no_grad()
     def init_weights(self):
@@ -170,6 +154,7 @@ class Siglip2VisionModel(Siglip2PreTrainedModel):
     config_class = Siglip2VisionConfig
     base_model_prefix = "vision_model"
     main_input_name = "pixel_values"
+    _keys_of_other_parts = ("text_model.", "logit_scale", "logit_bias", "classifier.")
 
     def __init__(self, config: Siglip2VisionConfig, backend: str = "auto"):
         super().__init__(config, backend)
@@ -339,23 +324,24 @@ def load_model(path_or_id, **kwargs) -> SiglipPreTrainedModel:
     "siglip" → SiglipModel (SigLIP and fixed-resolution SigLIP 2), "siglip2" → Siglip2Model (NaFlex), the tower
     types → their tower, a classifier (`architectures` naming one) → the classification class. Keyword arguments as
     `SiglipModel.from_pretrained` (dtype, device, backend)."""
-    import json
     import os
 
-    from .checkpoint import resolve_pretrained_dir
+    from .files import read_json_file, resolve_pretrained_dir
     from .modeling import SiglipVisionModel
 
     directory = resolve_pretrained_dir(path_or_id, what="load_model")
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         raise ValueError(f"load_model: no config.json in {os.fspath(path_or_id)!r}")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = read_json_file(path, "config file")  # not UTF-8, not JSON, not an object: a ValueError naming it
     model_type, architectures = config.get("model_type"), config.get("architectures") or []
     classes = {**_MODEL_TYPES, "siglip_vision_model": SiglipVisionModel}
-    if model_type not in classes:
-        raise ValueError(f"load_model: model_type {model_type!r} is not a SigLIP / SigLIP 2 model; known: "
+    if not isinstance(model_type, str) or model_type not in classes:
+        raise ValueError(f"config file {path}: model_type {model_type!r} is not a SigLIP / SigLIP 2 model; known: "
                          f"{sorted(classes)}")
+    if not isinstance(architectures, list):
+        raise ValueError(f"config file {path}: architectures must be a list of class names, got "
+                         f"{architectures!r}")
     cls = classes[model_type]
     if model_type == "siglip" and "SiglipForImageClassification" in architectures:
         cls = SiglipForImageClassification

@@ -104,7 +104,8 @@ def test_new_classification_head_with_ignore_mismatched_sizes(classifier_checkpo
         sf.SiglipForImageClassification.from_pretrained(path, num_labels=5)
     with pytest.raises(ValueError, match="shape mismatches"):  # loading info alone does not hide a mismatch
         sf.SiglipForImageClassification.from_pretrained(path, num_labels=5, output_loading_info=True)
-    with pytest.warns(UserWarning, match=r"classifier.weight \(checkpoint \(3, 32\), model \(5, 32\)\)"):
+    with pytest.warns(UserWarning, match=r"classifier.weight \(Reinit due to size mismatch - ckpt: \(3, 32\) vs "
+                                         r"model: \(5, 32\)\)"):
         ours, info = sf.SiglipForImageClassification.from_pretrained(
             path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
     _, hf_info = transformers.SiglipForImageClassification.from_pretrained(
@@ -348,3 +349,18 @@ def test_save_pretrained_transformers_keywords(checkpoint, tmp_path):
     with pytest.raises(TypeError, match=r"bogus.*safe_serialization, is_main_process, max_shard_size, push_to_hub"):
         ours.save_pretrained(tmp_path / "bad", bogus=1)
     assert not (tmp_path / "hub").exists() and not (tmp_path / "bad").exists()
+
+
+def test_from_pretrained_under_a_meta_device_context(checkpoint):
+    """Inside `with torch.device("meta")` (where transformers refuses to load) the weights are still read to the
+    asked device: a working model equal to the checkpoint, nothing left on meta."""
+    theirs, path = checkpoint
+    with torch.device("meta"):
+        ours = sf.SiglipModel.from_pretrained(path, backend="eager")
+    assert {t.device.type for t in [*ours.parameters(), *ours.buffers()]} == {"cpu"}
+    _equal_to(ours, theirs)
+    ids, pixels = torch.randint(0, 99, (2, 11)), torch.randn(2, 3, 20, 20)
+    with torch.no_grad():
+        got = ours(input_ids=ids, pixel_values=pixels).logits_per_image
+        expected = theirs(input_ids=ids, pixel_values=pixels).logits_per_image
+    assert (got - expected).abs().max().item() <= 1e-5  # fp32, eager backend

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import siglip_fast as sf
 
@@ -37,7 +38,7 @@ def test_hub_config_fills_defaults_and_keeps_dtype(tmp_path):
     config = sf.SiglipConfig.from_pretrained(tmp_path)
     assert config.vision_config.patch_size == 14 and config.vision_config.head_dim == 72
     assert config.text_config.max_position_embeddings == 64 and config.text_config.projection_size == 1152
-    assert config.dtype == "float32"
+    assert config.dtype == torch.float32 == transformers.SiglipConfig.from_pretrained(tmp_path).dtype
     assert config.architectures == ["SiglipModel"]
     vision = sf.SiglipVisionConfig.from_pretrained(tmp_path)  # a tower config out of a full config
     assert vision.image_size == 384 and vision.num_patches == 27 * 27
@@ -88,7 +89,9 @@ def test_labels():
     config = sf.SiglipConfig(num_labels=3)
     assert config.num_labels == 3 and config.id2label[2] == "LABEL_2"
     config = sf.SiglipConfig(id2label={"0": "cat", "1": "dog"})
-    assert config.label2id == {"cat": 0, "dog": 1} and config.to_dict()["id2label"] == {"0": "cat", "1": "dog"}
+    assert config.label2id == {"cat": 0, "dog": 1} and config.to_dict()["id2label"] == {0: "cat", 1: "dog"}
+    assert config.to_dict()["id2label"] == transformers.SiglipConfig(id2label={"0": "cat", "1": "dog"}).id2label
+    assert json.loads(config.to_json_string())["id2label"] == {"0": "cat", "1": "dog"}
 
 
 @pytest.mark.parametrize(
@@ -149,12 +152,14 @@ def test_to_json_file_reads_back_in_both(tmp_path, use_diff):
             vision_config={"image_size": 64})
         path = tmp_path / f"{name}.json"
         ours.to_json_file(path, use_diff=use_diff)
-        assert path.read_text() == ours.to_json_string()
+        assert path.read_text() == ours.to_json_string(use_diff=use_diff)
         assert getattr(sf, name).from_json_file(path) == ours
         theirs = getattr(transformers, name).from_json_file(str(path))
         for key, value in json.loads(path.read_text()).items():
             if key not in ("dtype", "text_config", "vision_config"):
-                assert getattr(theirs, key) == value, (name, key)
+                got = getattr(theirs, key)
+                got = {str(k): v for k, v in got.items()} if key == "id2label" else got  # JSON keys are strings
+                assert got == value, (name, key)
         if name == "SiglipConfig":
             assert theirs.vision_config.image_size == 64
 
@@ -166,7 +171,8 @@ def test_label_fields_on_every_config(tmp_path, name):
     ours_cls, theirs_cls = getattr(sf, name), getattr(transformers, name)
     assert ours_cls().num_labels == theirs_cls().num_labels == 2
     assert ours_cls().id2label == theirs_cls().id2label and ours_cls().label2id == theirs_cls().label2id
-    assert "id2label" not in ours_cls().to_dict()  # not set: not written (transformers' diff leaves it out too)
+    # the default labels are not written (transformers' diff leaves them out too)
+    assert "id2label" not in ours_cls().to_diff_dict() and "id2label" not in theirs_cls().to_diff_dict()
     ours, theirs = ours_cls(num_labels=3), theirs_cls(num_labels=3)
     assert (ours.num_labels, ours.id2label, ours.label2id) == (theirs.num_labels, theirs.id2label, theirs.label2id)
     labels = {"id2label": {"0": "cat", "1": "dog"}, "label2id": {"cat": 0, "dog": 1}}
@@ -211,3 +217,191 @@ def test_from_pretrained_hub_options(tmp_path, monkeypatch):
     repo_id, kwargs = calls[0]
     assert repo_id == "org/siglip-test" and kwargs["allow_patterns"] == ["sub/config.json"]
     assert {k: kwargs[k] for k in hub} == hub
+
+
+# --- PreTrainedConfig surface (issue 21) -------------------------------------------------------------------------
+
+CONFIG_NAMES = ["SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig"]
+# transformers' ConfigTester values for the common fields (none equal to a default)
+COMMON_KWARGS = {"return_dict": False, "output_hidden_states": True, "output_attentions": True,
+                 "chunk_size_feed_forward": 5, "architectures": ["SiglipModel"], "problem_type": "regression",
+                 "id2label": {0: "label"}, "label2id": {"label": 0}}
+
+
+def _theirs_dict(config, diff: bool) -> dict:
+    """transformers' to_dict / to_diff_dict without its bookkeeping keys (version, name, dtype as a torch dtype)."""
+    out = config.to_diff_dict() if diff else config.to_dict()
+    for key in ("transformers_version", "_name_or_path"):
+        out.pop(key, None)
+    for sub in ("text_config", "vision_config"):
+        if isinstance(out.get(sub), dict):
+            out[sub].pop("transformers_version", None)
+            out[sub].pop("_name_or_path", None)
+    return out
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_sub_configs_on_class_and_instance(name):
+    ours, theirs = getattr(sf, name), getattr(transformers, name)
+    assert {k: v.__name__ for k, v in ours.sub_configs.items()} == {k: v.__name__ for k, v in
+                                                                     theirs.sub_configs.items()}
+    assert ours().sub_configs == ours.sub_configs
+    for key, cls in ours().sub_configs.items():
+        assert isinstance(getattr(ours(), key), cls)
+    assert ours.is_encoder_decoder is False and ours().is_encoder_decoder is theirs().is_encoder_decoder is False
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+@pytest.mark.parametrize("kwargs", [{}, COMMON_KWARGS], ids=["defaults", "common_fields"])
+def test_to_dict_and_to_diff_dict_match_transformers(name, kwargs):
+    """The same keys and values as transformers' to_dict() (every field) and to_diff_dict() (what config.json holds:
+    the common fields only where they differ from PreTrainedConfig's defaults)."""
+    ours, theirs = getattr(sf, name)(**kwargs), getattr(transformers, name)(**kwargs)
+    for diff in (False, True):
+        a = ours.to_diff_dict() if diff else ours.to_dict()
+        b = _theirs_dict(theirs, diff)
+        assert sorted(a) == sorted(b), (diff, set(a) ^ set(b))
+        for key in a:
+            if key in ("text_config", "vision_config"):
+                assert a[key] == {k: v for k, v in b[key].items() if k in a[key]}, (diff, key)
+                assert sorted(a[key]) == sorted(b[key]), (diff, key, set(a[key]) ^ set(b[key]))
+            else:
+                assert a[key] == b[key], (diff, key)
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_iteration_and_in(name):
+    """`for key in config` yields field names that getattr reads (as transformers' PreTrainedConfig iterates), and
+    `in` tests them."""
+    config = getattr(sf, name)(my_custom_key=3)
+    keys = list(config)
+    assert len(keys) == len(set(keys)) and "my_custom_key" in keys and "return_dict" in config
+    assert "no_such_field" not in config and "_extra_keys" not in config
+    for key in keys:
+        getattr(config, key)
+    theirs = set(getattr(transformers, name)(my_custom_key=3))
+    public = {k for k in theirs if not k.startswith("_") and k != "transformers_version"}
+    assert public <= set(keys) | {"output_attentions"}, public - set(keys)
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_common_fields_survive_round_trips(name, tmp_path):
+    """The common PreTrainedConfig fields given at construction or set afterwards are kept by to_dict/from_dict,
+    to_json_file/from_json_file and save_pretrained/from_pretrained, and transformers reads them back from our
+    file."""
+    cls = getattr(sf, name)
+    for config in (cls(**COMMON_KWARGS), _set_after(cls(), COMMON_KWARGS)):
+        assert cls.from_dict(config.to_dict()) == config
+        assert cls.from_dict(config.to_diff_dict()) == config
+        config.save_pretrained(tmp_path)
+        back = cls.from_pretrained(tmp_path)
+        assert back == config
+        saved = json.loads((tmp_path / "config.json").read_text())
+        theirs = getattr(transformers, name).from_pretrained(tmp_path)
+        for key, value in COMMON_KWARGS.items():
+            assert getattr(back, key) == value, key
+            if key == "id2label":
+                assert saved[key] == {"0": "label"} and theirs.id2label == {0: "label"}
+            else:
+                assert saved[key] == value and getattr(theirs, key) == value, key
+
+
+def _set_after(config, values):
+    for key, value in values.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_attn_implementation_settable_and_propagated(tmp_path):
+    """As transformers: `attn_implementation=` at construction, `config._attn_implementation = ...` on any config,
+    set on the sub-configs too (a dict by key, "" for the config itself), and never written to config.json."""
+    for name in CONFIG_NAMES:
+        config = getattr(sf, name)(attn_implementation="eager")
+        nested = [config, *(getattr(config, k) for k in config.sub_configs)]
+        assert [c._attn_implementation for c in nested] == ["eager"] * len(nested)
+        config._attn_implementation = "sdpa"
+        assert [c._attn_implementation for c in nested] == ["sdpa"] * len(nested)
+        config.save_pretrained(tmp_path)
+        assert "attn_implementation" not in (tmp_path / "config.json").read_text()
+        assert getattr(sf, name).from_pretrained(tmp_path)._attn_implementation is None
+    config = sf.SiglipConfig()
+    config._attn_implementation = {"": "eager", "text_config": "sdpa"}
+    theirs = transformers.SiglipConfig()
+    theirs._attn_implementation = {"": "eager", "text_config": "sdpa"}
+    for c in (config, theirs):
+        assert (c._attn_implementation, c.text_config._attn_implementation, c.vision_config._attn_implementation) \
+            == ("eager", "sdpa", None)
+    assert sf.SiglipConfig.from_dict(dict(sf.SiglipConfig().to_dict(), _attn_implementation="eager")) \
+        ._attn_implementation is None  # a file's private key is not read, as transformers
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['audio_config'\]"):
+        config._attn_implementation = {"audio_config": "eager"}
+    with pytest.raises(TypeError, match="_attn_implementation must be a str"):
+        config._attn_implementation = 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(layer_norm_eps="1e-6"), TypeError, r"layer_norm_eps must be a float or an int, got '1e-6' \(str\)"),
+        (dict(layer_norm_eps=None), TypeError, r"layer_norm_eps must be a float or an int, got None \(None\)"),
+        (dict(attention_dropout=None), TypeError, r"attention_dropout must be a float or an int, got None"),
+        (dict(hidden_act=None), TypeError, r"hidden_act must be a str, got None"),
+        (dict(pad_token_id="1"), TypeError, r"pad_token_id must be an int or None, got '1' \(str\)"),
+        (dict(return_dict="yes"), TypeError, r"return_dict must be a bool or None, got 'yes' \(str\)"),
+        (dict(id2label={"cat": "x"}), ValueError, r"id2label keys must be class indices .* got the key 'cat'"),
+        (dict(id2label={"1.5": "x"}), ValueError, r"id2label keys must be class indices .* got the key '1.5'"),
+        (dict(id2label=["a", "b"]), TypeError, r"id2label must be a dict .* got list"),
+    ],
+)
+def test_deep_config_errors_name_the_field(kwargs, error, match, tmp_path):
+    """Values transformers' strict configs refuse (or that fail deep inside it): refused at construction naming the
+    field, the expected type and the value received; from a file, the file is named too."""
+    for name in ("SiglipTextConfig", "SiglipVisionConfig") if "pad_token_id" not in kwargs else ("SiglipTextConfig",):
+        with pytest.raises(error, match=match):
+            getattr(sf, name)(**kwargs)
+    (tmp_path / "config.json").write_text(json.dumps(dict(model_type="siglip_text_model", **kwargs)))
+    with pytest.raises(error, match=r"config file .*config.json: .*" + match):
+        sf.SiglipTextConfig.from_pretrained(tmp_path)
+    config = sf.SiglipTextConfig()
+    for key, value in kwargs.items():  # set after construction: refused when a model is built
+        if key != "id2label":
+            setattr(config, key, value)
+            with pytest.raises(error, match=match):
+                sf.SiglipTextModel(config)
+
+
+def test_configuration_does_not_import_checkpoint():
+    """configuration.py and configuration_siglip2.py build on siglip_fast.files only: imported on their own (the
+    package's __init__ not run), they pull in neither siglip_fast.checkpoint nor torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package_dir = Path(sf.__file__).parent
+    code = f"""
+import importlib, sys, types
+package = types.ModuleType("siglip_fast")
+package.__path__ = [{str(package_dir)!r}]
+sys.modules["siglip_fast"] = package
+importlib.import_module("siglip_fast.configuration_siglip2")
+loaded = sorted(m for m in sys.modules if m.startswith("siglip_fast."))
+assert loaded == ["siglip_fast.configuration", "siglip_fast.configuration_siglip2", "siglip_fast.files"], loaded
+assert "torch" not in sys.modules
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_from_pretrained_updates_a_sub_config_from_a_dict_and_reads_dtype_as_torch(tmp_path):
+    """`from_pretrained(dir, text_config={"vocab_size": 20})` changes that field only, keeping the rest of the saved
+    sub-config (as transformers' ConfigTester checks); a saved dtype name reads back as a torch.dtype."""
+    saved = sf.SiglipConfig(text_config=dict(hidden_size=64, num_attention_heads=4, vocab_size=300), dtype="bfloat16")
+    saved.save_pretrained(tmp_path)
+    ours = sf.SiglipConfig.from_pretrained(tmp_path, text_config={"vocab_size": 20})
+    theirs = transformers.SiglipConfig.from_pretrained(tmp_path, text_config={"vocab_size": 20})
+    expected = dict(saved.text_config.to_dict(), vocab_size=20)
+    assert ours.text_config.to_dict() == expected
+    assert {k: v for k, v in theirs.text_config.to_dict().items() if k in expected} == expected
+    assert saved.dtype == ours.dtype == theirs.dtype == torch.bfloat16
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"

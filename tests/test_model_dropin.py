@@ -282,3 +282,245 @@ def test_base_model_prefix_resolves_as_integrations_use_it(cls):
     assert isinstance(model.base_model_prefix, str)
     base = getattr(model, model.base_model_prefix, model)
     assert base is model or base is getattr(model, model.base_model_prefix)
+
+
+# --- PreTrainedModel surface, round 3 (issue 21) ------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_from_config_as_transformers(cls):
+    """`_from_config(config, attn_implementation=..., dtype=...)`: a model of a copy of the config (the caller's is
+    not changed), on the backend of that attention, in that dtype; anything else is a TypeError naming it."""
+    config = _sub(sf.SiglipConfig(text_config=dict(TINY_CONFIGS["base"][0]),
+                                  vision_config=dict(TINY_CONFIGS["base"][1])), cls)
+    before = config.to_dict()
+    model = getattr(sf, cls)._from_config(config, attn_implementation="eager", dtype=torch.float64)
+    assert type(model).__name__ == cls and model.backend == "eager" and model.dtype == torch.float64
+    assert model.config is not config and config.to_dict() == before
+    assert model.config._attn_implementation == "eager" and config._attn_implementation is None
+    assert getattr(sf, cls)._from_config(config).backend == "auto"
+    assert getattr(sf, cls)._from_config(config, torch_dtype="bfloat16").dtype == torch.bfloat16
+    theirs = getattr(transformers, cls)._from_config(
+        _sub(hf_config("base"), cls), attn_implementation="eager", dtype=torch.float64)
+    assert theirs.dtype == model.dtype and theirs.num_parameters() == model.num_parameters()
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) foo"):
+        getattr(sf, cls)._from_config(config, foo=1)
+    with pytest.raises(ValueError, match="flash_attention_2.*no siglip_fast equivalent"):
+        getattr(sf, cls)._from_config(config, attn_implementation="flash_attention_2")
+
+
+def test_set_attn_implementation():
+    """`set_attn_implementation("eager")` switches the whole model (as set_backend); a dict switches the parts by
+    config key, the others keeping theirs; config._attn_implementation follows each part."""
+    model = _ours("SiglipModel", backend="sdpa")
+    assert model.set_attn_implementation("eager") is model
+    assert {m.backend for m in model.modules() if isinstance(m, sf.SiglipModel.__mro__[1])} == {"eager"}
+    model.set_attn_implementation({"text_config": "sdpa"})
+    assert (model.backend, model.text_model.backend, model.vision_model.backend) == ("eager", "sdpa", "eager")
+    assert (model.config._attn_implementation, model.config.text_config._attn_implementation,
+            model.config.vision_config._attn_implementation) == ("eager", "sdpa", "eager")
+    model.to(torch.float64)  # moving the model re-derives the names, each part keeping its own
+    assert model.config.text_config._attn_implementation == "sdpa" == model.text_model.config._attn_implementation
+    assert model.config.vision_config._attn_implementation == "eager"
+    model.set_attn_implementation({"": "sdpa", "vision_config": "siglip_fast_triton"})
+    assert (model.backend, model.text_model.backend, model.vision_model.backend) == ("sdpa", "sdpa", "triton")
+    ids, pixels = inputs(model.config, batch=2)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        reference = model(input_ids=ids, pixel_values=pixels.double()).logits_per_image
+        model.set_attn_implementation({"text_config": "sdpa"})
+        mixed = model(input_ids=ids, pixel_values=pixels.double()).logits_per_image
+    assert (mixed - reference).abs().max().item() <= 1e-10  # fp64: the same function on either backend
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['audio_config'\]"):
+        model.set_attn_implementation({"audio_config": "eager"})
+    with pytest.raises(ValueError, match="flex_attention.*no siglip_fast equivalent"):
+        model.set_attn_implementation("flex_attention")
+    tower = _ours("SiglipVisionModel", backend="eager")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['text_config'\]"):
+        tower.set_attn_implementation({"text_config": "sdpa"})
+    assert tower.set_attn_implementation({"": "sdpa"}).backend == "sdpa"
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_is_activation_checkpointing(cls, tmp_path):
+    ours, theirs = _pair(cls, tmp_path)
+    for model in (ours, theirs):
+        assert model.is_activation_checkpointing is False
+        model.activation_checkpointing_enable()
+        assert model.is_activation_checkpointing is True and model.is_gradient_checkpointing is True
+        model.gradient_checkpointing_disable()
+        assert model.is_activation_checkpointing is False
+
+
+@pytest.mark.parametrize("cls", ["SiglipModel", "SiglipTextModel"])
+def test_vocab_size_follows_resizing(cls, tmp_path):
+    """`model.vocab_size`, which transformers sets in resize_token_embeddings and its callers read."""
+    ours, theirs = _pair(cls, tmp_path)
+    assert ours.vocab_size == 99
+    for model in (ours, theirs):
+        model.resize_token_embeddings(130)
+    assert ours.vocab_size == theirs.vocab_size == 130 == ours.config.get_text_config().vocab_size
+    ours.resize_token_embeddings(50, pad_to_multiple_of=64)
+    assert ours.vocab_size == 64
+    with pytest.raises(AttributeError, match="no attribute 'vocab_size'"):  # as transformers' vision models
+        _ = _ours("SiglipVisionModel").vocab_size
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_keys_to_ignore_on_load(cls, tmp_path):
+    """transformers' `_keys_to_ignore_on_load_missing` / `_unexpected` (None on SigLIP, as there) are honoured by a
+    subclass that sets them: matching keys may be missing (initialised) or unexpected (skipped) in a strict load."""
+    ours_cls, theirs_cls = getattr(sf, cls), getattr(transformers, cls)
+    assert ours_cls._keys_to_ignore_on_load_missing is None is theirs_cls._keys_to_ignore_on_load_missing
+    assert ours_cls._keys_to_ignore_on_load_unexpected is None is theirs_cls._keys_to_ignore_on_load_unexpected
+    model = _ours(cls)
+    state = model.state_dict()
+    head = next(k for k in state if k.endswith("layer_norm1.weight"))
+    del state[head]
+    state["extra.buffer"] = torch.randn(3)
+    with pytest.raises(ValueError, match=rf"missing keys \(1\): {re.escape(head)}[\s\S]*unexpected keys"):
+        ours_cls.from_pretrained(None, config=model.config, state_dict=state)
+    lenient = type("Lenient" + cls, (ours_cls,), {"_keys_to_ignore_on_load_missing": [r"layer_norm1\.weight$"],
+                                                    "_keys_to_ignore_on_load_unexpected": [r"^extra\."]})
+    with pytest.warns(UserWarning, match=re.escape(head)):
+        loaded = lenient.from_pretrained(None, config=model.config, state_dict=state)
+    assert torch.equal(loaded.state_dict()[head], torch.ones_like(model.state_dict()[head]))  # LayerNorm's init
+
+
+def test_feature_outputs_are_mappings_rebuilt_as_transformers_outputs():
+    """get_text_features / get_image_features return siglip_fast's BaseModelOutputWithPooling: transformers v5's
+    fields, attribute / key / tuple access, a Mapping rebuilt from a dict of its fields (what accelerate's
+    send_to_device and convert_to_fp32 do: type(out)({k: ...})), and the dict methods that would desynchronise
+    keys and attributes refused — as transformers' output classes. It is not a subclass of transformers' classes
+    (no runtime dependency; README "Drop-in usage")."""
+    import collections.abc
+    import copy
+    import pickle
+
+    model = _ours("SiglipModel")
+    ids, pixels = inputs(model.config, batch=2)
+    with torch.no_grad():
+        text, image = model.get_text_features(input_ids=ids), model.get_image_features(pixel_values=pixels)
+    theirs = transformers.modeling_outputs.BaseModelOutputWithPooling
+    for out in (text, image):
+        assert isinstance(out, collections.abc.Mapping) and isinstance(out, dict)
+        assert list(out.keys()) == ["last_hidden_state", "pooler_output"]
+        assert out[1] is out.pooler_output is out["pooler_output"]
+        rebuilt = type(out)({k: v.double() for k, v in out.items()})  # accelerate's recursively_apply
+        assert type(rebuilt) is type(out) and rebuilt.pooler_output.dtype == torch.float64
+        positional = type(out)(out.last_hidden_state, out.pooler_output)
+        their_positional = theirs(out.last_hidden_state, out.pooler_output)
+        assert list(positional.keys()) == list(their_positional.keys())
+        for clone in (copy.copy(out), copy.deepcopy(out), out.copy(), pickle.loads(pickle.dumps(out))):
+            assert type(clone) is type(out) and torch.equal(clone.pooler_output, out.pooler_output)
+        for method, args in (("pop", ("pooler_output",)), ("update", ({},)), ("setdefault", ("a", 1)),
+                             ("__delitem__", ("pooler_output",))):
+            with pytest.raises(TypeError, match="not supported"):
+                getattr(out, method)(*args)
+            with pytest.raises(Exception, match="cannot use"):
+                getattr(theirs(**dict(out)), method)(*args)
+        with pytest.raises(TypeError, match="not supported"):
+            out.popitem()
+        assert not isinstance(out, transformers.utils.ModelOutput)  # the documented difference
+    with pytest.raises(TypeError, match="unexpected fields"):
+        type(text)({"pooled": 1})
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_enable_input_require_grads_with_frozen_weights(cls):
+    """PEFT's path: frozen weights, reentrant checkpointing, enable_input_require_grads(): a trainable layer inside a
+    checkpointed encoder gets its gradient (without the call it gets none: the checkpoint's inputs need no grad);
+    disable_input_require_grads() removes the hooks; no effect under no_grad."""
+    model = randomize_(_ours(cls)).train()
+    model.requires_grad_(False)
+    towers = [m for m in (model, getattr(model, "text_model", None), getattr(model, "vision_model", None))
+              if m is not None and hasattr(m, "encoder")]
+    adapters = [t.encoder.layers[-1].self_attn.q_proj.weight for t in towers]
+    for w in adapters:
+        w.requires_grad_(True)
+    model.gradient_checkpointing_enable({"use_reentrant": True})
+    text, vision = TINY_CONFIGS["base"]
+    ids, pixels = inputs(sf.SiglipConfig(text_config=dict(text), vision_config=dict(vision)), batch=2)
+    kwargs = {"SiglipModel": dict(input_ids=ids, pixel_values=pixels), "SiglipTextModel": dict(input_ids=ids),
+              "SiglipVisionModel": dict(pixel_values=pixels),
+              "SiglipForImageClassification": dict(pixel_values=pixels)}[cls]
+
+    def grads():
+        for w in adapters:
+            w.grad = None
+        out = model(**kwargs)
+        loss = out[0].float().square().mean() if not isinstance(out, sf.outputs.SiglipOutput) \
+            else out.logits_per_image.square().mean()
+        if loss.requires_grad:
+            loss.backward()
+        return [w.grad for w in adapters]
+
+    with pytest.warns(UserWarning, match="None of the inputs have requires_grad=True"):
+        assert all(g is None for g in grads())
+    model.enable_input_require_grads()
+    assert all(g is not None and g.abs().sum() > 0 and g.isfinite().all() for g in grads())
+    with torch.no_grad():
+        assert not model(**kwargs)[0].requires_grad
+    model.disable_input_require_grads()
+    with pytest.warns(UserWarning, match="None of the inputs have requires_grad=True"):
+        assert all(g is None for g in grads())
+
+
+def test_a_requested_attn_implementation_chooses_the_backend(tmp_path):
+    """`config._attn_implementation = "eager"` (or attn_implementation= / a dict per part) before building a model
+    chooses its backend, as in transformers, unless backend= is passed; what a model then writes there reports what
+    runs and does not carry over to the next model built from a copy (on CPU "sdpa" is also what "auto" runs)."""
+    import copy
+
+    text, vision = TINY_CONFIGS["base"]
+    config = sf.SiglipConfig(text_config=dict(text), vision_config=dict(vision))
+    config._attn_implementation = "eager"
+    model = sf.SiglipModel(copy.deepcopy(config))
+    assert (model.backend, model.text_model.backend, model.vision_model.backend) == ("eager",) * 3
+    assert sf.SiglipModel(copy.deepcopy(config), backend="sdpa").backend == "sdpa"
+    assert sf.SiglipModel(copy.deepcopy(model.config)).backend == "auto"  # a report is no request
+    config._attn_implementation = {"text_config": "sdpa"}
+    model = sf.SiglipModel(copy.deepcopy(config))
+    assert (model.backend, model.text_model.backend, model.vision_model.backend) == ("eager", "sdpa", "eager")
+    assert sf.SiglipVisionModel(sf.SiglipVisionConfig(**vision, attn_implementation="eager")).backend == "eager"
+
+    sf.SiglipModel(sf.SiglipConfig(text_config=dict(text), vision_config=dict(vision))).save_pretrained(tmp_path)
+    model = sf.SiglipModel.from_pretrained(tmp_path, attn_implementation={"vision_config": "eager", "": "sdpa"})
+    assert (model.backend, model.text_model.backend, model.vision_model.backend) == ("sdpa", "auto", "eager")
+    theirs = transformers.SiglipModel.from_pretrained(tmp_path, attn_implementation={"vision_config": "eager",
+                                                                                      "": "sdpa"})
+    assert theirs.config.vision_config._attn_implementation == model.config.vision_config._attn_implementation
+    with pytest.raises(ValueError, match=r"Specified `attn_implementation\['text_config'\]=\"flash_attention_2\"` is "
+                                         r"not supported"):
+        sf.SiglipModel.from_pretrained(tmp_path, attn_implementation={"text_config": "flash_attention_2"})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['audio_config'\]"):
+        sf.SiglipModel.from_pretrained(tmp_path, attn_implementation={"audio_config": "eager"})
+
+
+def test_classifier_text_config_attn_implementation_as_transformers():
+    """SiglipForImageClassification runs no text tower: its text_config keeps what it is given; a str given to
+    set_attn_implementation is set on every nested config, as transformers' does."""
+    text, vision = TINY_CONFIGS["base"]
+    for lib in (sf, transformers):
+        config = lib.SiglipConfig(text_config=dict(text), vision_config=dict(vision))
+        config._attn_implementation = None
+        config.text_config._attn_implementation = "eager"
+        model = lib.SiglipForImageClassification(config)
+        assert model.config.text_config._attn_implementation == "eager", lib
+        model.set_attn_implementation("sdpa")
+        nested = (model.config, model.config.text_config, model.config.vision_config)
+        assert [c._attn_implementation for c in nested] == ["sdpa"] * 3, lib
+        model.set_attn_implementation({"text_config": "eager"})
+        assert model.config.text_config._attn_implementation == "eager", lib
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_capability_attributes_as_transformers(cls):
+    """The PreTrainedModel attributes integrations read (accelerate's device maps, quantizers): the same kinds of
+    values as transformers', saying what these classes support."""
+    ours, theirs_cls = _ours(cls), getattr(transformers, cls)
+    assert ours._supports_sdpa is theirs_cls._supports_sdpa is True
+    assert ours._can_set_attn_implementation() is True and ours._can_set_experts_implementation() is False
+    assert ours._keep_in_fp32_modules == set() == ours._keep_in_fp32_modules_strict
+    assert set(theirs_cls._no_split_modules) <= set(ours._no_split_modules)
+    module_names = {type(m).__name__ for m in ours.modules()}
+    assert module_names & set(ours._no_split_modules)
