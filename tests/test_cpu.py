@@ -50,9 +50,12 @@ def _assert_close(got, want, atol):
         torch.testing.assert_close(g, w, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
-@pytest.mark.parametrize("hidden_act", ["gelu_pytorch_tanh", "gelu", "quick_gelu"])
-@pytest.mark.parametrize("grad_mode", ["inference_mode", "no_grad"])
+@pytest.mark.parametrize(("name", "hidden_act", "grad_mode"), [
+    *((name, "gelu_pytorch_tanh", "inference_mode") for name in sorted(TINY_CONFIGS)),  # tanh GELU fused into fc1
+    ("odd", "gelu", "no_grad"),  # erf GELU, fused
+    ("odd", "quick_gelu", "inference_mode"),  # not fused: after the GEMM
+    ("base", "gelu_pytorch_tanh", "no_grad"),
+])
 def test_fp32_matches_eager(name, hidden_act, grad_mode):
     model = _model(name, hidden_act)
     eager = copy.deepcopy(model).set_backend("eager")
