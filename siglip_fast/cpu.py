@@ -1,8 +1,8 @@
 """The CPU inference path of ``backend="auto"``: the encoder on torch's oneDNN kernels with prepacked weights.
 
-On CPU torch's ``F.linear`` runs on MKL's sgemm, which on the AVX-512 CPUs measured for this project (AMD Zen 5)
-reaches well under half of what torch's own oneDNN GEMM reaches on the same product, and every ``addmm`` first copies
-the bias into its output. This module runs the encoder layers (SigLIP's and SigLIP 2's: both towers) through
+On CPU torch's ``F.linear`` runs on MKL's sgemm, which on the AVX-512 CPU measured for this project (AMD Zen 5) takes
+1.3-1.8x the CPU time of torch's own oneDNN GEMM on the encoder's products, and every ``addmm`` first copies the bias
+into its output. This module runs the encoder layers (SigLIP's and SigLIP 2's: both towers) through
 ``torch.ops.mkldnn._linear_pointwise`` instead, with
 
 - the weights reordered once into oneDNN's blocked layout (``_reorder_linear_weight``), q/k/v concatenated into one
@@ -58,8 +58,11 @@ def default_cpu_dtype() -> torch.dtype:
 
 def usable(encoder, h: torch.Tensor, backend: str, output_attentions: bool) -> bool:
     """Whether `encoder`'s forward on `h` may take this path (backend "auto", CPU, fp32/bf16, no autograd needed,
-    no attention probabilities, no dropout)."""
+    no attention probabilities, no dropout; not while torch.compile, torch.jit or the ONNX exporter trace: they
+    get the plain PyTorch ops)."""
     if backend != "auto" or h.device.type != "cpu" or h.dtype not in _DTYPES or output_attentions:
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     if not available() or (h.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return False

@@ -205,3 +205,18 @@ def test_other_dtypes_and_backends_do_not_take_the_cpu_path():
 def test_native_bf16_helpers():
     assert isinstance(cpu.cpu_has_native_bf16(), bool)
     assert cpu.default_cpu_dtype() == (torch.bfloat16 if cpu.cpu_has_native_bf16() else torch.float32)
+
+
+def test_tracers_get_the_plain_pytorch_ops():
+    """torch.jit.trace (as the ONNX exporter uses) must not record oneDNN ops on packed weights."""
+    model = _model().requires_grad_(False)  # the traced function holds the weights as constants
+    _, pixels = _inputs(model)
+    cpu.release()
+    with torch.no_grad():
+        traced = torch.jit.trace(lambda x: model.vision_model(pixel_values=x).pooler_output, (pixels,),
+                                 check_trace=False)
+    assert model.vision_model.encoder not in cpu._PLANS
+    assert "mkldnn" not in str(traced.inlined_graph)
+    with torch.inference_mode():
+        want = model.vision_model(pixel_values=pixels).pooler_output
+        torch.testing.assert_close(traced(pixels), want, atol=FP32_ATOL, rtol=0)
