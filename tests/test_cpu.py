@@ -220,3 +220,19 @@ def test_tracers_get_the_plain_pytorch_ops():
     with torch.inference_mode():
         want = model.vision_model(pixel_values=pixels).pooler_output
         torch.testing.assert_close(traced(pixels), want, atol=FP32_ATOL, rtol=0)
+
+
+def test_packed_weights_are_freed_with_the_model():
+    import gc
+    import weakref
+
+    model = _model()
+    ids, pixels = _inputs(model)
+    with torch.inference_mode():
+        _outputs(model, ids, pixels)
+    assert _took_cpu_path(model)
+    packed = weakref.ref(cpu._PLANS[model.vision_model.encoder].layers[0].fc1)
+    n = len(cpu._PLANS)
+    del model
+    gc.collect()
+    assert len(cpu._PLANS) == n - 2 and packed() is None
