@@ -29,8 +29,8 @@ def pytest_addoption(parser):
                     help="also time torch.compile of the baselines (slow to compile)")
     group.addoption("--bench-json", default="bench-results.json", help="where to write every reported figure")
     group.addoption("--cpu-default-check", action="store_true", default=False,
-                    help="accepted for old command lines: the CPU-default benchmark now always fails when siglip_fast "
-                         "is measurably slower than transformers")
+                    help="make the CPU-default benchmark fail when siglip_fast is measurably slower than transformers "
+                         "(run it on an otherwise idle machine: other processes skew the comparison)")
 
 
 @pytest.fixture(scope="session")
