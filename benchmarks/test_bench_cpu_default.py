@@ -7,7 +7,7 @@ design.md promises that "auto" on CPU is never slower than transformers' default
 (ratio) and from the process CPU time of all threads (cpu_ratio: the work done). On shared cores the wall clock of
 one call swings by 2x with the other processes' load, while the CPU time stays steadier. "auto" on CPU runs the
 encoder on oneDNN GEMMs with prepacked weights and fused epilogues (siglip_fast.cpu), which does less work than
-transformers' MKL GEMMs plus separate bias, GELU and residual passes: 1.2-1.5x in CPU time on 2 busy cores (see
+transformers' MKL GEMMs plus separate bias, GELU and residual passes: 1.31-1.47x in CPU time on 2 busy cores (see
 README, "The backend switch"). That margin holds on shared cores, so the case fails by default when siglip_fast is
 measurably slower: when its CPU time is the larger in at least 9 of the 11 interleaved pairs (a sign test, p < 0.05
 if both were equally fast). (`--cpu-default-check`, which switched the check on when the two paths did the same
