@@ -28,9 +28,6 @@ def pytest_addoption(parser):
     group.addoption("--compile-baselines", action="store_true", default=False,
                     help="also time torch.compile of the baselines (slow to compile)")
     group.addoption("--bench-json", default="bench-results.json", help="where to write every reported figure")
-    group.addoption("--cpu-default-check", action="store_true", default=False,
-                    help="make the CPU-default benchmark fail when siglip_fast is measurably slower than transformers "
-                         "(run it on an otherwise idle machine: other processes skew the comparison)")
     group.addoption("--bench-warm", action="store_true", default=False,
                     help="run each row's first call and its correctness check, time nothing: fills triton's and "
                          "torch.compile's on-disk caches (gpu_check.sh's warm stage; use with --benchmark-disable)")

@@ -5,17 +5,15 @@ text tower on 32 texts of 64 tokens, inference.
 design.md promises that "auto" on CPU is never slower than transformers' default there. The two run interleaved
 (A B, B A, ...) and each figure is the median of the per-pair ratios transformers / ours, from the wall clock
 (ratio) and from the process CPU time of all threads (cpu_ratio: the work done). On shared cores the wall clock of
-one call swings by 2x with the other processes' load (measured: 1.6 s to 4.7 s for the same text call), while the
-CPU time stays within a few percent; on an idle machine both agree. Both towers do the same GEMMs as transformers
-(the GEMMs are nearly all the time), so the margin is a few percent (1.04-1.11 measured in the best runs, 0.997 in
-one loaded run): asserting a median >= 1.0 would be a coin flip between equal speeds. With `--cpu-default-check` the
-case fails when siglip_fast is measurably slower: when its CPU time is the larger in at least 9 of the 11
-interleaved pairs (a sign test, p < 0.05 if both were equally fast). It is opt-in because other processes on the
-cores skew even CPU time against one side (a CI run with a concurrent job failed it); by default the case reports the
-median ratios and checks only that the outputs agree (max_err).
+one call swings by 2x with the other processes' load, while the CPU time stays steadier. "auto" on CPU runs the
+encoder on oneDNN GEMMs with prepacked weights and fused epilogues (siglip_fast.cpu), which does less work than
+transformers' MKL GEMMs plus separate bias, GELU and residual passes: 1.31-1.47x in CPU time on 2 busy cores (see
+README, "The backend switch"). That margin holds on shared cores, so the case fails by default when siglip_fast is
+measurably slower: when its CPU time is the larger in at least 9 of the 11 interleaved pairs (a sign test, p < 0.05
+if both were equally fast).
 Rows: ms and cpu_ms (medians), ratio, cpu_ratio, max_err against transformers.
 
-    pytest benchmarks/test_bench_cpu_default.py -s [--cpu-default-check]   (a few minutes on 2 cores)
+    pytest benchmarks/test_bench_cpu_default.py -s   (a few minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -44,7 +42,7 @@ def models():
 
 
 @pytest.mark.parametrize("mode", sorted(CASES))
-def test_cpu_auto_at_least_as_fast_as_transformers(models, mode, report, request):
+def test_cpu_auto_at_least_as_fast_as_transformers(models, mode, report):
     model, hf = models
     batch = CASES[mode]
     if mode == "vision":
@@ -73,8 +71,6 @@ def test_cpu_auto_at_least_as_fast_as_transformers(models, mode, report, request
            cpu_ms=statistics.median(cpu["theirs"]), cpu_ratio=1.0)
     assert max_err <= 1e-4
     slower = sum(o > t for o, t in zip(cpu["ours"], cpu["theirs"], strict=True))
-    if not request.config.getoption("--cpu-default-check"):
-        return
     assert slower < SLOWER_PAIRS_LIMIT, (
         f"backend='auto' on CPU does more work than transformers' sdpa in {slower} of {PAIRS} interleaved pairs "
         f"(median CPU-time ratio {cpu_ratio:.3f}; CPU ms: {cpu})")

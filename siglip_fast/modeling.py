@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from . import ops
+from . import cpu, ops
 from .checkpoint import ATTN_IMPLEMENTATIONS, PretrainedMixin, backend_of_attn_implementation, parse_dtype
 from .configuration import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from .inference import InferenceRunner, StaticInput
@@ -172,6 +172,11 @@ class SiglipEncoder(nn.Module):
 
         Returns last_hidden_state = final_norm(encoder output), and, as transformers, hidden_states = the embeddings
         and each layer's output before any final norm."""
+        if cpu.usable(self, h, backend, output_attentions):  # CPU inference: oneDNN, prepacked (siglip_fast.cpu)
+            if attention_mask is not None and attention_mask.dtype != torch.bool:
+                attention_mask = ops.check_attention_mask(attention_mask, h.shape[0], h.shape[1], h.device)
+            last, hidden_states = cpu.encoder_forward(self, h, attention_mask, final_norm, output_hidden_states)
+            return BaseModelOutput(last_hidden_state=last, hidden_states=hidden_states)
         hidden_states, attentions = ([h] if output_hidden_states else None), ([] if output_attentions else None)
         norms = [layer.layer_norm1 for layer in self.layers] + [final_norm]
         x = ops.layer_norm(h, norms[0].weight, norms[0].bias, norms[0].eps, backend=backend)  # (B, N, D)

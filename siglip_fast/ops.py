@@ -2,7 +2,8 @@
 
 Backends:
 - ``"auto"``: the Triton kernels for CUDA tensors (fp32, bf16, fp16); on CPU (and for other dtypes) the fastest
-  PyTorch path, the ``"sdpa"`` one (measured against transformers' default in benchmarks/test_bench_cpu_default.py).
+  PyTorch path, the ``"sdpa"`` one, except that CPU inference in fp32/bf16 runs the encoder through siglip_fast.cpu
+  (oneDNN, prepacked weights; measured in benchmarks/test_bench_cpu_default.py and test_bench_cpu.py).
 - ``"triton"``: the Triton kernels always; on CPU only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
   triton is imported), otherwise a clear error.
 - ``"eager"``: the pure PyTorch reference of each op (exactly what transformers computes).

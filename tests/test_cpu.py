@@ -1,0 +1,238 @@
+"""The CPU inference path of backend="auto" (siglip_fast.cpu): its outputs against the eager reference (fp32 within
+1e-4, bf16 at cosine >= 0.9999 against fp32), the fallback to the autograd path when gradients are needed, and its
+prepacked weights following every change of the parameters."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from siglip_fast import Siglip2Config, Siglip2VisionModel, SiglipConfig, SiglipModel, cpu
+from tests._tiny import TINY_CONFIGS, randomize_
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="this torch build has no oneDNN (mkldnn) CPU kernels")
+FP32_ATOL = 1e-4  # fp32 rounding only: the GEMMs sum in another order than the eager path's
+BF16_MIN_COS = 0.9999  # bf16 weights and activations against the fp32 model, on the pooled outputs
+
+
+def _model(name: str = "base", hidden_act: str = "gelu_pytorch_tanh", backend: str = "auto") -> SiglipModel:
+    text, vision = TINY_CONFIGS[name]
+    config = SiglipConfig(text_config=dict(text, hidden_act=hidden_act),
+                          vision_config=dict(vision, hidden_act=hidden_act))
+    return randomize_(SiglipModel(config, backend=backend)).eval()
+
+
+def _inputs(model: SiglipModel, batch: int = 3):
+    tc, vc = model.config.text_config, model.config.vision_config
+    ids = torch.randint(0, tc.vocab_size, (batch, tc.max_position_embeddings))
+    return ids, torch.randn(batch, vc.num_channels, vc.image_size, vc.image_size)
+
+
+def _outputs(model, ids, pixels, mask=None, hidden_states=False):
+    text = model.text_model(input_ids=ids, attention_mask=mask, output_hidden_states=hidden_states)
+    vision = model.vision_model(pixel_values=pixels, output_hidden_states=hidden_states)
+    out = [text.pooler_output, text.last_hidden_state, vision.pooler_output, vision.last_hidden_state]
+    if hidden_states:
+        out += [*text.hidden_states, *vision.hidden_states]
+    return out
+
+
+def _took_cpu_path(model) -> bool:
+    return model.text_model.encoder in cpu._PLANS and model.vision_model.encoder in cpu._PLANS
+
+
+def _assert_close(got, want, atol):
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        torch.testing.assert_close(g, w, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize(("name", "hidden_act", "grad_mode"), [
+    *((name, "gelu_pytorch_tanh", "inference_mode") for name in sorted(TINY_CONFIGS)),  # tanh GELU fused into fc1
+    ("odd", "gelu", "no_grad"),  # erf GELU, fused
+    ("odd", "quick_gelu", "inference_mode"),  # not fused: after the GEMM
+    ("base", "gelu_pytorch_tanh", "no_grad"),
+])
+def test_fp32_matches_eager(name, hidden_act, grad_mode):
+    model = _model(name, hidden_act)
+    eager = copy.deepcopy(model).set_backend("eager")
+    ids, pixels = _inputs(model)
+    mask = torch.rand(ids.shape) > 0.3
+    mask[:, 0] = True
+    context = torch.inference_mode if grad_mode == "inference_mode" else torch.no_grad
+    with context():
+        cpu.release()
+        got = _outputs(model, ids, pixels, mask, hidden_states=True)
+        assert _took_cpu_path(model)
+        want = _outputs(eager, ids, pixels, mask, hidden_states=True)
+    _assert_close(got, want, FP32_ATOL)
+
+
+def test_siglip2_naflex_vision_with_padding_mask_matches_eager():
+    _, vision = TINY_CONFIGS["base"]
+    config = Siglip2Config(vision_config=dict(vision, num_patches=16)).vision_config
+    model = randomize_(Siglip2VisionModel(config)).eval()
+    eager = copy.deepcopy(model).set_backend("eager")
+    B, N = 3, 16
+    pixels = torch.randn(B, N, config.patch_dim)
+    shapes = torch.tensor([[4, 4], [2, 3], [3, 5]])
+    mask = (torch.arange(N)[None] < shapes.prod(-1)[:, None]).long()  # 1 = real patch
+    with torch.inference_mode():
+        got = model(pixel_values=pixels, pixel_attention_mask=mask, spatial_shapes=shapes)
+        assert model.encoder in cpu._PLANS
+        want = eager(pixel_values=pixels, pixel_attention_mask=mask, spatial_shapes=shapes)
+    _assert_close([got.pooler_output, got.last_hidden_state], [want.pooler_output, want.last_hidden_state],
+                  FP32_ATOL)
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bf16 on this CPU")
+def test_bf16_model_close_to_fp32():
+    model = _model("hd72_crop")
+    ids, pixels = _inputs(model, batch=4)
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    with torch.inference_mode():
+        want = _outputs(model, ids, pixels)
+        got = _outputs(bf16, ids, pixels.bfloat16())
+        assert _took_cpu_path(bf16)
+    for g, w in ((got[0], want[0]), (got[2], want[2])):  # pooled outputs
+        assert g.dtype == torch.bfloat16
+        cos = torch.nn.functional.cosine_similarity(g.float(), w, dim=-1)
+        assert cos.min().item() >= BF16_MIN_COS, cos
+
+
+def test_gradients_take_the_autograd_path():
+    model = _model("odd")
+    eager = copy.deepcopy(model).set_backend("eager")
+    ids, pixels = _inputs(model)
+    cpu.release()
+    outs = []
+    for m in (model, eager):
+        out = m(input_ids=ids, pixel_values=pixels, return_loss=True)
+        out.loss.backward()
+        outs.append((out.loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
+    assert not _took_cpu_path(model)  # autograd was recording: the model took its differentiable path
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=0)
+    for n, g in outs[1][1].items():
+        torch.testing.assert_close(outs[0][1][n], g, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_frozen_model_with_grad_enabled_takes_the_cpu_path():
+    model = _model().requires_grad_(False)
+    ids, pixels = _inputs(model)
+    cpu.release()
+    got = _outputs(model, ids, pixels)
+    assert _took_cpu_path(model)
+    with torch.inference_mode():
+        want = _outputs(copy.deepcopy(model).set_backend("eager"), ids, pixels)
+    _assert_close(got, want, FP32_ATOL)
+
+
+def test_output_attentions_and_dropout_take_the_eager_path():
+    model = _model()
+    ids, pixels = _inputs(model)
+    cpu.release()
+    with torch.inference_mode():
+        out = model.vision_model(pixel_values=pixels, output_attentions=True)
+    assert len(out.attentions) == model.config.vision_config.num_hidden_layers
+    assert model.vision_model.encoder not in cpu._PLANS
+    model.config.text_config.attention_dropout = 0.5
+    model.text_model.encoder.layers[0].self_attn.dropout = 0.5
+    model.train()
+    with torch.no_grad():
+        model.text_model(input_ids=ids)
+    assert model.text_model.encoder not in cpu._PLANS
+
+
+def _check_against_eager(model, ids, pixels):
+    with torch.inference_mode():
+        got = _outputs(model, ids, pixels)
+        want = _outputs(copy.deepcopy(model).set_backend("eager"), ids, pixels)
+    _assert_close(got, want, FP32_ATOL)
+
+
+def test_prepacked_weights_follow_weight_changes():
+    model = _model()
+    ids, pixels = _inputs(model)
+    _check_against_eager(model, ids, pixels)  # packs
+    before = _outputs(model, ids, pixels)[0]
+
+    model.load_state_dict(randomize_(_model()).state_dict())  # in place, new values
+    _check_against_eager(model, ids, pixels)
+    assert not torch.allclose(_outputs(model, ids, pixels)[0], before)
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # a training step, then inference again
+    model(input_ids=ids, pixel_values=pixels, return_loss=True).loss.backward()
+    opt.step()
+    _check_against_eager(model, ids, pixels)
+
+    with torch.no_grad():  # nn.init and in-place edits of a parameter
+        torch.nn.init.normal_(model.vision_model.encoder.layers[0].mlp.fc1.weight)
+        model.text_model.encoder.layers[-1].self_attn.k_proj.bias.add_(1.0)
+    _check_against_eager(model, ids, pixels)
+
+    model.to(torch.bfloat16).to(torch.float32)  # replaced storage
+    _check_against_eager(model, ids, pixels)
+
+    layer = model.vision_model.encoder.layers[0]  # a parameter assigned anew
+    layer.self_attn.q_proj.weight = torch.nn.Parameter(torch.randn_like(layer.self_attn.q_proj.weight))
+    _check_against_eager(model, ids, pixels)
+
+
+def test_writes_through_data_need_release():
+    """`param.data` edits in place bypass the version counter (documented in siglip_fast.cpu): `release` repacks."""
+    model = _model()
+    ids, pixels = _inputs(model)
+    _check_against_eager(model, ids, pixels)
+    model.vision_model.encoder.layers[0].mlp.fc2.weight.data.mul_(3.0)
+    cpu.release(model)
+    _check_against_eager(model, ids, pixels)
+
+
+def test_other_dtypes_and_backends_do_not_take_the_cpu_path():
+    model = _model().double()
+    ids, pixels = _inputs(model)
+    cpu.release()
+    with torch.inference_mode():
+        model.vision_model(pixel_values=pixels.double())
+        assert model.vision_model.encoder not in cpu._PLANS
+        model.float().set_backend("sdpa").vision_model(pixel_values=pixels)
+        assert model.vision_model.encoder not in cpu._PLANS
+
+
+def test_native_bf16_helpers():
+    assert isinstance(cpu.cpu_has_native_bf16(), bool)
+    assert cpu.default_cpu_dtype() == (torch.bfloat16 if cpu.cpu_has_native_bf16() else torch.float32)
+
+
+def test_tracers_get_the_plain_pytorch_ops():
+    """torch.jit.trace (as the ONNX exporter uses) must not record oneDNN ops on packed weights."""
+    model = _model().requires_grad_(False)  # the traced function holds the weights as constants
+    _, pixels = _inputs(model)
+    cpu.release()
+    with torch.no_grad():
+        traced = torch.jit.trace(lambda x: model.vision_model(pixel_values=x).pooler_output, (pixels,),
+                                 check_trace=False)
+    assert model.vision_model.encoder not in cpu._PLANS
+    assert "mkldnn" not in str(traced.inlined_graph)
+    with torch.inference_mode():
+        want = model.vision_model(pixel_values=pixels).pooler_output
+        torch.testing.assert_close(traced(pixels), want, atol=FP32_ATOL, rtol=0)
+
+
+def test_packed_weights_are_freed_with_the_model():
+    import gc
+    import weakref
+
+    model = _model()
+    ids, pixels = _inputs(model)
+    with torch.inference_mode():
+        _outputs(model, ids, pixels)
+    assert _took_cpu_path(model)
+    packed = weakref.ref(cpu._PLANS[model.vision_model.encoder].layers[0].fc1)
+    n = len(cpu._PLANS)
+    del model
+    gc.collect()
+    assert len(cpu._PLANS) == n - 2 and packed() is None
