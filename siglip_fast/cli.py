@@ -64,9 +64,15 @@ def pick_device(name: str | None) -> torch.device:
     return device
 
 
-def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
+def pick_dtype(name: str | None, device: torch.device, *, cpu_native_bf16: bool = False) -> torch.dtype:
+    """--dtype, or the default: bf16 on CUDA; on CPU fp32, or with `cpu_native_bf16` (embed / classify) bf16 where
+    the CPU computes it natively (AVX512-BF16 or AMX: about twice fp32's speed, pooled cosine >= 0.9999)."""
     if name is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16
+        from .cpu import default_cpu_dtype
+
+        return default_cpu_dtype() if cpu_native_bf16 else torch.float32
     if name not in DTYPES:
         raise CLIError(f"--dtype: expected one of {', '.join(DTYPES)}, got {name!r}")
     return DTYPES[name]
@@ -518,7 +524,7 @@ def cmd_classify(args) -> int:
 
     _check_checkpoint_arg(args.model)
     device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
+    dtype = pick_dtype(args.dtype, device, cpu_native_bf16=True)
     if os.path.isdir(args.image):
         raise CLIError(f"{args.image!r} is a directory; classify takes one image file")
     if not os.path.isfile(args.image):
@@ -570,10 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="NaFlex SigLIP 2 only: each image is resized, keeping its aspect ratio, to at most N "
                             f"patches and padded to N (e.g. 256 or 1024; default {default})")
 
-    def common(p, *, backend: bool = True):
+    def common(p, *, backend: bool = True, cpu_bf16: bool = True):
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+        cpu_default = ("bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32" if cpu_bf16 else
+                       "fp32 on CPU")
         p.add_argument("--dtype", choices=list(DTYPES), default=None,
-                       help="weights and activations dtype (default: bf16 on CUDA, fp32 on CPU)")
+                       help=f"weights and activations dtype (default: bf16 on CUDA; {cpu_default})")
         if backend:
             p.add_argument("--backend", choices=["auto", "triton", "eager", "sdpa"], default="auto",
                            help="siglip_fast backend (default auto: Triton kernels on CUDA, sdpa on CPU)")
@@ -595,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "replayed from a CUDA graph, GPU only)")
     bench.add_argument("--reps", type=int, default=3, help="timed repetitions on CPU (GPU: do_bench's median)")
     max_num_patches(bench, "the config's num_patches, 256 for the public checkpoints")
-    common(bench, backend=False)
+    common(bench, backend=False, cpu_bf16=False)
     bench.set_defaults(func=cmd_bench)
 
     embed = sub.add_parser(

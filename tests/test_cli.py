@@ -147,7 +147,7 @@ def test_classify_prints_sigmoid_probabilities_sorted(checkpoint, images, capsys
     image = os.path.join(images, "b.jpg")
     labels = ["a cat", "a dog", "a red car", "a tree"]
     code = main(["classify", image, "--model", checkpoint, "--labels", "a cat, a dog,a red car,,a tree",
-                 "--template", "a photo of {}", "--backend", "eager", "--device", "cpu"])
+                 "--template", "a photo of {}", "--backend", "eager", "--device", "cpu", "--dtype", "fp32"])
     out = capsys.readouterr().out
     assert code == 0
     printed = [line.rsplit(None, 1) for line in out.strip().splitlines()]
@@ -285,6 +285,27 @@ def test_bench_transformers_row_that_cannot_be_built_fails_the_run(checkpoint, c
     row = next(line for line in captured.out.splitlines() if line.split()[:2] == ["text", "transformers-sdpa"])
     assert "ImportError: cannot import name 'CUDAProperties'" in row
     assert "error: 1 row(s) could not be measured: text transformers-sdpa: ImportError" in captured.err
+
+
+def test_classify_defaults_to_bf16_on_cpus_with_native_bf16(checkpoint, images, capsys, monkeypatch):
+    """embed / classify without --dtype on CPU: bf16 where the CPU computes it natively, else fp32 (bench: fp32)."""
+    from siglip_fast import cpu
+    from siglip_fast.cli import pick_dtype
+
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda native=native: native)
+        assert pick_dtype(None, torch.device("cpu"), cpu_native_bf16=True) == want
+        assert pick_dtype(None, torch.device("cpu")) == torch.float32
+        assert pick_dtype("fp32", torch.device("cpu"), cpu_native_bf16=True) == torch.float32
+    monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda: True)
+    args = [os.path.join(images, "b.jpg"), "--model", checkpoint, "--labels", "a cat,a dog", "--device", "cpu"]
+    assert main(["classify", *args]) == 0
+    bf16 = dict(line.rsplit(None, 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert main(["classify", *args, "--dtype", "fp32"]) == 0
+    fp32 = dict(line.rsplit(None, 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert bf16.keys() == fp32.keys() and bf16 != fp32  # the bf16 run is not the fp32 one ...
+    for label in fp32:
+        assert abs(float(bf16[label]) - float(fp32[label])) <= 2e-2  # ... but within bf16's rounding of it
 
 
 def test_backend_help_says_what_auto_runs_on_cpu(capsys):
@@ -581,7 +602,8 @@ def test_classify_naflex_siglip2(naflex_checkpoint, images, capsys):
     image = os.path.join(images, "sub", "e.jpeg")
     labels = ["a cat", "a dog", "a red car", "a tree"]
     code = main(["classify", image, "--model", naflex_checkpoint, "--labels", ",".join(labels), "--template",
-                 "a photo of {}", "--max-num-patches", str(NAFLEX_PATCHES), "--backend", "eager", "--device", "cpu"])
+                 "a photo of {}", "--max-num-patches", str(NAFLEX_PATCHES), "--backend", "eager", "--device", "cpu",
+                 "--dtype", "fp32"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     got = {label.strip(): float(p) for label, p in (line.rsplit(None, 1) for line in captured.out.strip().splitlines())}
