@@ -268,3 +268,59 @@ def test_bench_end_to_end_vs_model_only(benchmark, report, bench_size, device, t
            img_per_s=model_only)
     report(SUITE, case, "embed_corpus end to end", img_per_s=e2e, ratio=e2e / model_only,
            input_wait_pct=100 * result.input_wait_s / result.loop_seconds)
+
+
+def test_bench_embed_job_vs_a_plain_transformers_loop_on_cpu(report, device, tmp_path, bench_size, request):
+    """`embed_corpus` on CPU against the plain loop a user would write (transformers' SiglipImageProcessor and
+    SiglipModel.get_image_features, batch 32) over the same JPEGs, random B/16-224 weights, interleaved in one
+    process (loop, job, loop, job; the best of each). The job's rate is over its whole call (listing, model loading,
+    output), the loop's over its batches only. With --cpu-default-check the job must not be measurably slower."""
+    if device.type != "cpu":
+        pytest.skip("a CPU comparison (on a GPU the end-to-end benchmark above applies)")
+    transformers = pytest.importorskip("transformers")
+    from siglip_fast import SiglipProcessor, SiglipTokenizer
+    from siglip_fast.cli import random_model
+    from siglip_fast.variants import config_for
+
+    checkpoint = tmp_path / "ckpt"
+    torch.manual_seed(0)
+    random_model(config_for("base-patch16-224"), torch.device("cpu"), torch.float32).save_pretrained(checkpoint)
+    _spiece(tmp_path / "spiece.model")
+    SiglipProcessor(SiglipImageProcessor(), SiglipTokenizer(str(tmp_path / "spiece.model"), model_max_length=64)
+                    ).save_pretrained(checkpoint)
+    images = tmp_path / "images"
+    images.mkdir()
+    n = 32 if bench_size == "small" else 200
+    paths = _jpegs(str(images), n)
+    hf = transformers.SiglipModel.from_pretrained(checkpoint).eval()
+    hf_processor = transformers.SiglipImageProcessor.from_pretrained(checkpoint)
+
+    def loop():
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, n, BATCH):
+                batch = [PIL.Image.open(p).convert("RGB") for p in paths[i:i + BATCH]]
+                hf.get_image_features(**hf_processor(images=batch, return_tensors="pt"))
+        return n / (time.perf_counter() - t0)
+
+    def job(k):
+        t0 = time.perf_counter()
+        result = corpus.embed_corpus([str(images)], str(tmp_path / f"out{k}"), model=str(checkpoint),
+                                     batch_size=BATCH, device="cpu", progress=False)
+        assert result.rows == n
+        return n / (time.perf_counter() - t0), result.rows_per_s
+
+    rates = {"loop": [], "job": [], "job loop": []}
+    for k in range(2):
+        rates["loop"].append(loop())
+        whole, inner = job(k)
+        rates["job"].append(whole)
+        rates["job loop"].append(inner)
+    best = {k: max(v) for k, v in rates.items()}
+    case = f"{n} JPEG 640x480, B/16-224 fp32 random weights, batch {BATCH} ({os.cpu_count()} cores, load " \
+           f"{os.getloadavg()[0]:.0f})"
+    report(SUITE, case, "plain transformers loop", img_per_s=best["loop"])
+    report(SUITE, case, "embed_corpus (whole call)", img_per_s=best["job"], ratio=best["job"] / best["loop"])
+    report(SUITE, case, "embed_corpus (its loop)", img_per_s=best["job loop"], ratio=best["job loop"] / best["loop"])
+    if request.config.getoption("--cpu-default-check"):
+        assert best["job"] >= 0.95 * best["loop"], rates
