@@ -1,6 +1,7 @@
 """The corpus job under torchrun on one machine, loopback only: two agents (`--nnodes 2`, c10d rendezvous) equal
 one process row for row and each rank opens only the tars it embeds; a two-rank run whose rank is SIGKILLed
-part-way resumes with one process, keeps its finished units untouched and equals an uninterrupted run.
+part-way resumes with one process, keeps its finished units untouched and equals an uninterrupted run; under
+`--max-restarts` the restarted group continues from the finished units.
 
 The tars: SIGLIP_FAST_TEST_TARS="TARSxSAMPLES" (default 12x8, CI-sized; the issue's acceptance run is 60x40).
 Which files a rank opens is recorded by a Python audit hook (sys.addaudithook, "open" events) installed by a
@@ -129,36 +130,61 @@ def test_two_torchrun_agents_equal_one_process_and_open_only_their_tars(checkpoi
     assert opened == embedded  # a rank opens exactly the tars it embeds: naming them opened none
 
 
+def _kill_rank_1_part_way(out, run) -> None:
+    """Once rank 1 has finished a unit (its pid is in its units' records), SIGKILL it."""
+    victim, deadline = None, time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline and run.poll() is None:
+        if os.path.isdir(os.path.join(out, "stats")):
+            try:
+                victim = {rec["rank"]: rec["pid"] for rec in _records(out).values()}.get(1)
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.005)
+    assert victim is not None, "rank 1 finished no unit before the run ended"
+    os.kill(victim, signal.SIGKILL)
+
+
+def _npy_stamps(out, units) -> dict:
+    width = len(str(TARS - 1))
+    return {k: os.stat(os.path.join(out, "img_emb", f"img_emb_{k:0{width}d}.npy")).st_mtime_ns for k in units}
+
+
 def test_a_rank_killed_part_way_resumes_with_one_process(checkpoint, tars, reference, tmp_path):  # noqa: F811
-    """torchrun with two ranks; once rank 1 has finished a unit, SIGKILL it (its pid is in its units' records);
-    torchrun ends the other rank. One process then finishes the job: the finished units are not rewritten and the
-    result equals the uninterrupted run bit for bit."""
+    """torchrun with two ranks; SIGKILL rank 1 part-way; torchrun ends the other rank. One process then finishes the
+    job: the finished units are not rewritten and the result equals the uninterrupted run bit for bit."""
     out = str(tmp_path / "out")
     run = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
          "--master-port", str(_free_port()), *_embed_args(checkpoint, tars, out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    victim, deadline = None, time.monotonic() + 300
-    while victim is None and time.monotonic() < deadline and run.poll() is None:
-        if os.path.isdir(os.path.join(out, "stats")):
-            try:
-                ranks = {rec["rank"]: rec["pid"] for rec in _records(out).values()}
-            except (OSError, ValueError):
-                ranks = {}
-            victim = ranks.get(1)
-        time.sleep(0.005)
-    assert victim is not None, "rank 1 finished no unit before the run ended"
-    os.kill(victim, signal.SIGKILL)
+    _kill_rank_1_part_way(out, run)
     _, err = run.communicate(timeout=300)
     assert run.returncode != 0, err[-3000:]
     finished = _records(out)
     assert 0 < len(finished) < TARS, "the kill came too late to leave units unfinished"
-    stamps = {k: os.stat(os.path.join(out, "img_emb", f"img_emb_{k:0{len(str(TARS - 1))}d}.npy")).st_mtime_ns
-              for k in finished}
+    stamps = _npy_stamps(out, finished)
     result = embed_corpus([_pattern(tars)], out, model=checkpoint, batch_size=BATCH, workers=0, device="cpu",
                           backend="eager", progress=False)
     assert result.units_reused == sorted(finished) and sorted(result.units_written) == sorted(
         set(range(TARS)) - set(finished))
-    for k, stamp in stamps.items():
-        assert os.stat(os.path.join(out, "img_emb", f"img_emb_{k:0{len(str(TARS - 1))}d}.npy")).st_mtime_ns == stamp
+    assert _npy_stamps(out, finished) == stamps
+    _same_as(reference, out)
+
+
+def test_an_elastic_restart_continues_from_the_finished_units(checkpoint, tars, reference, tmp_path):  # noqa: F811
+    """torchrun --max-restarts 1: SIGKILL rank 1 part-way; the agent restarts the group, which verifies and keeps
+    what was finished (the lock of the dead rank 0 is taken over) and embeds the rest; exit 0, the same rows."""
+    out = str(tmp_path / "out")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "1",
+         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "elastic-test",
+         *_embed_args(checkpoint, tars, out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    _kill_rank_1_part_way(out, run)
+    before = _records(out)
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-3000:]
+    assert "units already finished" in err
+    after = _records(out)
+    assert len(after) == TARS and all(after[k]["pid"] == rec["pid"] for k, rec in before.items())
     _same_as(reference, out)
