@@ -290,7 +290,7 @@ def test_bench_embed_job_vs_a_plain_transformers_loop_on_cpu(report, device, tmp
                     ).save_pretrained(checkpoint)
     images = tmp_path / "images"
     images.mkdir()
-    n = 32 if bench_size == "small" else 200
+    n = 16 if bench_size == "small" else 200
     paths = _jpegs(str(images), n)
     hf = transformers.SiglipModel.from_pretrained(checkpoint).eval()
     hf_processor = transformers.SiglipImageProcessor.from_pretrained(checkpoint)
