@@ -106,16 +106,23 @@ def _walk(directory: str, seen: set, ancestors: tuple = ()) -> Iterator[tuple[st
         yield directory, f"cannot list the folder: {e.strerror or e}"
         return
     subdirs = []
-    for entry in entries:
+    for entry in entries:  # the entry's type from the listing itself; a stat only for links, folders and oddities
         path = entry.path
         try:
-            st = os.stat(path)
+            is_file, is_dir = entry.is_file(), entry.is_dir()
+            if is_dir:
+                st = os.stat(path)
+            elif not is_file:
+                st = os.stat(path) if os.path.exists(path) else None
         except OSError as e:
-            yield path, f"cannot read it: {e.strerror or e} (a dangling link?)"
+            yield path, f"cannot read it: {e.strerror or e}"
             continue
-        if stat.S_ISDIR(st.st_mode):
+        if is_dir:
             subdirs.append((path, (st.st_dev, st.st_ino)))
-        elif not stat.S_ISREG(st.st_mode):
+        elif not is_file:
+            if st is None:
+                yield path, "a link to nothing (dangling): not read"
+                continue
             what = ("a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
                     else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
             yield path, f"{what}, not a regular file: not read"

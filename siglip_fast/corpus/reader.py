@@ -71,26 +71,38 @@ class ShardedEmbeddings:
 
     def __getitem__(self, key):
         n, d = self.shape
-        ids = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], (n, d))  # no memory: stride 0 on columns
-        rows = ids[key]  # numpy resolves the index: its errors, its result shape
-        if isinstance(key, tuple) and len(key) > 1 or not self._rows_only(key):
-            cols = np.broadcast_to(np.arange(d, dtype=np.int64)[None, :], (n, d))[key]
-            out = self._gather(np.asarray(rows), np.asarray(cols))
-        else:
-            whole = np.asarray(rows)[..., 0] if np.ndim(rows) else rows
-            out = self._gather(np.asarray(whole), None)
+        proxy = np.lib.stride_tricks.as_strided(np.zeros(1, np.int8), shape=(n, d), strides=(0, 0))
+        proxy[key]  # numpy checks the key against an (N, D) array without memory: its errors, exactly
+        row_key, col_key = (key if isinstance(key, tuple) and len(key) == 2 else (key, None))
+        rows = self._simple_rows(row_key)
+        if rows is not None and (col_key is None and not isinstance(key, tuple) or self._simple_cols(col_key)):
+            out = self._gather(rows, None)  # whole rows, then numpy picks the columns
+            out = out if col_key is None else out[..., col_key]
+        else:  # any other index: numpy resolves it on zero-copy arrays of row and column numbers (O(N) memory)
+            ids = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], (n, d))
+            cols = np.broadcast_to(np.arange(d, dtype=np.int64)[None, :], (n, d))
+            out = self._gather(np.asarray(ids[key]), np.asarray(cols[key]))
         return out[()] if out.ndim == 0 else out
 
-    @staticmethod
-    def _rows_only(key) -> bool:
-        """A key selecting whole rows of a 2-D array: an int, a slice, or an integer array (not bool, not None, not
-        Ellipsis, not a tuple)."""
-        if isinstance(key, (slice, int, np.integer)) and not isinstance(key, bool):
-            return True
+    def _simple_rows(self, key) -> np.ndarray | None:
+        """Row numbers for an int, a slice, an integer array or a 1-D boolean mask (already checked by numpy); None
+        for anything else."""
+        n = self.shape[0]
+        if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+            return np.asarray(int(key) + n if key < 0 else int(key))
+        if isinstance(key, slice):
+            return np.arange(*key.indices(n), dtype=np.int64)
         if isinstance(key, (list, np.ndarray)):
             a = np.asarray(key)
-            return a.dtype.kind in "iu"
-        return False
+            if a.dtype.kind in "iu":
+                return np.where(a < 0, a + n, a).astype(np.int64)
+            if a.dtype == bool and a.ndim == 1:
+                return np.flatnonzero(a)
+        return None
+
+    @staticmethod
+    def _simple_cols(key) -> bool:
+        return isinstance(key, slice) or (isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)))
 
     def __array__(self, dtype=None, copy=None):
         full = self[:]
