@@ -27,6 +27,7 @@ from siglip_fast.corpus import Job, list_units, unit_items
 from siglip_fast.corpus.listing import fingerprint_units
 from siglip_fast.corpus import writer
 from siglip_fast.corpus.distribute import Context, handout
+from siglip_fast.corpus.runner import _verify
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 inputs, out, mode = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 t0 = time.perf_counter()
@@ -38,9 +39,8 @@ if mode != "baseline":
                 "units": {"count": len(units), "fingerprint": fingerprint_units(units),
                           "width": len(str(len(units) - 1))}}
     writer.prepare(out, manifest)
-    width = manifest["units"]["width"]
-    finished = [k for k in range(len(units)) if writer.read_record(out, k, width) is not None]
-    todo = [k for k in range(len(units)) if k not in set(finished)]
+    done = _verify(Context(), units, out, manifest["units"]["width"], 0, print, "")
+    todo = [k for k in range(len(units)) if k not in done]
     first = next(handout(Context(), todo, ""))
     items = unit_items(units, first, job.fields)
     assert items and items[0].kind == "image", items[:1]

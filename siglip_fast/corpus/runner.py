@@ -136,7 +136,10 @@ def _verify(ctx, units, out_dir: str, width: int, dim: int, say, prefix: str) ->
     """The finished units (their files match their records), checked by the ranks between them; a damaged one is
     removed (and so redone), with a message naming it."""
     finished = []
+    present = writer.recorded_units(out_dir)  # one folder listing, not a lookup per unit
     for k in range(ctx.rank, len(units), ctx.world):
+        if k not in present:
+            continue
         record = writer.read_record(out_dir, k, width)
         if record is None:
             continue

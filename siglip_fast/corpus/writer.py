@@ -131,6 +131,20 @@ def read_record(out_dir: str, k: int, width: int) -> dict | None:
     return record
 
 
+def recorded_units(out_dir: str) -> set[int]:
+    """The units with a stats record in place (finished, unless verification finds them damaged)."""
+    try:
+        names = os.listdir(os.path.join(out_dir, "stats"))
+    except FileNotFoundError:
+        return set()
+    out = set()
+    for name in names:
+        stem = name[len("stats_"):-len(".json")] if name.startswith("stats_") and name.endswith(".json") else ""
+        if stem.isdigit():
+            out.add(int(stem))
+    return out
+
+
 def file_problem(path: str, meta: dict, *, rows: int | None = None, dim: int | None = None,
                  checksum: bool = True) -> str | None:
     """Why `path` is not the file `meta` (size, sha256) describes, or None. For a .npy, also its header against
