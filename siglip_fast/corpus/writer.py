@@ -1,7 +1,8 @@
 """The output: one set of files per unit, written atomically; the manifest; the lock.
 
-Layout (clip-retrieval's inference layout, which autofaiss and clip-retrieval's back end read as is), unit k with
-k zero-padded to the width of the unit count so that a sorted listing is the input order:
+Layout (clip-retrieval's inference layout: autofaiss and embedding-reader read its embedding folders as they are;
+its metadata here is JSON lines, not parquet, to need no pyarrow), unit k zero-padded to the width of the unit
+count so that a sorted listing is the input order:
 
     img_emb/img_emb_{k}.npy       float32 (n, D) L2-normalised image rows of unit k (when it has image rows)
     text_emb/text_emb_{k}.npy     float32 (m, D) text rows (when it has text rows)
