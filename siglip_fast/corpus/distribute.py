@@ -70,6 +70,10 @@ def init(device_type_guess: str) -> Context:
         return Context()
     store, rank, world = next(dist.rendezvous("env://", timeout=TIMEOUT))
     store.set_timeout(TIMEOUT)
+    # torchrun's workers share the agent's store across elastic restarts: without a prefix per attempt, a restarted
+    # group could read the process group keys (peer addresses) of the group that died, and hang connecting to it
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"siglip_fast.embed/attempt_{attempt}", store)
     backend = "nccl" if device_type_guess == "cuda" else "gloo"
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=TIMEOUT)
     return Context(rank, world, local, store, created=True)
