@@ -5,6 +5,8 @@
   run (best of 3; worker start-up included, and small: see first_batch_ms), per worker, and the scaling against one
   worker. The case names the cores and the load average: on a shared machine the scaling says more about the
   neighbours than about the pipeline.
+- CPU: decode + resize in one process (one worker's rate) for JPEGs of web sizes (640x480, 1024x768, 1600x1200), in
+  full and with reduced-size decoding (`Image.draft`), and the cosine between the embeddings of the two decodings.
 - CPU, SigLIP 2 NaFlex: the same JPEGs through `Siglip2ImageProcessor` at max_num_patches 256 and 1024 (aspect-
   preserving resize, patchify, pad: uint8 (N, 768) patches + mask + grid per image, as the job sends them) with 0,
   1 and 2 workers.
@@ -55,6 +57,75 @@ def jpeg_dir(tmp_path_factory, bench_size):
     return str(directory)
 
 
+def _items(directory: str) -> list:
+    """Every image of the folder as the job's items (its units, read as the job reads them)."""
+    job = corpus.Job.create([directory], "unused", model="unused", shard_size=100_000)
+    units = corpus.list_units(job)
+    return [item for k in range(len(units)) for item in corpus.unit_items(units, k, job.fields)]
+
+
+def _photo_like(g, height: int, width: int) -> PIL.Image.Image:
+    """Smooth structure (upsampled noise) plus fine texture (pixel noise): a JPEG that compresses like a photo."""
+    base = g.integers(0, 256, (max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
+    image = np.asarray(PIL.Image.fromarray(base).resize((width, height), PIL.Image.BICUBIC), dtype=np.float32)
+    image += g.normal(0, 12, image.shape)
+    return PIL.Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("draft", [False, True])
+@pytest.mark.parametrize("size", [(640, 480), (1024, 768), (1600, 1200)])
+def test_bench_decode_per_worker_web_sizes(benchmark, report, tmp_path_factory, bench_size, size, draft):
+    """Decode + resize to 224 in one process (the rate of one worker), JPEGs of web sizes, with and without the
+    reduced-size decoding (Image.draft: used when the image is at least 2 x 2 x 224 on both sides)."""
+    directory = tmp_path_factory.mktemp(f"web-{size[0]}")
+    g = np.random.default_rng(1)
+    n = 32 if bench_size == "small" else 128
+    for i in range(n):
+        _photo_like(g, size[1], size[0]).save(directory / f"{i:04d}.jpg", quality=85)
+    items = _items(str(directory))
+    batches = corpus.decode.batches_of(items, BATCH)
+    processor = SiglipImageProcessor()
+
+    def run():
+        t0 = time.perf_counter()
+        count = sum(len(b["rows"]) for b in corpus.decode_loader(batches, processor, workers=0, draft=draft))
+        return count, time.perf_counter() - t0
+
+    runs = [benchmark.pedantic(run, rounds=1, iterations=1), run()]
+    count, seconds = min(runs, key=lambda r: r[1])
+    assert count == n
+    report(SUITE, f"{n} JPEG {size[0]}x{size[1]} q85 -> 224 uint8, one worker ({os.cpu_count()} cores, load "
+                  f"{os.getloadavg()[0]:.0f})", "reduced-size decoding (draft)" if draft else "full decoding",
+           img_per_s=count / seconds)
+
+
+def test_bench_draft_embeddings_against_full_decoding(report, tmp_path, bench_size):
+    """The effect of reduced-size decoding on the embeddings: B/16-224's vision tower (random weights: the input's
+    effect is what is measured) on the same JPEGs decoded in full and with Image.draft; cosine per image."""
+    from siglip_fast import SiglipVisionConfig, SiglipVisionModel
+    from siglip_fast.variants import config_for
+
+    g = np.random.default_rng(2)
+    n = 8 if bench_size == "small" else 64
+    for i in range(n):
+        w, h = [(1600, 1200), (1024, 768), (1200, 1600), (2048, 1365)][i % 4]
+        _photo_like(g, h, w).save(tmp_path / f"{i:04d}.jpg", quality=85)
+    items = _items(str(tmp_path))
+    processor = SiglipImageProcessor()
+    torch.manual_seed(0)
+    vision = SiglipVisionModel(SiglipVisionConfig(**config_for("base-patch16-224").vision_config.to_dict()),
+                               backend="sdpa").eval()
+    embs = {}
+    for draft in (False, True):
+        (batch,) = list(corpus.decode_loader([items], processor, workers=0, draft=draft))
+        with torch.inference_mode():
+            embs[draft] = torch.nn.functional.normalize(vision(pixel_values=batch["pixels"]).pooler_output, dim=-1)
+    cos = (embs[True] * embs[False]).sum(-1)
+    report(SUITE, f"{n} JPEG 1024x768 .. 2048x1365 q85 -> 224, B/16 vision tower (random weights)",
+           "draft vs full decoding", cos_min=float(cos.min()), cos_mean=float(cos.mean()))
+    assert float(cos.min()) > 0.99, cos
+
+
 def _worker_counts() -> list[int]:
     cores = os.cpu_count() or 1
     counts = [0, 1, 2, 4, 8, 16]
@@ -63,17 +134,16 @@ def _worker_counts() -> list[int]:
 
 @pytest.mark.parametrize("workers", _worker_counts())
 def test_bench_decode_and_resize(benchmark, report, jpeg_dir, workers):
-    items = corpus.collect_inputs([jpeg_dir])
-    positions = list(enumerate(items))
-    batches = corpus._batches(positions, lambda i: 0, BATCH)
+    items = _items(jpeg_dir)
+    batches = corpus.decode.batches_of(items, BATCH)
     processor = SiglipImageProcessor()  # 224x224, SigLIP normalisation: uint8 pixels as the job sends them
 
     def run():
         """-> (images, seconds to the first batch (worker start-up + one batch), seconds in all)."""
         n, t0, first = 0, time.perf_counter(), None
-        for batch in corpus.decode_loader(positions, batches, processor, workers=workers):
+        for batch in corpus.decode_loader(batches, processor, workers=workers):
             assert not batch["failed"] and batch["pixels"].dtype == torch.uint8
-            n += len(batch["index"])
+            n += len(batch["rows"])
             first = first or time.perf_counter() - t0
         return n, first, time.perf_counter() - t0
 
@@ -97,17 +167,16 @@ _RATES: dict[int, float] = {}
 def test_bench_decode_naflex(benchmark, report, jpeg_dir, workers, max_num_patches):
     from siglip_fast.image_processing_siglip2 import Siglip2ImageProcessor
 
-    items = corpus.collect_inputs([jpeg_dir])
-    positions = list(enumerate(items))
-    batches = corpus._batches(positions, lambda i: 0, BATCH)
+    items = _items(jpeg_dir)
+    batches = corpus.decode.batches_of(items, BATCH)
     processor = Siglip2ImageProcessor(max_num_patches=max_num_patches)
 
     def run():
         n, t0 = 0, time.perf_counter()
-        for batch in corpus.decode_loader(positions, batches, processor, workers=workers, uint8=False,
+        for batch in corpus.decode_loader(batches, processor, workers=workers, uint8=False,
                                           max_num_patches=max_num_patches):
             assert not batch["failed"] and batch["pixels"].shape[1:] == (max_num_patches, 768)
-            n += len(batch["index"])
+            n += len(batch["rows"])
         return n, time.perf_counter() - t0
 
     runs = [benchmark.pedantic(run, rounds=1, iterations=1)] + [run()]
@@ -199,3 +268,59 @@ def test_bench_end_to_end_vs_model_only(benchmark, report, bench_size, device, t
            img_per_s=model_only)
     report(SUITE, case, "embed_corpus end to end", img_per_s=e2e, ratio=e2e / model_only,
            input_wait_pct=100 * result.input_wait_s / result.loop_seconds)
+
+
+def test_bench_embed_job_vs_a_plain_transformers_loop_on_cpu(report, device, tmp_path, bench_size, request):
+    """`embed_corpus` on CPU against the plain loop a user would write (transformers' SiglipImageProcessor and
+    SiglipModel.get_image_features, batch 32) over the same JPEGs, random B/16-224 weights, interleaved in one
+    process (loop, job, loop, job; the best of each). The job's rate is over its whole call (listing, model loading,
+    output), the loop's over its batches only. With --cpu-default-check the job must not be measurably slower."""
+    if device.type != "cpu":
+        pytest.skip("a CPU comparison (on a GPU the end-to-end benchmark above applies)")
+    transformers = pytest.importorskip("transformers")
+    from siglip_fast import SiglipProcessor, SiglipTokenizer
+    from siglip_fast.cli import random_model
+    from siglip_fast.variants import config_for
+
+    checkpoint = tmp_path / "ckpt"
+    torch.manual_seed(0)
+    random_model(config_for("base-patch16-224"), torch.device("cpu"), torch.float32).save_pretrained(checkpoint)
+    _spiece(tmp_path / "spiece.model")
+    SiglipProcessor(SiglipImageProcessor(), SiglipTokenizer(str(tmp_path / "spiece.model"), model_max_length=64)
+                    ).save_pretrained(checkpoint)
+    images = tmp_path / "images"
+    images.mkdir()
+    n = 16 if bench_size == "small" else 200
+    paths = _jpegs(str(images), n)
+    hf = transformers.SiglipModel.from_pretrained(checkpoint).eval()
+    hf_processor = transformers.SiglipImageProcessor.from_pretrained(checkpoint)
+
+    def loop():
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, n, BATCH):
+                batch = [PIL.Image.open(p).convert("RGB") for p in paths[i:i + BATCH]]
+                hf.get_image_features(**hf_processor(images=batch, return_tensors="pt"))
+        return n / (time.perf_counter() - t0)
+
+    def job(k):
+        t0 = time.perf_counter()
+        result = corpus.embed_corpus([str(images)], str(tmp_path / f"out{k}"), model=str(checkpoint),
+                                     batch_size=BATCH, device="cpu", progress=False)
+        assert result.rows == n
+        return n / (time.perf_counter() - t0), result.rows_per_s
+
+    rates = {"loop": [], "job": [], "job loop": []}
+    for k in range(2):
+        rates["loop"].append(loop())
+        whole, inner = job(k)
+        rates["job"].append(whole)
+        rates["job loop"].append(inner)
+    best = {k: max(v) for k, v in rates.items()}
+    case = f"{n} JPEG 640x480, B/16-224 fp32 random weights, batch {BATCH} ({os.cpu_count()} cores, load " \
+           f"{os.getloadavg()[0]:.0f})"
+    report(SUITE, case, "plain transformers loop", img_per_s=best["loop"])
+    report(SUITE, case, "embed_corpus (whole call)", img_per_s=best["job"], ratio=best["job"] / best["loop"])
+    report(SUITE, case, "embed_corpus (its loop)", img_per_s=best["job loop"], ratio=best["job loop"] / best["loop"])
+    if request.config.getoption("--cpu-default-check"):
+        assert best["job"] >= 0.95 * best["loop"], rates

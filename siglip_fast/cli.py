@@ -3,7 +3,7 @@
 - `bench`: random weights of a named shape (or a checkpoint), every backend side by side with transformers, the
   fused path checked against the eager reference first.
 - `embed`: L2-normalised image and/or text embeddings of a corpus: an argument layer over
-  `siglip_fast.corpus.embed_corpus` (sharded, resumable output; torchrun ranks; decoding in worker processes).
+  `siglip_fast.corpus.embed_corpus` (per input shard, resumable; torchrun ranks; decoding in worker processes).
 - `classify`: SigLIP zero-shot classification of one image (independent sigmoid probabilities per label).
 
 Every command takes SigLIP and SigLIP 2 checkpoints (`load_model` / `load_processor` dispatch on the directory): for
@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .corpus import DEFAULT_SHARD_SIZE
+from .corpus import DEFAULT_SHARD_SIZE, DEFAULT_TEXT_CHUNK_BYTES
 from .variants import SIGLIP2_VARIANTS, VARIANTS, canonical_name, config_for, is_variant, matmul_flops
 
 PROG = "siglip-fast"
@@ -471,25 +471,21 @@ def _print_row(row: dict, widths: dict) -> None:
 
 
 def cmd_embed(args) -> int:
-    """A thin layer over siglip_fast.corpus.embed_corpus (the job: sharding, resuming, torchrun ranks)."""
+    """A thin layer over siglip_fast.corpus.embed_corpus (the job: units, resuming, torchrun ranks)."""
     from .corpus import CorpusError, embed_corpus
 
-    if args.batch < 1:
-        raise CLIError(f"--batch must be >= 1, got {args.batch}")
-    if args.workers is not None and args.workers < 0:
-        raise CLIError(f"--workers must be >= 0, got {args.workers}")
-    if args.shard_size < 1:
-        raise CLIError(f"--shard-size must be >= 1, got {args.shard_size}")
     if not args.inputs and not args.files and not args.texts:
-        raise CLIError("nothing to embed: give image files, directories or tar shards, --files lists and/or --texts")
+        raise CLIError("nothing to embed: give image files, directories, tar shards (or a brace pattern such as "
+                       "'data-{000000..000099}.tar'), --files lists and/or --texts")
     _check_checkpoint_arg(args.model)
     out = args.out
     try:
         result = embed_corpus(args.inputs, out, model=args.model, files=args.files or (), texts=args.texts or (),
-                              tar=args.tar, fields=args.field, shard_size=args.shard_size, batch_size=args.batch,
-                              workers=args.workers, device=args.device, dtype=args.dtype, backend=args.backend,
-                              cuda_graph=False if args.no_cuda_graph else None,
-                              max_num_patches=args.max_num_patches)
+                              tar=args.tar, fields=args.field, shard_size=args.shard_size,
+                              text_chunk_bytes=args.text_chunk_bytes, batch_size=args.batch, workers=args.workers,
+                              device=args.device, dtype=args.dtype, backend=args.backend,
+                              cuda_graph=False if args.no_cuda_graph else None, max_num_patches=args.max_num_patches,
+                              draft=not args.no_draft, progress=not args.quiet)
     except CorpusError as e:
         raise CLIError(str(e)) from None
     if result.rank == 0 and result.rows == 0:
@@ -607,30 +603,38 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     embed = sub.add_parser(
-        "embed", help="L2-normalised embeddings of a corpus of images and/or texts (sharded, resumable, torchrun)",
+        "embed", help="L2-normalised embeddings of a corpus of images and/or texts (by input shard, resumable, "
+                      "torchrun on one node or many)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="\n\n".join(textwrap.fill(p, 100) for p in (
-            "Embed images (files; folders walked recursively; --files lists), WebDataset-style .tar shards and/or "
-            "texts (--texts: one per line, blank lines ignored) as float32 L2-normalised rows: images in input "
-            "order, then texts.",
-            "--out DIR: shards of --shard-size input items (shard-NNNNN.npy + .json naming each row's source and the "
-            "skipped items) and manifest.json; rerunning the same command skips complete shards and redoes the "
-            "missing ones; a different model, dtype, --field, shard size or input listing is refused. "
-            "--out FILE.npy: one .npy plus FILE.json (written only when the run succeeds).",
-            "Several processes: torchrun --nproc-per-node N -m siglip_fast embed ... (each rank takes whole shards, "
-            "on cuda:LOCAL_RANK; NCCL on GPUs, gloo on CPU). Unreadable inputs are skipped and listed, never fatal. "
-            "Read the result with siglip_fast.load_embeddings(OUT).",
+            "Embed images (files; folders walked recursively, links followed; --files lists), WebDataset-style .tar "
+            "shards (names, or brace patterns such as 'data-{000000..399999}.tar' in quotes) and/or texts (--texts: "
+            "one per line) as float32 L2-normalised rows.",
+            "The unit of work is the input shard: each tar, each --shard-size plain image files, each "
+            "--text-chunk-bytes of a texts file. --out DIR gets one set of files per unit, written atomically, in "
+            "clip-retrieval's layout: img_emb/img_emb_K.npy, text_emb/text_emb_K.npy, metadata/metadata_K.jsonl "
+            "(each row's source, key, member, caption), stats/stats_K.json (counts, skipped inputs, checksums), and "
+            "manifest.json. After any kill, rerun the command (any number of processes or nodes): finished units "
+            "are verified and kept, only the rest is embedded; a different model, dtype, --field, unit size or input "
+            "listing is refused; a second job on the same --out is refused by its lock. --out FILE.npy: one .npy "
+            "plus FILE.json (written only when the run succeeds).",
+            "Several processes: torchrun --nproc-per-node N [--nnodes M --rdzv-backend c10d --rdzv-endpoint "
+            "HOST:PORT] -m siglip_fast embed ...: ranks take unfinished units one at a time from the torch.distributed "
+            "store (on cuda:LOCAL_RANK; NCCL on GPUs, gloo on CPU). Unreadable inputs are skipped and listed, never "
+            "fatal. Read the result with siglip_fast.load_embeddings(OUT).",
             "--model: any SigLIP or SigLIP 2 checkpoint directory (siglip_fast.load_model / load_processor). NaFlex "
             "SigLIP 2 (model_type siglip2): each image keeps its aspect ratio, resized to at most --max-num-patches "
             "patches. SigLIP 2 texts are padded to 64 tokens with truncation; SigLIP 2 was trained on lowercased "
             "text: the NaFlex checkpoints' Siglip2Tokenizer lowercases, the fixed-resolution ones' GemmaTokenizer "
             "does not (lowercase those texts yourself).")))
-    embed.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or .tar shards")
+    embed.add_argument("inputs", nargs="*", metavar="INPUT",
+                       help="image files, folders, .tar shards or brace patterns of them")
     embed.add_argument("--model", required=True, help="checkpoint directory (or hub id) with the processor files")
-    embed.add_argument("--out", required=True, help="a directory (sharded output) or a file name ending in .npy")
+    embed.add_argument("--out", required=True, help="a directory (per-unit output) or a file name ending in .npy")
     embed.add_argument("--files", action="append", default=None, metavar="LIST",
-                       help="a UTF-8 file listing inputs, one path per line (relative paths are relative to the list "
-                            "file's folder; missing entries are skipped and reported); repeatable")
+                       help="a file listing inputs, one path per line (tars: a unit each; other lines: images, in "
+                            "units of --shard-size; relative paths are relative to the list file's folder; missing "
+                            "entries are skipped and reported); repeatable")
     embed.add_argument("--texts", action="append", default=None, metavar="FILE",
                        help="a UTF-8 file with one text per line; repeatable")
     embed.add_argument("--tar", action="store_true",
@@ -640,13 +644,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "a text member's extension such as 'txt' (the caption, embedded as a text), or both "
                             "comma-separated, e.g. 'image,txt'")
     embed.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                       help=f"input items per shard (default {DEFAULT_SHARD_SIZE:,})")
+                       help=f"plain image files per unit (default {DEFAULT_SHARD_SIZE:,}; each tar is one unit)")
+    embed.add_argument("--text-chunk-bytes", type=int, default=DEFAULT_TEXT_CHUNK_BYTES,
+                       help=f"bytes of a --texts file per unit (default {DEFAULT_TEXT_CHUNK_BYTES:,})")
     embed.add_argument("--batch", type=int, default=32, help="rows per model call (default 32)")
     embed.add_argument("--workers", type=int, default=None,
-                       help="decoding processes per rank (0: decode in the main process; default min(8, cores per "
-                            "rank - 1))")
+                       help="decoding processes per rank (0: decode in the main process; default on a GPU min(8, "
+                            "cores per rank - 1), on CPU 0 below 8 cores per rank, else 1)")
+    embed.add_argument("--no-draft", action="store_true",
+                       help="decode every JPEG in full (default: a JPEG much larger than the model's input is decoded "
+                            "at a reduced size, Image.draft; not bit-exact, see the README)")
     embed.add_argument("--no-cuda-graph", action="store_true",
                        help="run the towers directly instead of replaying them from CUDA graphs (GPU)")
+    embed.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     max_num_patches(embed, "the checkpoint's image processor setting")
     common(embed)
     embed.set_defaults(func=cmd_embed)

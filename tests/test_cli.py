@@ -121,7 +121,7 @@ def test_embed_texts_matches_the_model(checkpoint, tmp_path, capsys):
     kept = [t for t in texts if t.strip()]  # blank lines are not texts
     emb = np.load(out)
     listing = json.loads((tmp_path / "texts.json").read_text())
-    assert [r["source"] for r in listing["rows"]] == kept and all(r["type"] == "text" for r in listing["rows"])
+    assert [r["caption"] for r in listing["rows"]] == kept and all(r["type"] == "text" for r in listing["rows"])
     assert emb.shape == (3, 32)
     model, processor = _reference(checkpoint)
     enc = processor(text=kept, padding="max_length", truncation=True, return_tensors="pt")
@@ -247,6 +247,10 @@ def test_bench_without_triton_interpreter_says_why(checkpoint, capsys, monkeypat
     (["embed", "{images}/sub", "--model", "{ckpt}", "--out", "{images}/a.png"], "is a file"),
     (["embed", "{images}/sub", "--model", "{ckpt}", "--out", "{tmp}/e.npy", "--shard-size", "0"], "--shard-size"),
     (["embed", "{images}/sub", "--model", "{ckpt}", "--out", "{tmp}/e.npy", "--field", "jpg"], "image extension"),
+    (["embed", "{images}/sub", "--model", "{ckpt}", "--out", "{tmp}/e.npy", "--text-chunk-bytes", "0"],
+     "--text-chunk-bytes must be an int >= 1, got 0"),
+    (["embed", "{images}", "--model", "{ckpt}", "--out", "{tmp}/e", "--field", "txt"], "plain image files"),
+    (["embed", "{tmp}/data-{{9..1}}.tar", "--model", "{ckpt}", "--out", "{tmp}/e"], "range 9..1 is empty"),
     (["embed", "--files", "{images}", "--model", "{ckpt}", "--out", "{tmp}/e.npy"], "is a directory"),
     (["classify", "{images}", "--model", "{ckpt}", "--labels", "a,b"], "is a directory"),
     (["classify", "{images}/a.png", "--model", "{ckpt}", "--labels", "a", "--template", "{{}}{{"],
@@ -534,7 +538,7 @@ def test_embed_naflex_siglip2_images_match_the_model_and_transformers(naflex_che
     assert int(inputs["pixel_attention_mask"].sum()) < 4 * NAFLEX_PATCHES
     np.testing.assert_allclose(emb, want, rtol=0, atol=1e-5)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["settings"]["max_num_patches"] == NAFLEX_PATCHES
+    assert manifest["identity"]["max_num_patches"] == NAFLEX_PATCHES
 
     transformers = pytest.importorskip("transformers")
     hf = transformers.Siglip2Model.from_pretrained(naflex_checkpoint).eval()
