@@ -274,7 +274,8 @@ def test_bench_embed_job_vs_a_plain_transformers_loop_on_cpu(report, device, tmp
     """`embed_corpus` on CPU against the plain loop a user would write (transformers' SiglipImageProcessor and
     SiglipModel.get_image_features, batch 32) over the same JPEGs, random B/16-224 weights, interleaved in one
     process (loop, job, loop, job; the best of each). The job's rate is over its whole call (listing, model loading,
-    output), the loop's over its batches only. With --cpu-default-check the job must not be measurably slower."""
+    output), the loop's over its batches only. The job (fp32, as the loop) must not be slower: its best of two at
+    least 0.95x the loop's (1.19x measured on 2 busy cores)."""
     if device.type != "cpu":
         pytest.skip("a CPU comparison (on a GPU the end-to-end benchmark above applies)")
     transformers = pytest.importorskip("transformers")
@@ -306,7 +307,7 @@ def test_bench_embed_job_vs_a_plain_transformers_loop_on_cpu(report, device, tmp
     def job(k):
         t0 = time.perf_counter()
         result = corpus.embed_corpus([str(images)], str(tmp_path / f"out{k}"), model=str(checkpoint),
-                                     batch_size=BATCH, device="cpu", progress=False)
+                                     batch_size=BATCH, device="cpu", dtype="fp32", progress=False)
         assert result.rows == n
         return n / (time.perf_counter() - t0), result.rows_per_s
 
@@ -322,5 +323,4 @@ def test_bench_embed_job_vs_a_plain_transformers_loop_on_cpu(report, device, tmp
     report(SUITE, case, "plain transformers loop", img_per_s=best["loop"])
     report(SUITE, case, "embed_corpus (whole call)", img_per_s=best["job"], ratio=best["job"] / best["loop"])
     report(SUITE, case, "embed_corpus (its loop)", img_per_s=best["job loop"], ratio=best["job loop"] / best["loop"])
-    if request.config.getoption("--cpu-default-check"):
-        assert best["job"] >= 0.95 * best["loop"], rates
+    assert best["job"] >= 0.95 * best["loop"], rates

@@ -26,6 +26,9 @@ MAX_LEN = 12
 WORDS = ["cat", "dog", "bird", "photo", "of", "a", "the", "this", "is", "small", "large", "red", "blue", "car",
          "tree", "house", "running", "sitting", "on", "grass"]
 
+# embed at fp32 where its output is compared at fp32 precision (the CPU default is bf16 where native)
+EMBED = ["embed", "--dtype", "fp32"]
+
 
 def _spiece_proto() -> bytes:
     rng = random.Random(0)
@@ -82,7 +85,7 @@ def _normalize(x: torch.Tensor) -> np.ndarray:
 def test_embed_images_skips_corrupt_files_and_matches_the_model(checkpoint, images, tmp_path, capsys):
     out = tmp_path / "emb.npy"
     # batch 2 over 4 readable images with a corrupt one in the middle: a full batch, a skip, a remainder batch
-    code = main(["embed", images, "--model", checkpoint, "--out", str(out), "--batch", "2", "--workers", "2",
+    code = main([*EMBED, images, "--model", checkpoint, "--out", str(out), "--batch", "2", "--workers", "2",
                  "--backend", "eager", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 0
@@ -115,7 +118,7 @@ def test_embed_texts_matches_the_model(checkpoint, tmp_path, capsys):
     texts_file = tmp_path / "texts.txt"
     texts_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
     out = tmp_path / "texts.npy"
-    code = main(["embed", "--texts", str(texts_file), "--model", checkpoint, "--out", str(out), "--batch", "2",
+    code = main([*EMBED, "--texts", str(texts_file), "--model", checkpoint, "--out", str(out), "--batch", "2",
                  "--backend", "eager", "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     kept = [t for t in texts if t.strip()]  # blank lines are not texts
@@ -135,7 +138,7 @@ def test_embed_images_and_texts_in_one_matrix(checkpoint, images, tmp_path, caps
     texts_file = tmp_path / "t.txt"
     texts_file.write_text("a dog\n", encoding="utf-8")
     out = tmp_path / "both.npy"
-    code = main(["embed", os.path.join(images, "a.png"), "--texts", str(texts_file), "--model", checkpoint,
+    code = main([*EMBED, os.path.join(images, "a.png"), "--texts", str(texts_file), "--model", checkpoint,
                  "--out", str(out), "--backend", "eager", "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     rows = json.loads((tmp_path / "both.json").read_text())["rows"]
@@ -335,7 +338,7 @@ def test_embed_on_gpu_error_budget_and_determinism(checkpoint, images, tmp_path,
     """bf16 through the kernels: error vs an fp64 reference <= 2x the eager bf16 path's; reruns bitwise equal."""
     def embed(backend, name):
         out = tmp_path / f"{name}.npy"
-        code = main(["embed", images, "--model", checkpoint, "--out", str(out), "--backend", backend,
+        code = main([*EMBED, images, "--model", checkpoint, "--out", str(out), "--backend", backend,
                      "--device", "cuda", "--dtype", "bf16"])
         assert code == 0, capsys.readouterr().err
         return np.load(out)
@@ -379,7 +382,7 @@ def test_embed_failure_leaves_earlier_outputs_untouched(checkpoint, images, tmp_
     np.save(out, np.arange(6, dtype=np.float32).reshape(2, 3))
     (tmp_path / "emb.json").write_text('{"rows": ["earlier"]}')
     before = sorted(os.listdir(tmp_path))
-    code = main(["embed", os.path.join(images, "c_broken.png"), "--model", checkpoint, "--out", str(out),
+    code = main([*EMBED, os.path.join(images, "c_broken.png"), "--model", checkpoint, "--out", str(out),
                  "--backend", "eager", "--device", "cpu", "--workers", "0"])
     err = capsys.readouterr().err
     assert code == 1
@@ -520,7 +523,7 @@ def test_embed_naflex_siglip2_images_match_the_model_and_transformers(naflex_che
 
     out = tmp_path / "emb"
     # a worker process runs Siglip2ImageProcessor; batch 2 over 4 readable images around a corrupt one
-    code = main(["embed", images, "--model", naflex_checkpoint, "--out", str(out), "--batch", "2", "--workers", "1",
+    code = main([*EMBED, images, "--model", naflex_checkpoint, "--out", str(out), "--batch", "2", "--workers", "1",
                  "--max-num-patches", str(NAFLEX_PATCHES), "--backend", "eager", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 0, err
@@ -547,7 +550,7 @@ def test_embed_naflex_siglip2_images_match_the_model_and_transformers(naflex_che
     np.testing.assert_allclose(emb, theirs, rtol=0, atol=1e-5)
 
     # another max_num_patches gives other embeddings: the same --out refuses to mix them
-    code = main(["embed", images, "--model", naflex_checkpoint, "--out", str(out), "--max-num-patches", "16",
+    code = main([*EMBED, images, "--model", naflex_checkpoint, "--out", str(out), "--max-num-patches", "16",
                  "--backend", "eager", "--device", "cpu", "--workers", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "different job" in err and "max_num_patches" in err
@@ -563,7 +566,7 @@ def test_embed_naflex_default_patches_and_the_inference_runner(naflex_checkpoint
     for cuda_graph in (False, True):
         out = tmp_path / f"graph{cuda_graph}.npy"
         result = embed_corpus(paths, str(out), model=naflex_checkpoint, batch_size=3, workers=0, device="cpu",
-                              backend="eager", cuda_graph=cuda_graph, progress=False)
+                              dtype="fp32", backend="eager", cuda_graph=cuda_graph, progress=False)
         assert result.rows == 4
         np.testing.assert_allclose(np.load(out), want, rtol=0, atol=1e-5)
 
@@ -578,7 +581,7 @@ def test_embed_siglip2_texts_with_the_gemma_tokenizer(naflex_checkpoint, tmp_pat
     texts_file = tmp_path / "texts.txt"
     texts_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
     out = tmp_path / "texts.npy"
-    code = main(["embed", "--texts", str(texts_file), "--model", naflex_checkpoint, "--out", str(out), "--batch", "3",
+    code = main([*EMBED, "--texts", str(texts_file), "--model", naflex_checkpoint, "--out", str(out), "--batch", "3",
                  "--backend", "eager", "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     emb = np.load(out)
@@ -632,7 +635,7 @@ def test_fixed_resolution_siglip2_embed_and_classify(fixed_siglip2_checkpoint, i
     texts_file = tmp_path / "t.txt"
     texts_file.write_text("a dog\nA Dog\n", encoding="utf-8")
     out = tmp_path / "fixed.npy"
-    code = main(["embed", images, "--texts", str(texts_file), "--model", fixed_siglip2_checkpoint, "--out", str(out),
+    code = main([*EMBED, images, "--texts", str(texts_file), "--model", fixed_siglip2_checkpoint, "--out", str(out),
                  "--batch", "3", "--workers", "0", "--backend", "eager", "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     emb = np.load(out)
@@ -654,7 +657,7 @@ def test_fixed_resolution_siglip2_embed_and_classify(fixed_siglip2_checkpoint, i
     code = main(["classify", os.path.join(images, "a.png"), "--model", fixed_siglip2_checkpoint, "--labels", "a,b",
                  "--backend", "eager", "--device", "cpu"])
     assert code == 0 and len(capsys.readouterr().out.strip().splitlines()) == 2
-    code = main(["embed", images, "--model", fixed_siglip2_checkpoint, "--out", str(tmp_path / "x.npy"),
+    code = main([*EMBED, images, "--model", fixed_siglip2_checkpoint, "--out", str(tmp_path / "x.npy"),
                  "--max-num-patches", "64", "--device", "cpu"])
     captured = capsys.readouterr()
     assert code == 2 and "--max-num-patches applies to NaFlex" in captured.err
@@ -788,7 +791,7 @@ def test_embed_naflex_on_gpu_error_budget_and_determinism(naflex_checkpoint, ima
 
     def embed(backend, name):
         out = tmp_path / f"{name}.npy"
-        code = main(["embed", images, "--model", naflex_checkpoint, "--out", str(out), "--backend", backend,
+        code = main([*EMBED, images, "--model", naflex_checkpoint, "--out", str(out), "--backend", backend,
                      "--device", "cuda", "--dtype", "bf16", "--max-num-patches", str(NAFLEX_PATCHES)])
         assert code == 0, capsys.readouterr().err
         return np.load(out)

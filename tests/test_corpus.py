@@ -33,7 +33,11 @@ from tests.test_cli import checkpoint as checkpoint  # noqa: F401 (the shared ti
 from tests.test_cli import naflex_checkpoint as naflex_checkpoint  # noqa: F401 (tiny NaFlex SigLIP 2)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = dict(device="cpu", backend="eager", progress=False)
+# fp32 explicitly: the CPU default is bf16 on CPUs with native bf16
+RUN = dict(device="cpu", dtype="fp32", backend="eager", progress=False)
+
+# embed at fp32 where its output is compared at fp32 precision (the CPU default is bf16 where native)
+EMBED = ["embed", "--dtype", "fp32"]
 
 
 def _png(rng, h, w) -> bytes:
@@ -173,7 +177,7 @@ def test_a_changed_job_is_refused_not_mixed(checkpoint, corpus_dir, tmp_path):  
     with pytest.raises(CorpusError, match="shard_size"):
         embed_corpus([part0], out, model=checkpoint, shard_size=3, workers=0, **RUN)
     with pytest.raises(CorpusError, match="dtype"):
-        embed_corpus([part0], out, model=checkpoint, shard_size=4, workers=0, dtype="bf16", **RUN)
+        embed_corpus([part0], out, model=checkpoint, shard_size=4, workers=0, **{**RUN, "dtype": "bf16"})
     with pytest.raises(CorpusError, match="draft"):
         embed_corpus([part0], out, model=checkpoint, shard_size=4, workers=0, draft=False, **RUN)
     other = tmp_path / "other-checkpoint"  # same shape, other weights
@@ -208,7 +212,7 @@ def test_webdataset_tars_with_captions_and_a_file_list(checkpoint, tmp_path, cap
     listing = tmp_path / "list.txt"
     listing.write_text("shard-0.tar\nshard-1.data\nmissing.png\n" + str(loose) + "\ntruncated.tar\n")
     out = tmp_path / "wds"
-    code = main(["embed", "--files", str(listing), "--tar", "--field", "image,txt", "--model", checkpoint,
+    code = main([*EMBED, "--files", str(listing), "--tar", "--field", "image,txt", "--model", checkpoint,
                  "--out", str(out), "--batch", "2", "--workers", "1", "--device", "cpu", "--backend", "eager"])
     err = capsys.readouterr().err
     # --tar makes every listed file a tar: the loose png is then an unreadable tar, reported like the others
@@ -505,7 +509,7 @@ def test_a_full_disk_names_the_file_and_leaves_the_output_consistent(checkpoint,
         resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
         try:
             corpus.embed_corpus([{corpus_dir!r}], {out!r}, model={checkpoint!r}, shard_size=3, workers=0,
-                                device="cpu", backend="eager", progress=False)
+                                device="cpu", dtype="fp32", backend="eager", progress=False)
         except corpus.CorpusError as e:
             print(e)
             sys.exit(3)
@@ -567,7 +571,7 @@ def test_a_killed_process_resumes_with_only_the_unfinished_units(checkpoint, cor
                 time.sleep(0.001)
         threading.Thread(target=watch, daemon=True).start()
         corpus.embed_corpus([{corpus_dir!r}], {out!r}, model={checkpoint!r}, shard_size=3, batch_size=4, workers=1,
-                            device="cpu", backend="eager", progress=False)
+                            device="cpu", dtype="fp32", backend="eager", progress=False)
     """)
     env = {**os.environ, "PYTHONPATH": REPO}
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
@@ -644,3 +648,14 @@ def test_naflex_webdataset_tar_images_and_captions(naflex_checkpoint, tmp_path):
         texts = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output
     want = torch.nn.functional.normalize(torch.cat([images, texts]), dim=-1).numpy()
     np.testing.assert_allclose(emb, want, rtol=0, atol=1e-5)
+
+
+def test_the_job_defaults_to_bf16_on_cpus_with_native_bf16(monkeypatch):
+    """Issue 24: without --dtype, a CPU job runs bf16 where the CPU computes it natively, else fp32; asked for, fp32."""
+    from siglip_fast import cpu
+    from siglip_fast.corpus.job import choose_device_dtype
+
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda native=native: native)
+        assert choose_device_dtype("cpu", None, 0, 1) == (torch.device("cpu"), want)
+        assert choose_device_dtype("cpu", "fp32", 0, 1) == (torch.device("cpu"), torch.float32)

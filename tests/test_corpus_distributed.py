@@ -63,7 +63,7 @@ def _pattern(tars) -> str:
 @pytest.fixture(scope="module")
 def reference(checkpoint, tars, tmp_path_factory):  # noqa: F811
     out = str(tmp_path_factory.mktemp("ref") / "out")
-    embed_corpus([_pattern(tars)], out, model=checkpoint, batch_size=BATCH, workers=0, device="cpu",
+    embed_corpus([_pattern(tars)], out, model=checkpoint, batch_size=BATCH, workers=0, device="cpu", dtype="fp32",
                  backend="eager", progress=False)
     array, rows = load_embeddings(out)
     return np.asarray(array), [{k: v for k, v in r.items() if k != "unit"} for r in rows]
@@ -82,7 +82,7 @@ def _env(log_dir=None) -> dict:
 
 def _embed_args(checkpoint, tars, out) -> list[str]:  # noqa: F811
     return ["-m", "siglip_fast", "embed", _pattern(tars), "--model", checkpoint, "--out", out, "--batch", str(BATCH),
-            "--workers", "0", "--device", "cpu", "--backend", "eager"]
+            "--workers", "0", "--device", "cpu", "--dtype", "fp32", "--backend", "eager"]
 
 
 def _free_port() -> int:
@@ -164,7 +164,7 @@ def test_a_rank_killed_part_way_resumes_with_one_process(checkpoint, tars, refer
     assert 0 < len(finished) < TARS, "the kill came too late to leave units unfinished"
     stamps = _npy_stamps(out, finished)
     result = embed_corpus([_pattern(tars)], out, model=checkpoint, batch_size=BATCH, workers=0, device="cpu",
-                          backend="eager", progress=False)
+                          dtype="fp32", backend="eager", progress=False)
     assert result.units_reused == sorted(finished) and sorted(result.units_written) == sorted(
         set(range(TARS)) - set(finished))
     assert _npy_stamps(out, finished) == stamps

@@ -137,7 +137,8 @@ class Job:
 def choose_device_dtype(device_arg: str | None, dtype_arg: str | None, local_rank: int,
                         world: int) -> tuple[torch.device, torch.dtype]:
     """The job's device and dtype: `device_arg` or CUDA when available (cuda:LOCAL_RANK under torchrun), `dtype_arg`
-    or bf16 on CUDA and fp32 on CPU. The only place these defaults are decided."""
+    or bf16 on CUDA; on CPU bf16 where it is native (about twice fp32's speed, pooled cosine >= 0.9999; see
+    siglip_fast.cpu.default_cpu_dtype), else fp32. The only place these defaults are decided."""
     if device_arg is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -153,8 +154,10 @@ def choose_device_dtype(device_arg: str | None, dtype_arg: str | None, local_ran
             raise CorpusError(f"--device {device_arg}: CUDA is not available on this machine (use --device cpu)")
         if device.index is None:
             device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
-    if dtype_arg is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype_arg is None:  # on CPU bf16 where the CPU computes it natively (AVX512-BF16 / AMX), else fp32
+        from ..cpu import default_cpu_dtype
+
+        dtype = torch.bfloat16 if device.type == "cuda" else default_cpu_dtype()
     else:
         dtype = DTYPES[dtype_arg]
     return device, dtype
