@@ -242,3 +242,43 @@ def format_table(rows: list[dict]) -> list[str]:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
     return lines
+
+
+def time_main_row(benchmark, main: tuple[str, Callable] | None, device: torch.device) -> None:
+    """pytest-benchmark's record of a model case: the first implementation `run_rows` timed (triton on a GPU),
+    named in its extra_info."""
+    if main is None:
+        return
+    name, fn = main
+
+    def call():
+        fn()
+        sync(device)
+
+    benchmark.extra_info.update(impl=name)
+    benchmark.pedantic(call, rounds=10 if device.type == "cuda" else 3, iterations=1, warmup_rounds=1)
+
+
+def report_model_rows(report: Callable, suite: str, case: str, results: dict, failures: dict, untimed: Sequence[str],
+                      twin, device: torch.device, *, call_flops: float, items: int, unit: str, **extra) -> None:
+    """One report row per implementation of a model case (time, items/s under the name `unit`, TFLOP/s from
+    `call_flops` — one call's FLOPs —, MFU, peak memory, ratio to eager, max_err; `extra` figures on the timed rows),
+    the failed rows with their reason, and a note when transformers is missing; then fail the case when any row
+    failed."""
+    peak = gemm_peak_tflops(device)
+    eager = results.get("eager", {})
+    for name, r in results.items():
+        if "ms" not in r:
+            note = "checked, not timed: the Triton interpreter on CPU" if name in untimed else None
+            report(suite, case, name, max_err=r["err"], note=note, error=failures.get(name))
+            continue
+        tflops = call_flops / r["ms"] / 1e9
+        report(suite, case, name, ms=r["ms"], **{unit: items * 1e3 / r["ms"]}, tflops=tflops,
+               mfu=tflops / peak if peak else None, peak_mib=r["peak_mib"],
+               ratio=eager["ms"] / r["ms"] if "ms" in eager else None, max_err=r["err"], **extra)
+    for name, why in failures.items():
+        if name not in results:
+            report(suite, case, name, error=why[:120])
+    if twin is None:
+        report(suite, case, "transformers-sdpa", note="not run: transformers is not installed")
+    assert not failures, f"{case}: rows failed:\n" + "\n".join(f"{n}: {w}" for n, w in failures.items())

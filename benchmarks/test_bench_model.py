@@ -34,7 +34,7 @@ import gc
 import pytest
 import torch
 
-from benchmarks._common import TINY, gemm_peak_tflops, model_budget, run_rows, sync
+from benchmarks._common import TINY, model_budget, report_model_rows, run_rows, time_main_row
 from siglip_fast.cli import graphed_forward, pooled, random_model, transformers_twin
 from siglip_fast.configuration import SiglipConfig
 from siglip_fast.variants import config_for, matmul_flops
@@ -172,31 +172,8 @@ def test_bench_model(shape, mode, benchmark, device, bench_size, report, compile
         results, failures, main = run_rows(
             impls, lambda out: first_items(out.float()), [ref], lambda errs: model_budget(dtype, errs), device,
             untimed=untimed)
-        if main is not None:  # pytest-benchmark's record: the first implementation timed (triton on a GPU)
-            main_name, main_fn = main
+        time_main_row(benchmark, main, device)  # pytest-benchmark's record: the first implementation timed
 
-            def call():
-                main_fn()
-                sync(device)
-
-            benchmark.extra_info.update(impl=main_name)
-            benchmark.pedantic(call, rounds=10 if device.type == "cuda" else 3, iterations=1, warmup_rounds=1)
-
-    peak = gemm_peak_tflops(device)
-    eager = results.get("eager", {})
     case = f"{shape} {mode} b{n_items} {str(dtype).removeprefix('torch.')}"
-    for name, r in results.items():
-        if "ms" not in r:
-            note = "checked, not timed: the Triton interpreter on CPU" if name in untimed else None
-            report("model", case, name, max_err=r["err"], note=note, error=failures.get(name))
-            continue
-        tflops = flops / r["ms"] / 1e9
-        report("model", case, name, ms=r["ms"], **{unit: n_items * 1e3 / r["ms"]}, tflops=tflops,
-               mfu=tflops / peak if peak else None, peak_mib=r["peak_mib"],
-               ratio=eager["ms"] / r["ms"] if "ms" in eager else None, max_err=r["err"], flops=flops, bytes=nbytes)
-    for name, why in failures.items():
-        if name not in results:
-            report("model", case, name, error=why[:120])
-    if twin is None:
-        report("model", case, "transformers-sdpa", note="not run: transformers is not installed")
-    assert not failures, f"{case}: rows failed:\n" + "\n".join(f"{n}: {w}" for n, w in failures.items())
+    report_model_rows(report, "model", case, results, failures, untimed, twin, device, call_flops=flops,
+                      items=n_items, unit=unit, flops=flops, bytes=nbytes)

@@ -27,7 +27,7 @@ import importlib.util
 import pytest
 import torch
 
-from benchmarks._common import gemm_peak_tflops, model_budget, run_rows, sync
+from benchmarks._common import model_budget, report_model_rows, run_rows, time_main_row
 from siglip_fast.configuration_siglip2 import Siglip2VisionConfig
 from siglip_fast.image_processing_siglip2 import get_image_size_for_max_num_patches
 from siglip_fast.modeling_siglip2 import Siglip2VisionModel
@@ -151,33 +151,10 @@ def test_bench_siglip2_naflex(shape, mode, benchmark, device, bench_size, report
         with torch.enable_grad() if train else torch.inference_mode():
             results, failures, main = run_rows(impls, lambda out: [out.float()[:k]], [ref],
                                                lambda errs: model_budget(dtype, errs), device, untimed=untimed)
-            if main is not None:
-                main_name, main_fn = main
-
-                def call():
-                    main_fn()
-                    sync(device)
-
-                benchmark.extra_info.update(impl=main_name)
-                benchmark.pedantic(call, rounds=10 if device.type == "cuda" else 3, iterations=1, warmup_rounds=1)
+            time_main_row(benchmark, main, device)  # the first implementation timed
     finally:
         model.eval()
 
-    peak = gemm_peak_tflops(device)
-    eager = results.get("eager", {})
     case = f"{shape} {mode} b{images} {str(dtype).removeprefix('torch.')}"
-    for name, r in results.items():
-        if "ms" not in r:
-            note = "checked, not timed: the Triton interpreter on CPU" if name in untimed else None
-            report("siglip2", case, name, max_err=r["err"], note=note, error=failures.get(name))
-            continue
-        tflops = flops / r["ms"] / 1e9
-        report("siglip2", case, name, ms=r["ms"], img_per_s=images * 1e3 / r["ms"], tflops=tflops,
-               mfu=tflops / peak if peak else None, peak_mib=r["peak_mib"],
-               ratio=eager["ms"] / r["ms"] if "ms" in eager else None, max_err=r["err"])
-    for name, why in failures.items():
-        if name not in results:
-            report("siglip2", case, name, error=why[:120])
-    if twin is None:
-        report("siglip2", case, "transformers-sdpa", note="not run: transformers is not installed")
-    assert not failures, f"{case}: rows failed:\n" + "\n".join(f"{n}: {w}" for n, w in failures.items())
+    report_model_rows(report, "siglip2", case, results, failures, untimed, twin, device, call_flops=flops,
+                      items=images, unit="img_per_s")
