@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from .checkpoint import resolve_pretrained_dir
+from .files import prepare_save_directory, resolve_pretrained_dir
 from .image_processing import (
     IMAGE_PROCESSOR_FILE,
     PROCESSOR_FILE,
@@ -164,12 +164,7 @@ class SiglipProcessor:
 
         Returns the written paths, processor_config.json first: transformers returns `[processor_config.json]`
         alone, so `save_pretrained(d)[0]` is the same JSON file with both; the tokenizer's files follow."""
-        if not isinstance(save_directory, (str, os.PathLike)):
-            raise TypeError(f"save_directory must be a path, got {type(save_directory).__name__}")
-        save_directory = os.fspath(save_directory)
-        if os.path.isfile(save_directory):
-            raise ValueError(f"save_directory: {save_directory!r} is a file, expected a directory")
-        os.makedirs(save_directory, exist_ok=True)
+        save_directory = prepare_save_directory(save_directory, f"{type(self).__name__}.save_pretrained")
         written = self.tokenizer.save_pretrained(save_directory, processor_class=self.processor_class)
         path = os.path.join(save_directory, PROCESSOR_FILE)
         self.to_json_file(path)

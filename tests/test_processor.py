@@ -256,7 +256,7 @@ def test_bad_input_is_named(checkpoint_dir, images, tmp_path):
          "unexpected option 'max_lenght'"),
         (lambda: SiglipProcessor(ours.tokenizer, ours.image_processor), TypeError,
          "image_processor must be a SiglipImageProcessor, got SiglipTokenizer"),
-        (lambda: ours.save_pretrained(3), TypeError, "save_directory must be a path, got int"),
+        (lambda: ours.save_pretrained(3), TypeError, "save_directory must be a str or os.PathLike, got int"),
     ]
     for call, error, message in cases:
         with pytest.raises(error, match=message):

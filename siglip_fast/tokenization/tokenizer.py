@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import resolve_pretrained_dir
+from ..files import prepare_save_directory, resolve_pretrained_dir
 from .batch import BatchEncoding, _to_tensors
 from .config import (
     CALL_DEFAULT_KEYS,
@@ -346,12 +346,7 @@ class SiglipTokenizer(Vocabulary, Encoding, Padding):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, processor_class: str | None = None) -> list[str]:
         """Write the model file (spiece.model) and tokenizer_config.json; returns the paths written."""
-        if not isinstance(save_directory, (str, os.PathLike)):
-            raise TypeError(f"save_directory must be a path, got {type(save_directory).__name__}")
-        save_directory = os.fspath(save_directory)
-        if os.path.isfile(save_directory):
-            raise ValueError(f"save_directory: {save_directory!r} is a file, expected a directory")
-        os.makedirs(save_directory, exist_ok=True)
+        save_directory = prepare_save_directory(save_directory, f"{type(self).__name__}.save_pretrained")
         written = self._write_model_files(save_directory)
         config = self.to_config()
         if processor_class is not None:
