@@ -33,6 +33,15 @@ TOKENIZER_CONFIGS = {"siglip2": SIGLIP2_TOKENIZER_CONFIG, "class_defaults": {"to
                      "bos_and_eos": {"add_bos_token": True, "add_eos_token": True, "model_max_length": 16}}
 
 
+def assert_same_text_encoding(ours, theirs, texts) -> None:
+    """Each text: the same ids, tokens and decoding (with and without special tokens) as transformers'."""
+    for text in texts:
+        assert ours(text)["input_ids"] == theirs(text)["input_ids"], text
+        assert ours.tokenize(text) == theirs.tokenize(text), text
+        ids = theirs(text)["input_ids"]
+        for skip in (False, True):
+            assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip), text
+
 @pytest.fixture(scope="module")
 def gemma_model(tmp_path_factory) -> bytes:
     """A sentencepiece BPE model in Gemma's layout: <pad>=0, <eos>=1, <bos>=2, <unk>=3, byte fallback, no dummy
@@ -56,6 +65,7 @@ def _tokenizer_dir(path, model: bytes, config: dict):
 
 @pytest.mark.parametrize("config_name", sorted(TOKENIZER_CONFIGS))
 @pytest.mark.parametrize("lower", [False, True], ids=["GemmaTokenizer", "Siglip2Tokenizer"])
+
 def test_tokenizer_ids_match_transformers(gemma_model, tmp_path, config_name, lower):
     d = _tokenizer_dir(tmp_path, gemma_model, TOKENIZER_CONFIGS[config_name])
     theirs = (transformers.Siglip2Tokenizer if lower else transformers.GemmaTokenizer).from_pretrained(d)
@@ -66,12 +76,7 @@ def test_tokenizer_ids_match_transformers(gemma_model, tmp_path, config_name, lo
         a, b = theirs(TEXTS, **kw), ours(TEXTS, **kw)
         assert b["input_ids"] == a["input_ids"], kw
         assert b["attention_mask"] == a["attention_mask"], kw
-    for text in TEXTS:
-        assert ours(text)["input_ids"] == theirs(text)["input_ids"], text
-        assert ours.tokenize(text) == theirs.tokenize(text), text
-        ids = theirs(text)["input_ids"]
-        for skip in (False, True):
-            assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip), text
+    assert_same_text_encoding(ours, theirs, TEXTS)
     enc = ours(TEXTS[:3], padding="max_length", max_length=10, truncation=True, return_tensors="pt")
     assert enc.input_ids.shape == (3, 10) and enc.input_ids.dtype == torch.long
 

@@ -19,6 +19,7 @@ from tests.test_siglip2_processing import (  # noqa: F401 (gemma_model: a fixtur
     CORPUS,
     SIGLIP2_TOKENIZER_CONFIG,
     TEXTS,
+    assert_same_text_encoding,
     gemma_model,
 )
 
@@ -73,12 +74,7 @@ def test_tokenizer_json_gives_transformers_ids(tmp_path, gemma_model, rng, confi
     assert ours.tokenizer_file == str(directory / "tokenizer.json") and ours.backend == "tokenizers"
     assert (ours.padding_side, ours.model_max_length) == (theirs.padding_side, theirs.model_max_length)
     texts = TEXTS + _random_texts(rng)
-    for text in texts:
-        assert ours(text)["input_ids"] == theirs(text)["input_ids"], text
-        assert ours.tokenize(text) == theirs.tokenize(text), text
-        ids = theirs(text)["input_ids"]
-        for skip in (False, True):
-            assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip), text
+    assert_same_text_encoding(ours, theirs, texts)
     for kw in ({}, dict(padding="max_length", max_length=12, truncation=True), dict(padding=True),
                dict(padding="longest", truncation=True, max_length=5, padding_side="right"),
                dict(return_token_type_ids=True, return_special_tokens_mask=True)):
