@@ -62,11 +62,13 @@ def default_cpu_dtype() -> torch.dtype:
 
 def usable(encoder, h: torch.Tensor, backend: str, output_attentions: bool) -> bool:
     """Whether `encoder`'s forward on `h` may take this path (backend "auto", CPU, fp32/bf16, no autograd needed,
-    no attention probabilities, no dropout; not while torch.compile, torch.jit or the ONNX exporter trace: they
-    get the plain PyTorch ops)."""
+    no attention probabilities, no dropout, no CPU autocast; not while torch.compile, torch.jit or the ONNX exporter
+    trace: they get the plain PyTorch ops)."""
     if backend != "auto" or h.device.type != "cpu" or h.dtype not in _DTYPES or output_attentions:
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    if torch.is_autocast_enabled("cpu"):  # autocast's casts are the PyTorch path's (ops.py); a bf16 model runs here
         return False
     if not available() or (h.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return False

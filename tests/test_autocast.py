@@ -120,6 +120,27 @@ def test_forward_and_backward_match_transformers_under_autocast(checkpoint, back
     _check_grads(o_grads, t_grads, f_grads, dtype)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inference_matches_transformers_under_autocast(checkpoint, backend, dtype, device):
+    """Inference (no autograd: on CPU "auto" may take its oneDNN path, siglip_fast.cpu) under autocast: every output,
+    its dtype and values, as transformers' under the same autocast."""
+    if backend == "triton" and device == "cpu":
+        pytest.importorskip("triton")
+    theirs = _theirs(checkpoint, device, HF_ATTN[backend])
+    truth_model = _theirs(checkpoint, device, "eager")
+    ours = sf.SiglipModel.from_pretrained(checkpoint, backend=backend, device=device)
+    ids, pixels = inputs(theirs.config)
+    kw = dict(input_ids=ids.to(device), pixel_values=pixels.to(device), return_loss=True, output_hidden_states=True)
+    with torch.inference_mode():
+        f = truth_model(**kw)
+        with torch.autocast(device, dtype=dtype):
+            o, t = ours(**kw), theirs(**kw)
+    for (name, a), (_, b), (_, c) in zip(_outputs(o), _outputs(t), _outputs(f), strict=True):
+        _check(name, a, b, c, dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("backend", ["sdpa", "eager", "triton"])
 def test_naflex_model_under_autocast(backend, dtype, tmp_path):
