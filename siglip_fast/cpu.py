@@ -15,7 +15,9 @@ prepacked weights (1.3-1.8x its CPU time on a loaded one), and every ``addmm`` f
   AMX the flash kernel runs bf16 at about half their speed (6.7 against 11.4 ms per layer at base-224, batch 8).
 
 It computes what the eager reference computes, up to fp32 rounding (the GEMMs sum in another order); in bf16 (a model
-in bf16) the GEMMs take bf16 and accumulate in fp32, as torch's bf16 path does, and the attention scores are rounded
+in bf16, or an fp32 model under CPU autocast to bf16: bf16 weights packed beside the fp32 ones, the residual stream
+and the LayerNorms in fp32, as autocast runs them) the GEMMs take bf16 and accumulate in fp32, as torch's bf16 path
+does, and the attention scores are rounded
 to bf16 before the softmax, as in transformers' eager attention in bf16 (tests/test_cpu.py holds its error within
 1.25x eager bf16's). It is inference only: `usable`
 says no when autograd is recording for a tensor that needs gradients, when attention probabilities are asked for, or
@@ -68,15 +70,26 @@ def usable(encoder, h: torch.Tensor, backend: str, output_attentions: bool) -> b
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
-    if torch.is_autocast_enabled("cpu"):  # autocast's casts are the PyTorch path's (ops.py); a bf16 model runs here
+    compute = compute_dtype(h)
+    if compute is None or not available():
         return False
-    if not available() or (h.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if compute == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
     if encoder.training and any(layer.self_attn.dropout > 0 for layer in encoder.layers):
         return False
     if torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in encoder.parameters())):
         return False
     return all(p.dtype == h.dtype and p.device.type == "cpu" for p in encoder.parameters())
+
+
+def compute_dtype(h: torch.Tensor) -> torch.dtype | None:
+    """The dtype of this path's GEMMs for the residual stream `h`: h's own (a model in fp32 or bf16), or bf16 for an
+    fp32 model under CPU autocast to bf16 (autocast's rules: GEMMs and attention in bf16, the residual stream and
+    the LayerNorms in fp32); None where the path does not apply (fp16 autocast: the PyTorch path casts)."""
+    if not torch.is_autocast_enabled("cpu"):
+        return h.dtype if h.dtype in _DTYPES else None
+    amp = torch.get_autocast_dtype("cpu")
+    return torch.bfloat16 if amp == torch.bfloat16 and h.dtype == torch.float32 else None
 
 
 def release(encoder=None) -> None:
@@ -97,9 +110,10 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
 
 
 class _Layer:
-    """One encoder layer's weights, prepacked: LayerNorms as they are, GEMM weights in oneDNN's layout."""
+    """One encoder layer's weights, prepacked: LayerNorms as they are, GEMM weights and biases in `dtype` (the
+    compute dtype: the parameters' own, or bf16 under autocast) and oneDNN's layout."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, dtype: torch.dtype):
         attn, mlp = layer.self_attn, layer.mlp
         self.eps = layer.eps
         self.heads, self.head_dim, self.scale = attn.num_heads, attn.head_dim, attn.scale
@@ -108,39 +122,49 @@ class _Layer:
         projections = (attn.q_proj, attn.k_proj, attn.v_proj)
         weight = torch.cat([p.weight.detach() for p in projections])  # (3D, D)
         bias = torch.cat([p.bias.detach() for p in projections])
-        self.scores_in_gemm = weight.dtype == torch.bfloat16  # bf16: attention by two GEMMs, see _attention
+        self.scores_in_gemm = dtype == torch.bfloat16  # bf16: attention by two GEMMs, see _attention
         if self.scores_in_gemm:  # fold the scale into q's rows (exact for power-of-two scales: head_dim 64, 256)
             D = attn.out_proj.in_features
             weight, bias = weight.float(), bias.float()
             weight[:D] *= self.scale
             bias[:D] *= self.scale
-            weight, bias = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
-        self.qkv, self.qkv_bias = _pack(weight), bias
-        self.out, self.out_bias = _pack(attn.out_proj.weight), attn.out_proj.bias.detach()
-        self.fc1, self.fc1_bias = _pack(mlp.fc1.weight), mlp.fc1.bias.detach()
-        self.fc2, self.fc2_bias = _pack(mlp.fc2.weight), mlp.fc2.bias.detach()
+        self.qkv, self.qkv_bias = _pack(weight.to(dtype)), bias.to(dtype)
+        self.out, self.out_bias = _pack(attn.out_proj.weight.to(dtype)), attn.out_proj.bias.detach().to(dtype)
+        self.fc1, self.fc1_bias = _pack(mlp.fc1.weight.to(dtype)), mlp.fc1.bias.detach().to(dtype)
+        self.fc2, self.fc2_bias = _pack(mlp.fc2.weight.to(dtype)), mlp.fc2.bias.detach().to(dtype)
         self.fused_act, self.act = _FUSED_ACT.get(mlp.act), mlp.act
 
 
 class _Plan:
-    def __init__(self, encoder, signature):
+    def __init__(self, encoder, signature, dtype: torch.dtype):
         self.signature = signature
-        self.layers = [_Layer(layer) for layer in encoder.layers]
+        self.layers = [_Layer(layer, dtype) for layer in encoder.layers]
 
 
-def _plan(encoder) -> _Plan:
-    params = list(encoder.parameters())
-    signature = _signature(params)
-    plan = _PLANS.get(encoder)
-    if plan is None or plan.signature != signature:
+def _plan(encoder, dtype: torch.dtype) -> _Plan:
+    """The encoder's packed weights for GEMMs in `dtype`: one plan per compute dtype used (an fp32 model run with and
+    without autocast keeps both), all rebuilt when a parameter changes."""
+    signature = _signature(list(encoder.parameters()))
+    plans = _PLANS.get(encoder)
+    if plans is None or any(plan.signature != signature for plan in plans.values()):
         _PLANS.pop(encoder, None)  # free the stale packed weights before packing new ones
+        plans = _PLANS[encoder] = {}
+    if dtype not in plans:
         with torch.no_grad():
-            plan = _PLANS[encoder] = _Plan(encoder, signature)
-    return plan
+            plans[dtype] = _Plan(encoder, signature, dtype)
+    return plans[dtype]
 
 
 def _linear(x, w, b, attr: str = "none", algorithm: str = ""):
     return torch.ops.mkldnn._linear_pointwise(x, w, b, attr, [], algorithm)
+
+
+def _add_linear(h, x, w, b):
+    """h + linear(x): the add fused into the GEMM where h is in the GEMM's dtype; under autocast (h fp32, the GEMM
+    bf16) the bf16 result is added to h in fp32, as eager's `+` promotes."""
+    if h.dtype == x.dtype:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, h, w, b, "add")
+    return h + _linear(x, w, b)
 
 
 class _Workspace:
@@ -180,26 +204,27 @@ def encoder_forward(encoder, h: torch.Tensor, attention_mask, final_norm, output
     """SiglipEncoder.forward on this path: h (B, N, D) → (final_norm(encoder(h)), hidden states or None).
 
     attention_mask: None or a bool (B, N) key mask (True = attend), as `ops.check_attention_mask` returns it."""
-    plan = _plan(encoder)
+    dtype = compute_dtype(h)  # the GEMMs'; h, the residual stream, keeps its own (fp32 under autocast)
+    plan = _plan(encoder, dtype)
     B, N, D = h.shape
     mask = None
     if attention_mask is not None:  # additive finfo.min, as the sdpa path: a fully masked row averages all keys
         keep = attention_mask[:, None, None, :]  # (B, 1, 1, N)
-        mask = torch.zeros(keep.shape, dtype=h.dtype).masked_fill_(~keep, torch.finfo(h.dtype).min)
+        mask = torch.zeros(keep.shape, dtype=dtype).masked_fill_(~keep, torch.finfo(dtype).min)
     first = plan.layers[0] if plan.layers else None
-    work = _Workspace(B, N, first.heads, first.head_dim, h.dtype) if first and first.scores_in_gemm else None
+    work = _Workspace(B, N, first.heads, first.head_dim, dtype) if first and first.scores_in_gemm else None
     hidden_states = [h] if output_hidden_states else None
     h = h.reshape(B * N, D)  # the residual stream, (B·N, D)
     for p in plan.layers:
-        x = F.layer_norm(h, (D,), *p.ln1, p.eps)
+        x = F.layer_norm(h, (D,), *p.ln1, p.eps).to(dtype)
         a = _attention(_linear(x, p.qkv, p.qkv_bias), B, N, p, mask, work)  # (B·N, D)
-        h = torch.ops.mkldnn._linear_pointwise.binary(a, h, p.out, p.out_bias, "add")  # h + out_proj(a)
-        x = F.layer_norm(h, (D,), *p.ln2, p.eps)
+        h = _add_linear(h, a, p.out, p.out_bias)  # h + out_proj(a)
+        x = F.layer_norm(h, (D,), *p.ln2, p.eps).to(dtype)
         if p.fused_act is not None:
             x = _linear(x, p.fc1, p.fc1_bias, *p.fused_act)
         else:
             x = p.act(_linear(x, p.fc1, p.fc1_bias))
-        h = torch.ops.mkldnn._linear_pointwise.binary(x, h, p.fc2, p.fc2_bias, "add")  # h + fc2(act(fc1(x)))
+        h = _add_linear(h, x, p.fc2, p.fc2_bias)  # h + fc2(act(fc1(x)))
         if output_hidden_states:
             hidden_states.append(h.view(B, N, D))
     x = F.layer_norm(h, (D,), final_norm.weight, final_norm.bias, final_norm.eps).view(B, N, D)

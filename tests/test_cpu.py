@@ -164,6 +164,32 @@ def test_bf16_model_with_padding_mask_close_to_fp32(name):
         assert cos.min().item() >= BF16_MIN_COS, cos
 
 
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bf16 on this CPU")
+def test_autocast_bf16_packs_bf16_weights_beside_the_fp32_ones():
+    """An fp32 model under CPU autocast to bf16 runs here with bf16 GEMMs (its values against transformers under
+    the same autocast: tests/test_autocast.py); without autocast it keeps its fp32 numbers, both plans kept."""
+    model = _model()
+    eager = copy.deepcopy(model).set_backend("eager")
+    ids, pixels = _inputs(model)
+    cpu.release()
+    with torch.inference_mode():
+        want = _outputs(eager, ids, pixels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            amp = _outputs(model, ids, pixels)
+        assert sorted(map(str, cpu._PLANS[model.vision_model.encoder])) == ["torch.bfloat16"]
+        got = _outputs(model, ids, pixels)
+        assert sorted(map(str, cpu._PLANS[model.vision_model.encoder])) == ["torch.bfloat16", "torch.float32"]
+        with torch.autocast("cpu", dtype=torch.float16):  # fp16 autocast: the PyTorch path
+            cpu.release()
+            _outputs(model, ids, pixels)
+            assert not _took_cpu_path(model)
+    _assert_close(got, want, FP32_ATOL)
+    assert [t.dtype for t in amp] == [torch.bfloat16, torch.float32, torch.bfloat16, torch.float32]  # as autocast's
+    for g, w in ((amp[0], want[0]), (amp[2], want[2])):
+        cos = torch.nn.functional.cosine_similarity(g.float(), w, dim=-1)
+        assert cos.min().item() >= BF16_MIN_COS, cos
+
+
 def test_gradients_take_the_autograd_path():
     model = _model("odd")
     eager = copy.deepcopy(model).set_backend("eager")
@@ -292,7 +318,7 @@ def test_packed_weights_are_freed_with_the_model():
     with torch.inference_mode():
         _outputs(model, ids, pixels)
     assert _took_cpu_path(model)
-    packed = weakref.ref(cpu._PLANS[model.vision_model.encoder].layers[0].fc1)
+    packed = weakref.ref(cpu._PLANS[model.vision_model.encoder][torch.float32].layers[0].fc1)
     n = len(cpu._PLANS)
     del model
     gc.collect()
