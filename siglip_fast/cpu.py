@@ -2,7 +2,8 @@
 
 On CPU torch's ``F.linear`` runs on MKL's sgemm, which on the AVX-512 CPU measured for this project (AMD Zen 4)
 reaches 175-185 GFLOP/s on the MLP's product on an idle machine against 200-215 for torch's own oneDNN GEMM with
-prepacked weights (1.3-1.8x its CPU time on a loaded one), and every ``addmm`` first copies the bias into its output. This module runs the encoder layers (SigLIP's and SigLIP 2's: both towers) through
+prepacked weights (1.3-1.8x its CPU time on a loaded one), and every ``addmm`` first copies the bias into its
+output. This module runs the encoder layers (SigLIP's and SigLIP 2's: both towers) through
 ``torch.ops.mkldnn._linear_pointwise`` instead, with
 
 - the weights reordered once into oneDNN's blocked layout (``_reorder_linear_weight``), q/k/v concatenated into one
