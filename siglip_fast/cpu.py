@@ -168,25 +168,32 @@ def _add_linear(h, x, w, b):
     return h + _linear(x, w, b)
 
 
+SCORES_BYTES = 32 << 20  # the bf16 attention's score buffer: at most this much (and as much for the probabilities)
+
+
 class _Workspace:
     """The bf16 attention's buffers, allocated once per encoder call and reused by every layer (fewer allocations,
-    fewer page faults): q/k/v by head, scores, probabilities, the output by head and in the layout out_proj reads."""
+    fewer page faults): q/k/v by head, the output by head and in the layout out_proj reads, and the scores and
+    probabilities of `images` images at a time, at most `budget` bytes each (one image's when that is more), so the
+    memory of a call does not grow with N² times the batch, unlike (B, H, N, N) would."""
 
-    def __init__(self, B: int, N: int, H: int, d: int, dtype: torch.dtype):
+    def __init__(self, B: int, N: int, H: int, d: int, dtype: torch.dtype, budget: int = SCORES_BYTES):
         self.parts = torch.empty(3, B, H, N, d, dtype=dtype)
-        self.scores = torch.empty(B * H, N, N, dtype=dtype)
-        self.probs = torch.empty(B * H, N, N, dtype=dtype)
         self.by_head = torch.empty(B * H, N, d, dtype=dtype)
         self.out = torch.empty(B, N, H, d, dtype=dtype)
+        self.images = max(1, min(B, budget // (H * N * N * dtype.itemsize)))
+        self.scores = torch.empty(self.images * H, N, N, dtype=dtype)
+        self.probs = torch.empty(self.images * H, N, N, dtype=dtype)
 
 
 def _attention(qkv: torch.Tensor, B: int, N: int, p: _Layer, mask, work: _Workspace | None) -> torch.Tensor:
     """softmax(q k^T · scale + mask) v for every head: qkv (B·N, 3D) → (B·N, D), the layout out_proj reads.
 
     fp32: SDPA's CPU flash kernel on strided views of qkv (it writes (B, H, N, d) over (B, N, H, d): no copy).
-    bf16: q comes scaled (see _Layer); scores = q k^T as one batched bf16 GEMM (fp32 accumulation, bf16 scores, as
-    transformers' eager attention in bf16), softmax computed in fp32 and rounded to bf16, then probs · v: on CPUs
-    without AMX torch's flash kernel runs bf16 through small GEMM blocks at about half this speed."""
+    bf16: q comes scaled (see _Layer); scores = q k^T as batched bf16 GEMMs (fp32 accumulation, bf16 scores, as
+    transformers' eager attention in bf16), softmax computed in fp32 and rounded to bf16, then probs · v, for
+    `work.images` images at a time: on CPUs without AMX torch's flash kernel runs bf16 through small GEMM blocks at
+    about half this speed."""
     H, d = p.heads, p.head_dim
     parts = qkv.view(B, N, 3, H, d).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d), strided
     if work is None:
@@ -194,10 +201,14 @@ def _attention(qkv: torch.Tensor, B: int, N: int, p: _Layer, mask, work: _Worksp
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=p.scale)  # (B, H, N, d) over (B, N, H, d)
         return a.transpose(1, 2).reshape(B * N, H * d)
     q, k, v = work.parts.copy_(parts).view(3, B * H, N, d).unbind(0)  # each (B·H, N, d)
-    scores = torch.bmm(q, k.transpose(1, 2), out=work.scores)  # (B·H, N, N)
-    if mask is not None:
-        scores.view(B, H, N, N).add_(mask)
-    torch.bmm(torch.softmax(scores, -1, out=work.probs), v, out=work.by_head)  # (B·H, N, d)
+    for start in range(0, B, work.images):
+        stop = min(start + work.images, B)
+        rows = slice(start * H, stop * H)  # these images' heads
+        scores = torch.bmm(q[rows], k[rows].transpose(1, 2), out=work.scores[:(stop - start) * H])  # (b·H, N, N)
+        if mask is not None:
+            scores.view(stop - start, H, N, N).add_(mask[start:stop])
+        probs = torch.softmax(scores, -1, out=work.probs[:(stop - start) * H])
+        torch.bmm(probs, v[rows], out=work.by_head[rows])  # (b·H, N, d)
     return work.out.copy_(work.by_head.view(B, H, N, d).transpose(1, 2)).view(B * N, H * d)
 
 
