@@ -18,9 +18,8 @@ output. This module runs the encoder layers (SigLIP's and SigLIP 2's: both tower
 It computes what the eager reference computes, up to fp32 rounding (the GEMMs sum in another order); in bf16 (a model
 in bf16, or an fp32 model under CPU autocast to bf16: bf16 weights packed beside the fp32 ones, the residual stream
 and the LayerNorms in fp32, as autocast runs them) the GEMMs take bf16 and accumulate in fp32, as torch's bf16 path
-does, and the attention scores are rounded
-to bf16 before the softmax, as in transformers' eager attention in bf16 (tests/test_cpu.py holds its error within
-1.25x eager bf16's). It is inference only: `usable`
+does, and the attention scores are rounded to bf16 before the softmax, as in transformers' eager attention in bf16
+(tests/test_cpu.py holds its error within 1.25x eager bf16's). It is inference only: `usable`
 says no when autograd is recording for a tensor that needs gradients, when attention probabilities are asked for, or
 for dropout in training mode, and the model then takes its ordinary PyTorch path (which autograd differentiates).
 
@@ -64,9 +63,9 @@ def default_cpu_dtype() -> torch.dtype:
 
 
 def usable(encoder, h: torch.Tensor, backend: str, output_attentions: bool) -> bool:
-    """Whether `encoder`'s forward on `h` may take this path (backend "auto", CPU, fp32/bf16, no autograd needed,
-    no attention probabilities, no dropout, no CPU autocast; not while torch.compile, torch.jit or the ONNX exporter
-    trace: they get the plain PyTorch ops)."""
+    """Whether `encoder`'s forward on `h` may take this path (backend "auto", CPU, fp32/bf16, no CPU autocast other
+    than bf16's (see `compute_dtype`), no autograd needed, no attention probabilities, no dropout; not while
+    torch.compile, torch.jit or the ONNX exporter trace: they get the plain PyTorch ops)."""
     if backend != "auto" or h.device.type != "cpu" or h.dtype not in _DTYPES or output_attentions:
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
