@@ -233,8 +233,8 @@ def test_cpu_engines(models, mode, report, compile_baselines):
     ceiling = ratios.get("bound: the GEMMs alone, oneDNN fp32")
     print(f"\n[{case}] {ROUNDS} interleaved rounds, {torch.get_num_threads()} threads, native bf16: "
           f"{cpu_has_native_bf16()}; target auto fp32 >= {target}x: {ratios['siglip_fast auto fp32']:.2f}x "
-          f"({'met' if met else 'not met'}; the fp32 GEMMs alone reach "
-          f"{'-' if ceiling is None else f'{ceiling:.2f}x'}, of {gemm_flops / flops:.1%} of the FLOPs)")
+          f"({'met' if met else 'not met'}; the fp32 GEMMs alone, {gemm_flops / flops:.1%} of the FLOPs, reach "
+          f"{'-' if ceiling is None else f'{ceiling:.2f}x'})")
     if "OpenVINO bf16" in ratios:
         print(f"[{case}] bf16: siglip_fast {ratios['siglip_fast auto bf16']:.2f}x vs OpenVINO "
               f"{ratios['OpenVINO bf16']:.2f}x; fp32: siglip_fast {ratios['siglip_fast auto fp32']:.2f}x vs "
