@@ -1,7 +1,8 @@
 """CPU inference, every engine side by side: siglip_fast's CPU paths beside transformers (sdpa, and in bf16),
 torch.compile of transformers (with --compile-baselines: minutes of compiling), ONNX Runtime and OpenVINO (rows when
-installed, `pip install -e .[bench-cpu]`; otherwise a row saying why not), at the base-224 shape with the same random
-weights everywhere: the vision tower on 8 images and the text tower on 32 texts of 64 tokens.
+installed, `pip install -e .[bench-cpu]`; otherwise a row saying why not) and both fp32 models under bf16
+autocast, at the base-224 shape with the same random weights everywhere: the vision tower on 8 images and the text
+tower on 32 texts of 64 tokens.
 
 All candidates of a case run in one process, interleaved: each round calls every candidate once, in an order rotated
 and reversed from round to round (A B C, C B A, B C A, ...), and every figure is the median over rounds of the paired
@@ -16,7 +17,8 @@ within 1e-4 of transformers, its bf16 mode at cosine >= 0.9999. The speed target
 transformers on vision, >= 2.7x on text; bf16 >= OpenVINO bf16) are printed with the measured ratios, not asserted:
 on shared cores the ratios of every engine move with the load (see README, "The backend switch").
 
-    pytest benchmarks/test_bench_cpu.py -s [--compile-baselines]   (about 10 minutes on 2 busy cores)
+    pytest benchmarks/test_bench_cpu.py -s --bench-size full [--compile-baselines]   (7 rounds: 6 minutes on 2 idle
+    cores; the default --bench-size small on a machine without a GPU times 5)
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from siglip_fast.variants import config_for
 
 transformers = pytest.importorskip("transformers")
 
-ROUNDS = 7
+ROUNDS = {"full": 7, "small": 5}  # --bench-size: small (the default without a GPU, CI's) times 5 rounds
 CASES = {"vision": 8, "text": 32}  # images per call; texts (of 64 tokens) per call
 TEXT_LEN = 64
 BASELINE = "transformers sdpa fp32"
@@ -151,6 +153,14 @@ def models():
     return model, transformers_twin(model, "sdpa")
 
 
+def _autocast(tower, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The fp32 model under torch.autocast("cpu", dtype=torch.bfloat16): the drop-in user's mixed precision."""
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return tower(x)
+    return run
+
+
 def _candidates(model, hf, mode: str, x: torch.Tensor, compile_baselines: bool):
     """name → fn() returning the pooled output, or name → the reason the row is skipped."""
     tower = _Tower(model, mode)
@@ -164,6 +174,8 @@ def _candidates(model, hf, mode: str, x: torch.Tensor, compile_baselines: bool):
         "siglip_fast sdpa fp32": lambda: _Tower(sdpa, mode)(x),
         "transformers sdpa bf16": lambda: _Tower(hf_bf16, mode)(xb),
         "siglip_fast auto bf16": lambda: _Tower(model_bf16, mode)(xb),
+        "transformers fp32 under bf16 autocast": _autocast(_Tower(hf, mode), x),
+        "siglip_fast auto fp32 under bf16 autocast": _autocast(tower, x),
     }
     c["OpenVINO fp32"], c["OpenVINO bf16"] = _openvino(hf, mode, x)
     c["ONNX Runtime fp32"] = _onnxruntime(hf, mode, x)
@@ -179,7 +191,7 @@ def _candidates(model, hf, mode: str, x: torch.Tensor, compile_baselines: bool):
 
 
 @pytest.mark.parametrize("mode", sorted(CASES))
-def test_cpu_engines(models, mode, report, compile_baselines):
+def test_cpu_engines(models, mode, report, compile_baselines, bench_size):
     model, hf = models
     batch = CASES[mode]
     torch.manual_seed(1)
@@ -201,7 +213,7 @@ def test_cpu_engines(models, mode, report, compile_baselines):
             if n in runs:
                 runs[n]()
         ref = outs[BASELINE]
-        for r in range(ROUNDS):
+        for r in range(ROUNDS[bench_size]):
             order = names[r % len(names):] + names[:r % len(names)]
             for n in order if r % 2 == 0 else order[::-1]:
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -231,7 +243,7 @@ def test_cpu_engines(models, mode, report, compile_baselines):
     target = 3.0 if mode == "vision" else 2.7
     met = ratios["siglip_fast auto fp32"] >= target
     ceiling = ratios.get("bound: the GEMMs alone, oneDNN fp32")
-    print(f"\n[{case}] {ROUNDS} interleaved rounds, {torch.get_num_threads()} threads, native bf16: "
+    print(f"\n[{case}] {ROUNDS[bench_size]} interleaved rounds, {torch.get_num_threads()} threads, native bf16: "
           f"{cpu_has_native_bf16()}; target auto fp32 >= {target}x: {ratios['siglip_fast auto fp32']:.2f}x "
           f"({'met' if met else 'not met'}; the fp32 GEMMs alone, {gemm_flops / flops:.1%} of the FLOPs, reach "
           f"{'-' if ceiling is None else f'{ceiling:.2f}x'})")
@@ -240,4 +252,5 @@ def test_cpu_engines(models, mode, report, compile_baselines):
               f"{ratios['OpenVINO bf16']:.2f}x; fp32: siglip_fast {ratios['siglip_fast auto fp32']:.2f}x vs "
               f"OpenVINO {ratios['OpenVINO fp32']:.2f}x")
     assert (outs["siglip_fast auto fp32"] - ref).abs().max().item() <= 1e-4
-    assert torch.nn.functional.cosine_similarity(outs["siglip_fast auto bf16"], ref, dim=-1).min().item() >= 0.9999
+    for n in ("siglip_fast auto bf16", "siglip_fast auto fp32 under bf16 autocast"):
+        assert torch.nn.functional.cosine_similarity(outs[n], ref, dim=-1).min().item() >= 0.9999, n
