@@ -100,16 +100,22 @@ def _run(model, kw, device, dtype):
     return out, {n: p.grad for n, p in model.named_parameters()}
 
 
+def _three_models(checkpoint, backend, device):
+    """(ours on `backend`, transformers with the matching attention, transformers eager as the fp32 truth, ids,
+    pixels)."""
+    if backend == "triton" and device == "cpu":
+        pytest.importorskip("triton")
+    theirs = _theirs(checkpoint, device, HF_ATTN[backend])
+    ids, pixels = inputs(theirs.config)
+    ours = sf.SiglipModel.from_pretrained(checkpoint, backend=backend, device=device)
+    return ours, theirs, _theirs(checkpoint, device, "eager"), ids, pixels
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_forward_and_backward_match_transformers_under_autocast(checkpoint, backend, dtype, device):
-    if backend == "triton" and device == "cpu":
-        pytest.importorskip("triton")
-    theirs = _theirs(checkpoint, device, HF_ATTN[backend])
-    truth_model = _theirs(checkpoint, device, "eager")
-    ours = sf.SiglipModel.from_pretrained(checkpoint, backend=backend, device=device)
-    ids, pixels = inputs(theirs.config)
+    ours, theirs, truth_model, ids, pixels = _three_models(checkpoint, backend, device)
     kw = dict(input_ids=ids.to(device), pixel_values=pixels.to(device))
     o, o_grads = _run(ours, kw, device, dtype)
     t, t_grads = _run(theirs, kw, device, dtype)
@@ -126,12 +132,7 @@ def test_forward_and_backward_match_transformers_under_autocast(checkpoint, back
 def test_inference_matches_transformers_under_autocast(checkpoint, backend, dtype, device):
     """Inference (no autograd: on CPU "auto" may take its oneDNN path, siglip_fast.cpu) under autocast: every output,
     its dtype and values, as transformers' under the same autocast."""
-    if backend == "triton" and device == "cpu":
-        pytest.importorskip("triton")
-    theirs = _theirs(checkpoint, device, HF_ATTN[backend])
-    truth_model = _theirs(checkpoint, device, "eager")
-    ours = sf.SiglipModel.from_pretrained(checkpoint, backend=backend, device=device)
-    ids, pixels = inputs(theirs.config)
+    ours, theirs, truth_model, ids, pixels = _three_models(checkpoint, backend, device)
     kw = dict(input_ids=ids.to(device), pixel_values=pixels.to(device), return_loss=True, output_hidden_states=True)
     with torch.inference_mode():
         f = truth_model(**kw)
